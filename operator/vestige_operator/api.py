@@ -1,0 +1,758 @@
+"""The VestigeMemory API (group vestige.dev, version v1alpha1) as pydantic v2 models.
+
+These models are the single source of truth: ``crd.py`` generates the CustomResourceDefinition
+schema from them (descriptions, defaults, enums, patterns and the CEL rules attached through
+``json_schema_extra``), and the operator parses what the API server returns with them.
+
+Python attributes are snake_case; the Kubernetes field names are their camelCase aliases
+(``model_validate`` accepts both, ``model_dump(by_alias=True, exclude_none=True)`` writes the
+Kubernetes form). Spec models forbid unknown fields; status models ignore them.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+# --------------------------------------------------------------------------------------------
+# Patterns and limits shared with the CRD (the same expressions Kubernetes itself uses).
+# --------------------------------------------------------------------------------------------
+
+#: resource.Quantity's serialization format, as in the Kubernetes OpenAPI and controller-gen.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+#: RFC 1123 label (k8s.io/apimachinery IsDNS1123Label): agent ids.
+DNS1123_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: RFC 1035 label (IsDNS1035Label): Service names, hence metadata.name of a VestigeMemory.
+DNS1035_LABEL_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: RFC 1123 subdomain (IsDNS1123Subdomain): Secret, PriorityClass and IngressClass names.
+DNS1123_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: Ingress host: a DNS subdomain, optionally with a leading ``*.`` wildcard label.
+INGRESS_HOST_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: Secret data key (IsConfigMapKey).
+DATA_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+#: metav1.Condition reason.
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+#: metav1.Condition type (a qualified name).
+CONDITION_TYPE_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+)
+#: Label values (IsValidLabelValue).
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+#: Longest accepted metadata.name. Children are ``<name>``, ``<name>-auth`` and ``<name>-data``
+#: (all DNS-1035/1123 labels, <= 63), and the Deployment's pods are named
+#: ``<name>-<pod-template-hash (<= 10)>-<5 random>``: 47 + 16 = 63 keeps every pod name a whole
+#: DNS label, so the pod hostname is never truncated and every child name stays a valid label.
+MAX_NAME_LENGTH = 47
+MAX_AGENT_ID_LENGTH = 63
+#: Bounds on lists and maps: they keep the CEL cost estimate of the CRD within the API server's
+#: budget and catch runaway manifests early.
+MAX_ENV = 128
+MAX_MAP_ENTRIES = 64
+MAX_LIST_ITEMS = 64
+
+#: Labels the operator sets on every pod (its selector); a user may not override them.
+RESERVED_POD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+)
+
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+_SUFFIX_MULTIPLIERS: dict[str, Decimal] = {
+    "": Decimal(1),
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "k": Decimal(10) ** 3,
+    "M": Decimal(10) ** 6,
+    "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12,
+    "P": Decimal(10) ** 15,
+    "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+}
+_NUMBER_RE = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(.*)$")
+
+
+def parse_quantity(value: str | int) -> Decimal:
+    """Return the exact value of a Kubernetes quantity (``"5Gi"`` -> 5368709120).
+
+    Raises ValueError for anything that is not a quantity in Kubernetes' syntax.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a quantity: {value!r}")
+    if isinstance(value, int):
+        return Decimal(value)
+    if not isinstance(value, str) or not _QUANTITY_RE.match(value):
+        raise ValueError(f"not a Kubernetes quantity: {value!r}")
+    match = _NUMBER_RE.match(value)
+    assert match is not None  # the quantity pattern guarantees a leading number
+    number, suffix = Decimal(match.group(1)), match.group(2)
+    if suffix[:1] in ("e", "E"):
+        return number * (Decimal(10) ** int(Decimal(suffix[1:])))
+    return number * _SUFFIX_MULTIPLIERS[suffix]
+
+
+def _quantity_to_str(value: object) -> object:
+    """Accept integers as the API server does (int-or-string) and keep quantities as strings."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _check_quantity(value: str) -> str:
+    parse_quantity(value)
+    return value
+
+
+def _check_positive(value: str) -> str:
+    if parse_quantity(value) <= 0:
+        raise ValueError(f"must be greater than zero, got {value!r}")
+    return value
+
+
+def _check_non_negative(value: str) -> str:
+    if parse_quantity(value) < 0:
+        raise ValueError(f"must not be negative, got {value!r}")
+    return value
+
+
+_QUANTITY_SCHEMA: dict[str, Any] = {
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "pattern": QUANTITY_PATTERN,
+    "x-kubernetes-int-or-string": True,
+}
+
+#: A Kubernetes quantity (``5Gi``, ``500m``, ``1``); integers are accepted and kept as strings.
+Quantity = Annotated[
+    str,
+    BeforeValidator(_quantity_to_str),
+    AfterValidator(_check_quantity),
+    WithJsonSchema(_QUANTITY_SCHEMA),
+]
+#: A quantity that must not be negative (resource requests and limits).
+NonNegativeQuantity = Annotated[Quantity, AfterValidator(_check_non_negative)]
+#: A quantity that must be greater than zero (storage size).
+PositiveQuantity = Annotated[Quantity, AfterValidator(_check_positive)]
+
+# CEL: the quantity library parses strings only, and an int-or-string field may hold an integer.
+_CEL_NON_NEGATIVE_MAP = "self.all(k, !isQuantity(string(self[k])) || quantity(string(self[k])).sign() >= 0)"
+
+
+# --------------------------------------------------------------------------------------------
+# Base classes
+# --------------------------------------------------------------------------------------------
+
+
+class SpecModel(BaseModel):
+    """Base of spec models: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+
+class StatusModel(BaseModel):
+    """Base of status models: camelCase aliases, unknown fields ignored (forward compatible)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", use_enum_values=True
+    )
+
+
+def _nested(model: type[BaseModel], description: str) -> Any:
+    """A nested object that always exists: the CRD defaults it to ``{}`` so its children's
+    defaults apply, and pydantic builds it with its own defaults."""
+    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+
+
+# --------------------------------------------------------------------------------------------
+# Enums
+# --------------------------------------------------------------------------------------------
+
+
+class ReclaimPolicy(StrEnum):
+    """What happens to the data volume when the VestigeMemory is deleted."""
+
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class ImagePullPolicy(StrEnum):
+    """Kubernetes container image pull policy."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class VestigeGeneration(StrEnum):
+    """Which Vestige generation the image runs."""
+
+    V3 = "v3"
+    V1 = "v1"
+
+
+class ServiceType(StrEnum):
+    """Kubernetes Service type."""
+
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+class PathType(StrEnum):
+    """Ingress path matching."""
+
+    EXACT = "Exact"
+    PREFIX = "Prefix"
+    IMPLEMENTATION_SPECIFIC = "ImplementationSpecific"
+
+
+class Phase(StrEnum):
+    """Summary of a VestigeMemory's state."""
+
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    SUSPENDED = "Suspended"
+    FAILED = "Failed"
+
+
+class ConditionStatus(StrEnum):
+    """Status of a condition."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Spec
+# --------------------------------------------------------------------------------------------
+
+
+class StorageSpec(SpecModel):
+    """The persistent volume claim that holds the agent's memory (`<name>-data`)."""
+
+    size: PositiveQuantity = Field(
+        default="5Gi",
+        description=(
+            "Requested size of the data volume (a Kubernetes quantity such as 5Gi). It may grow "
+            "(if the storage class allows volume expansion) but never shrink."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "!isQuantity(string(self)) || quantity(string(self)).isGreaterThan(quantity('0'))"
+                    ),
+                    "message": "storage.size must be greater than zero",
+                },
+                {
+                    "rule": (
+                        "!isQuantity(string(self)) || !isQuantity(string(oldSelf)) || "
+                        "quantity(string(self)).compareTo(quantity(string(oldSelf))) >= 0"
+                    ),
+                    "message": "storage.size may grow but never shrink",
+                    "reason": "FieldValueForbidden",
+                },
+            ]
+        },
+    )
+    storage_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        description=(
+            "StorageClass of the data volume; the cluster's default class when unset. "
+            "Immutable once the resource exists."
+        ),
+    )
+    reclaim_policy: ReclaimPolicy = Field(
+        default=ReclaimPolicy.RETAIN,
+        description=(
+            "Retain (default): the data volume outlives the VestigeMemory and a new one of the "
+            "same name re-adopts it. Delete: the volume is deleted with the VestigeMemory."
+        ),
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": (
+                        "has(self.storageClassName) == has(oldSelf.storageClassName) && "
+                        "(!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)"
+                    ),
+                    "message": "storage.storageClassName is immutable",
+                    "fieldPath": ".storageClassName",
+                    "reason": "FieldValueForbidden",
+                }
+            ]
+        }
+    )
+
+
+class ResourceRequirements(SpecModel):
+    """Compute resources of a container (same shape as a Kubernetes container's resources)."""
+
+    requests: dict[str, NonNegativeQuantity] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Minimum resources the container needs, e.g. {cpu: 100m, memory: 256Mi}.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": _CEL_NON_NEGATIVE_MAP, "message": "resource requests must not be negative"}
+            ]
+        },
+    )
+    limits: dict[str, NonNegativeQuantity] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Maximum resources the container may use, e.g. {memory: 1Gi}.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": _CEL_NON_NEGATIVE_MAP, "message": "resource limits must not be negative"}
+            ]
+        },
+    )
+
+
+class EnvVar(SpecModel):
+    """An environment variable: a literal value or a Kubernetes valueFrom source."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^=]+$",
+        description="Name of the variable (printable characters, no '=').",
+    )
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "Source of the value, as in a Kubernetes EnvVar (secretKeyRef, configMapKeyRef, "
+            "fieldRef, resourceFieldRef); passed through to the container unchanged."
+        ),
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.value) && has(self.valueFrom))",
+                    "message": "env: set value or valueFrom, not both",
+                }
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _value_xor_value_from(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError("env: set value or valueFrom, not both")
+        return self
+
+
+def _env_field() -> Any:
+    return Field(
+        default_factory=list,
+        max_length=MAX_ENV,
+        description="Extra environment variables for the container (names are unique).",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+def _unique_env_names(env: list[EnvVar]) -> list[EnvVar]:
+    names = [e.name for e in env]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate env names: {', '.join(duplicates)}")
+    return env
+
+
+EnvList = Annotated[list[EnvVar], AfterValidator(_unique_env_names)]
+
+
+class VestigeContainerSpec(SpecModel):
+    """The Vestige container (the memory server, reachable only inside the pod)."""
+
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Vestige image; the operator's configured default when unset.",
+    )
+    image_pull_policy: ImagePullPolicy | None = Field(
+        default=None, description="Image pull policy; Kubernetes' default when unset."
+    )
+    generation: VestigeGeneration = Field(
+        default=VestigeGeneration.V3,
+        description=(
+            "Vestige generation of the image: v3 (native MCP over HTTP on 127.0.0.1) or v1 "
+            "(MCP over stdio, run behind a gateway bound to 127.0.0.1)."
+        ),
+    )
+    resources: ResourceRequirements = _nested(ResourceRequirements, "Compute resources of the container.")
+    env: EnvList = _env_field()
+
+
+class BridgeContainerSpec(SpecModel):
+    """The bridge container (REST and MCP front of Vestige, the only port the Service exposes)."""
+
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="Bridge image; the operator's configured default when unset.",
+    )
+    image_pull_policy: ImagePullPolicy | None = Field(
+        default=None, description="Image pull policy; Kubernetes' default when unset."
+    )
+    resources: ResourceRequirements = _nested(ResourceRequirements, "Compute resources of the container.")
+    env: EnvList = _env_field()
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Serve requests without a bearer token. Off by default: the bridge fails closed.",
+    )
+
+
+class SecretKeyRef(SpecModel):
+    """A key of a Secret in the same namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN, description="Name of the Secret."
+    )
+    key: str = Field(
+        default="token",
+        min_length=1,
+        max_length=253,
+        pattern=DATA_KEY_PATTERN,
+        description="Key in the Secret that holds the bearer token.",
+    )
+
+
+class AuthSpec(SpecModel):
+    """The bearer token that protects the bridge and Vestige."""
+
+    existing_secret: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Use this existing Secret's key as the token. When unset the operator creates "
+            "`<name>-auth` (key `token`) once and never overwrites it."
+        ),
+    )
+
+
+class ServiceSpec(SpecModel):
+    """The Service `<name>` in front of the bridge (port 8000, named http)."""
+
+    type: ServiceType = Field(default=ServiceType.CLUSTER_IP, description="Kubernetes Service type.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Annotations added to the Service (e.g. for a load balancer controller).",
+    )
+
+
+class IngressTLS(SpecModel):
+    """TLS for the Ingress."""
+
+    secret_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        description="Secret (type kubernetes.io/tls) holding the certificate for host.",
+    )
+
+
+class IngressSpec(SpecModel):
+    """An optional Ingress `<name>` that routes to the bridge."""
+
+    enabled: bool = Field(default=False, description="Create the Ingress.")
+    class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        description="IngressClass name; the cluster's default class when unset.",
+    )
+    host: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=INGRESS_HOST_PATTERN,
+        description="Host name to route (a DNS name, optionally *.wildcard); every host when unset.",
+    )
+    path: str = Field(
+        default="/", max_length=1024, pattern=r"^/", description="HTTP path (must start with /)."
+    )
+    path_type: PathType = Field(default=PathType.PREFIX, description="How the path is matched.")
+    annotations: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Annotations added to the Ingress (e.g. for cert-manager).",
+    )
+    tls: IngressTLS | None = Field(default=None, description="Serve host over TLS with this certificate.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.tls) || has(self.host)",
+                    "message": "ingress.tls needs ingress.host",
+                    "fieldPath": ".tls",
+                    "reason": "FieldValueRequired",
+                }
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _tls_needs_host(self) -> IngressSpec:
+        if self.tls is not None and self.host is None:
+            raise ValueError("ingress.tls needs ingress.host")
+        return self
+
+
+class NetworkPolicySpec(SpecModel):
+    """The NetworkPolicy `<name>`: ingress to the bridge port only, from the allowed peers."""
+
+    enabled: bool = Field(default=True, description="Create the NetworkPolicy.")
+    from_: list[dict[str, Any]] = Field(
+        default_factory=list,
+        alias="from",
+        max_length=MAX_LIST_ITEMS,
+        description=(
+            "Allowed peers (Kubernetes NetworkPolicyPeer objects: podSelector, namespaceSelector, "
+            "ipBlock). Empty: pods of the same namespace."
+        ),
+    )
+
+
+class LocalObjectReference(SpecModel):
+    """A reference to an object in the same namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN, description="Name of the object."
+    )
+
+
+def _labels_not_reserved(labels: dict[str, str]) -> dict[str, str]:
+    reserved = sorted(k for k in labels if k in RESERVED_POD_LABELS)
+    if reserved:
+        raise ValueError(f"pod.labels may not set the operator's labels: {', '.join(reserved)}")
+    return labels
+
+
+class PodTemplateOptions(SpecModel):
+    """Scheduling and metadata options of the pod."""
+
+    labels: Annotated[dict[str, str], AfterValidator(_labels_not_reserved)] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Extra pod labels (the app.kubernetes.io labels of the operator cannot be overridden).",
+        json_schema_extra={
+            "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN},
+            "x-kubernetes-validations": [
+                {
+                    "rule": " && ".join(f"!('{k}' in self)" for k in RESERVED_POD_LABELS),
+                    "message": "pod.labels may not set the operator's app.kubernetes.io labels",
+                }
+            ],
+        },
+    )
+    annotations: dict[str, str] = Field(
+        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Extra pod annotations."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description="Node labels the pod must match.",
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="Kubernetes tolerations of the pod, passed through unchanged.",
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="Kubernetes affinity of the pod, passed through unchanged."
+    )
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN_PATTERN,
+        description="PriorityClass of the pod.",
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="Secrets used to pull the images.",
+    )
+
+
+class VestigeMemorySpec(SpecModel):
+    """Desired state of one agent's long-term memory: a Vestige server, its bridge, volume and token."""
+
+    agent_id: str | None = Field(
+        default=None,
+        max_length=MAX_AGENT_ID_LENGTH,
+        pattern=DNS1123_LABEL_PATTERN,
+        description=(
+            "Identity of the agent this memory belongs to (a DNS label); defaults to metadata.name. "
+            "Immutable."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "spec.agentId is immutable",
+                    "reason": "FieldValueForbidden",
+                }
+            ]
+        },
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Scale the memory to zero (data kept, phase Suspended) until set back to false.",
+    )
+    storage: StorageSpec = _nested(StorageSpec, "The data volume.")
+    vestige: VestigeContainerSpec = _nested(VestigeContainerSpec, "The Vestige container.")
+    bridge: BridgeContainerSpec = _nested(BridgeContainerSpec, "The bridge container.")
+    auth: AuthSpec = _nested(AuthSpec, "The bearer token.")
+    service: ServiceSpec = _nested(ServiceSpec, "The Service in front of the bridge.")
+    ingress: IngressSpec = _nested(IngressSpec, "An optional Ingress to the bridge.")
+    network_policy: NetworkPolicySpec = _nested(NetworkPolicySpec, "The NetworkPolicy of the pod.")
+    pod: PodTemplateOptions = _nested(PodTemplateOptions, "Pod scheduling and metadata options.")
+
+    def effective_agent_id(self, name: str) -> str:
+        """The agent id in force: ``spec.agentId``, else the resource's name."""
+        return self.agent_id or name
+
+
+# --------------------------------------------------------------------------------------------
+# Status
+# --------------------------------------------------------------------------------------------
+
+
+class Condition(StatusModel):
+    """A Kubernetes condition (same shape as metav1.Condition)."""
+
+    type: str = Field(
+        max_length=316,
+        pattern=CONDITION_TYPE_PATTERN,
+        description="Condition type: Ready, Reconciling, Stalled, StorageReady.",
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=CONDITION_REASON_PATTERN,
+        description="Machine-readable CamelCase reason of the last transition.",
+    )
+    message: str = Field(default="", max_length=32768, description="Human-readable details.")
+    last_transition_time: str = Field(
+        description="When the status last changed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="metadata.generation the condition was computed from.",
+        json_schema_extra={"format": "int64"},
+    )
+
+
+class StorageStatus(StatusModel):
+    """Observed state of the data volume."""
+
+    capacity: Quantity | None = Field(default=None, description="Capacity of the bound volume.")
+
+
+class VestigeMemoryStatus(StatusModel):
+    """Observed state of a VestigeMemory, written by the operator."""
+
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending, Provisioning, Ready, Degraded, Suspended or Failed.",
+    )
+    observed_generation: int | None = Field(
+        default=None,
+        ge=0,
+        description="metadata.generation the status was computed from.",
+        json_schema_extra={"format": "int64"},
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Reconciling, Stalled and StorageReady conditions.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    agent_id: str | None = Field(default=None, description="The agent id in force.")
+    endpoint: str | None = Field(default=None, description="In-cluster URL of the bridge.")
+    url: str | None = Field(default=None, description="External URL of the bridge (through the Ingress).")
+    auth_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret and key holding the bearer token."
+    )
+    pvc_name: str | None = Field(default=None, description="Name of the data PersistentVolumeClaim.")
+    storage: StorageStatus | None = Field(default=None, description="Observed state of the data volume.")
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of this type, if any."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+__all__ = [
+    "AuthSpec",
+    "BridgeContainerSpec",
+    "Condition",
+    "ConditionStatus",
+    "EnvVar",
+    "ImagePullPolicy",
+    "IngressSpec",
+    "IngressTLS",
+    "LocalObjectReference",
+    "NetworkPolicySpec",
+    "PathType",
+    "Phase",
+    "PodTemplateOptions",
+    "ReclaimPolicy",
+    "ResourceRequirements",
+    "SecretKeyRef",
+    "ServiceSpec",
+    "ServiceType",
+    "StorageSpec",
+    "StorageStatus",
+    "VestigeContainerSpec",
+    "VestigeGeneration",
+    "VestigeMemorySpec",
+    "VestigeMemoryStatus",
+    "parse_quantity",
+]
