@@ -628,17 +628,8 @@ class VestigeMemorySpec(SpecModel):
         pattern=DNS1123_LABEL_PATTERN,
         description=(
             "Identity of the agent this memory belongs to (a DNS label); defaults to metadata.name. "
-            "Immutable."
+            "Immutable: the agent id in force (this value, or the name when unset) never changes."
         ),
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self == oldSelf",
-                    "message": "spec.agentId is immutable",
-                    "reason": "FieldValueForbidden",
-                }
-            ]
-        },
     )
     suspend: bool = Field(
         default=False,

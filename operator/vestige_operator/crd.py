@@ -1,0 +1,359 @@
+"""Generate the VestigeMemory CustomResourceDefinition from the pydantic models in ``api.py``.
+
+``to_structural`` turns pydantic's JSON schema into a Kubernetes structural schema: ``$ref`` are
+inlined, ``Optional`` (``anyOf`` with ``null``) collapses to the non-null branch, titles and null
+defaults go, free-form objects keep unknown fields (``x-kubernetes-preserve-unknown-fields``) and
+every node has a ``type``. ``crd_manifest`` adds what only the CRD knows: names, printer columns,
+the status subresource and the rules on the root that need ``metadata.name``.
+
+``python -m vestige_operator.crd --write`` regenerates ``crds/`` and ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vestige_operator import GROUP, KIND, PLURAL, SINGULAR, VERSION
+from vestige_operator.api import (
+    DNS1035_LABEL_PATTERN,
+    MAX_NAME_LENGTH,
+    VestigeMemorySpec,
+    VestigeMemoryStatus,
+)
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
+SHORT_NAMES = ["vmem"]
+CATEGORIES = ["vestige"]
+
+#: Keys of pydantic's JSON schema that a Kubernetes schema does not use.
+_DROPPED_KEYS = frozenset({"title", "$defs", "discriminator", "examples"})
+
+_HEADER = (
+    "# Generated from operator/vestige_operator/api.py by `python -m vestige_operator crd`.\n"
+    "# Do not edit: change the models and run `python -m vestige_operator.crd --write`.\n"
+)
+
+
+class SchemaConversionError(ValueError):
+    """The pydantic schema uses a construct that has no structural Kubernetes equivalent."""
+
+
+def to_structural(schema: dict[str, Any]) -> dict[str, Any]:
+    """Convert a pydantic JSON schema (with ``$defs``) into a Kubernetes structural schema."""
+    return _convert(schema, schema.get("$defs", {}), "")
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any], path: str) -> dict[str, Any]:
+    """Inline ``$ref`` and single-item ``allOf``; keys next to the reference win (a field's
+    description and default override the referenced model's)."""
+    if "$ref" in node:
+        ref = node["$ref"]
+        prefix = "#/$defs/"
+        if not ref.startswith(prefix) or ref[len(prefix) :] not in defs:
+            raise SchemaConversionError(f"{path or '<root>'}: unresolvable $ref {ref!r}")
+        target = _resolve(defs[ref[len(prefix) :]], defs, path)
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    if "allOf" in node:
+        parts = node["allOf"]
+        if len(parts) != 1:
+            raise SchemaConversionError(f"{path or '<root>'}: allOf with {len(parts)} parts")
+        inner = _resolve(parts[0], defs, path)
+        node = {**inner, **{k: v for k, v in node.items() if k != "allOf"}}
+    return node
+
+
+def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, field: bool = True) -> dict[str, Any]:
+    """Convert one node; ``field`` nodes (the root and properties) must carry a description."""
+    node = _resolve(node, defs, path)
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+        options = [o for o in node["anyOf"] if o != {"type": "null"}]
+        if len(options) != 1:
+            raise SchemaConversionError(
+                f"{path or '<root>'}: a union of {len(options)} types has no structural form"
+            )
+        inner = _resolve(options[0], defs, path)
+        node = {**inner, **{k: v for k, v in node.items() if k != "anyOf"}}
+        if "anyOf" in inner and "anyOf" not in node:
+            node["anyOf"] = inner["anyOf"]
+        return _convert(node, defs, path, field)
+
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _DROPPED_KEYS or (key == "default" and value is None):
+            continue
+        if key == "const":
+            out["enum"] = [value]
+        elif key == "properties":
+            out["properties"] = {
+                name: _convert(child, defs, f"{path}.{name}") for name, child in value.items()
+            }
+        elif key == "items":
+            out["items"] = _convert(value, defs, f"{path}[]", field=False)
+        elif key == "additionalProperties":
+            if isinstance(value, dict) and value:
+                out["additionalProperties"] = _convert(value, defs, f"{path}.*", field=False)
+            elif (value is True or value == {}) and "properties" not in node:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+            # additionalProperties: false (extra="forbid") is implicit: structural schemas prune.
+        else:
+            out[key] = value
+
+    if "type" not in out and not (
+        out.get("x-kubernetes-int-or-string") or out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        if "enum" in out and all(isinstance(v, str) for v in out["enum"]):
+            out["type"] = "string"
+        else:
+            raise SchemaConversionError(f"{path or '<root>'}: no type")
+    if field and not out.get("description"):
+        raise SchemaConversionError(f"{path or '<root>'}: no description")
+    # Readable order: type and description first, as kubectl and controller-gen show them.
+    head = {k: out.pop(k) for k in ("type", "description") if k in out}
+    return {**head, **out}
+
+
+def _root_validations() -> list[dict[str, Any]]:
+    """CEL rules on the root object: the only place where metadata.name is visible."""
+    effective = "(has({o}.spec) && has({o}.spec.agentId) ? {o}.spec.agentId : {o}.metadata.name)"
+    return [
+        {
+            "rule": f"{effective.format(o='self')} == {effective.format(o='oldSelf')}",
+            "message": "spec.agentId is immutable: the agent id in force (spec.agentId, else "
+            "metadata.name) cannot change",
+            "fieldPath": ".spec.agentId",
+            "reason": "FieldValueForbidden",
+        },
+    ]
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of the served version."""
+    spec = to_structural(VestigeMemorySpec.model_json_schema(by_alias=True))
+    spec["default"] = {}
+    status = to_structural(VestigeMemoryStatus.model_json_schema(by_alias=True, mode="serialization"))
+    return {
+        "type": "object",
+        "description": (
+            "VestigeMemory is the long-term memory of one AI agent: a Vestige MCP server with "
+            "its own volume and token, fronted by an authenticating REST/MCP bridge."
+        ),
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": "APIVersion of this representation of the object (vestige.dev/v1alpha1).",
+            },
+            "kind": {
+                "type": "string",
+                "description": "Kind is the REST resource this object represents (VestigeMemory).",
+            },
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "maxLength": MAX_NAME_LENGTH,
+                        "pattern": DNS1035_LABEL_PATTERN,
+                    }
+                },
+            },
+            "spec": spec,
+            "status": status,
+        },
+        "x-kubernetes-validations": _root_validations(),
+    }
+
+
+def printer_columns() -> list[dict[str, Any]]:
+    """Columns of ``kubectl get vmem``."""
+    return [
+        {
+            "name": "Agent",
+            "type": "string",
+            "jsonPath": ".status.agentId",
+            "description": "The agent id in force.",
+        },
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Summary state."},
+        {
+            "name": "Ready",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+            "description": "Status of the Ready condition.",
+        },
+        {
+            "name": "Endpoint",
+            "type": "string",
+            "jsonPath": ".status.endpoint",
+            "description": "In-cluster URL of the bridge.",
+        },
+        {
+            "name": "Storage",
+            "type": "string",
+            "jsonPath": ".spec.storage.size",
+            "description": "Requested size of the data volume.",
+        },
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def crd_manifest() -> dict[str, Any]:
+    """The CustomResourceDefinition (apiextensions.k8s.io/v1) of VestigeMemory."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "vestige-operator", "app.kubernetes.io/part-of": "vestige"},
+        },
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": CATEGORIES,
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": printer_columns(),
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes shared sub-trees in full: YAML anchors would make the CRD hard to read."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def crd_yaml() -> str:
+    """The CRD as YAML, with a do-not-edit header (the content of ``crds/``)."""
+    body = yaml.dump(crd_manifest(), Dumper=_NoAliasDumper, sort_keys=False, width=10_000, allow_unicode=True)
+    return _HEADER + body
+
+
+# --------------------------------------------------------------------------------------------
+# Field reference (docs/api.md), generated from the same schema
+# --------------------------------------------------------------------------------------------
+
+
+def _type_of(node: dict[str, Any]) -> str:
+    if node.get("x-kubernetes-int-or-string"):
+        return "quantity"
+    kind = node.get("type", "object")
+    if kind == "array":
+        return f"[]{_type_of(node.get('items', {}))}"
+    if kind == "object" and "additionalProperties" in node:
+        return f"map[string]{_type_of(node['additionalProperties'])}"
+    return str(kind)
+
+
+def _constraints(node: dict[str, Any]) -> str:
+    parts: list[str] = []
+    if "enum" in node:
+        parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
+    if "default" in node and node["default"] != {}:
+        parts.append(f"default `{_inline(node['default'])}`")
+    if "maxLength" in node:
+        parts.append(f"max length {node['maxLength']}")
+    if "maxItems" in node:
+        parts.append(f"max {node['maxItems']} items")
+    if "maxProperties" in node:
+        parts.append(f"max {node['maxProperties']} entries")
+    if "pattern" in node and not node.get("x-kubernetes-int-or-string"):
+        parts.append(f"pattern `{node['pattern']}`")
+    parts.extend(rule["message"] for rule in node.get("x-kubernetes-validations", []))
+    return "; ".join(parts)
+
+
+def _inline(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def _rows(node: dict[str, Any], prefix: str, required: bool) -> list[str]:
+    rows = []
+    desc = " ".join(node.get("description", "").split()).replace("|", "\\|")
+    notes = _constraints(node).replace("|", "\\|")
+    mark = " (required)" if required else ""
+    rows.append(f"| `{prefix}`{mark} | {_type_of(node)} | {desc} | {notes} |")
+    children = node.get("properties", {})
+    if node.get("type") == "array":
+        children = node.get("items", {}).get("properties", {})
+        prefix = f"{prefix}[]"
+        req = set(node.get("items", {}).get("required", []))
+    else:
+        req = set(node.get("required", []))
+    for name, child in children.items():
+        rows.extend(_rows(child, f"{prefix}.{name}", name in req))
+    return rows
+
+
+def api_reference_markdown() -> str:
+    """A field reference of spec and status, generated from the CRD schema."""
+    schema = openapi_schema()
+    header = "| Field | Type | Description | Default, constraints, rules |\n|---|---|---|---|"
+    lines = [
+        "<!-- Generated by `python -m vestige_operator.crd --write` from api.py; do not edit. -->",
+        f"# {KIND} API reference ({GROUP}/{VERSION})",
+        "",
+        schema["description"],
+        "",
+        f"Short name `{SHORT_NAMES[0]}`, category `{CATEGORIES[0]}`, namespaced, status subresource.",
+        f"`metadata.name` must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters (children "
+        "are `<name>`, `<name>-auth`, `<name>-data`, and pod names `<name>-<hash>-<suffix>` stay "
+        "within 63 characters).",
+        "",
+    ]
+    for part in ("spec", "status"):
+        lines += [f"## {part}", "", header]
+        lines += _rows(schema["properties"][part], part, False)
+        lines.append("")
+    lines += ["## Rules on the whole object", ""]
+    lines += [f"- `{r['rule']}`: {r['message']}" for r in schema["x-kubernetes-validations"]]
+    lines += ["", "## Printer columns", ""]
+    lines += [f"- {c['name'].upper()}: `{c['jsonPath']}`" for c in printer_columns()]
+    return "\n".join(lines) + "\n"
+
+
+def write(root: Path) -> list[Path]:
+    """Write ``crds/<file>`` and ``docs/api.md`` under the repository root."""
+    targets = {root / "crds" / CRD_FILE: crd_yaml(), root / "docs" / "api.md": api_reference_markdown()}
+    for target, text in targets.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text, encoding="utf-8")
+    return list(targets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vestige_operator.crd", description=__doc__)
+    parser.add_argument("--write", action="store_true", help="write crds/ and docs/api.md")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root (default: cwd)")
+    args = parser.parse_args(argv)
+    if args.write:
+        for path in write(args.root):
+            print(path)
+    else:
+        sys.stdout.write(crd_yaml())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
