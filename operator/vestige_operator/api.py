@@ -57,10 +57,11 @@ CONDITION_TYPE_PATTERN = (
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 
 #: Longest accepted metadata.name. Children are ``<name>``, ``<name>-auth`` and ``<name>-data``
-#: (all DNS-1035/1123 labels, <= 63), and the Deployment's pods are named
-#: ``<name>-<pod-template-hash (<= 10)>-<5 random>``: 47 + 16 = 63 keeps every pod name a whole
-#: DNS label, so the pod hostname is never truncated and every child name stays a valid label.
-MAX_NAME_LENGTH = 47
+#: (DNS labels, <= 63), and the Deployment's pods are ``<name>-<pod-template-hash>-<suffix>``
+#: where the hash is a uint32 in decimal (<= 10 digits) and the suffix 5 characters:
+#: 46 + 1 + 10 + 1 + 5 = 63, so every pod name is a whole DNS label and its hostname is never
+#: truncated.
+MAX_NAME_LENGTH = 46
 MAX_AGENT_ID_LENGTH = 63
 #: Bounds on lists and maps: they keep the CEL cost estimate of the CRD within the API server's
 #: budget and catch runaway manifests early.
@@ -112,9 +113,9 @@ def parse_quantity(value: str | int) -> Decimal:
     match = _NUMBER_RE.match(value)
     assert match is not None  # the quantity pattern guarantees a leading number
     number, suffix = Decimal(match.group(1)), match.group(2)
-    if suffix[:1] in ("e", "E"):
-        return number * (Decimal(10) ** int(Decimal(suffix[1:])))
-    return number * _SUFFIX_MULTIPLIERS[suffix]
+    if suffix in _SUFFIX_MULTIPLIERS:
+        return number * _SUFFIX_MULTIPLIERS[suffix]
+    return number * (Decimal(10) ** Decimal(suffix[1:]))  # decimal exponent: 1e3, 2E-3
 
 
 def _quantity_to_str(value: object) -> object:

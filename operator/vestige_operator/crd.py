@@ -154,6 +154,7 @@ def openapi_schema() -> dict[str, Any]:
             },
             "metadata": {
                 "type": "object",
+                "description": "Standard object metadata; the name names every child object.",
                 "properties": {
                     "name": {
                         "type": "string",
@@ -278,7 +279,13 @@ def _constraints(node: dict[str, Any]) -> str:
         parts.append(f"max {node['maxProperties']} entries")
     if "pattern" in node and not node.get("x-kubernetes-int-or-string"):
         parts.append(f"pattern `{node['pattern']}`")
-    parts.extend(rule["message"] for rule in node.get("x-kubernetes-validations", []))
+    if node.get("x-kubernetes-list-type") == "map":
+        keys = ", ".join(node.get("x-kubernetes-list-map-keys", []))
+        parts.append(f"unique by {keys}")
+    rules = list(node.get("x-kubernetes-validations", []))
+    if node.get("type") == "array":
+        rules += node.get("items", {}).get("x-kubernetes-validations", [])
+    parts.extend(rule["message"] for rule in rules)
     return "; ".join(parts)
 
 
