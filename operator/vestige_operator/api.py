@@ -161,7 +161,9 @@ NonNegativeQuantity = Annotated[Quantity, AfterValidator(_check_non_negative)]
 PositiveQuantity = Annotated[Quantity, AfterValidator(_check_positive)]
 
 # CEL: the quantity library parses strings only, and an int-or-string field may hold an integer.
-_CEL_NON_NEGATIVE_MAP = "self.all(k, !isQuantity(string(self[k])) || quantity(string(self[k])).sign() >= 0)"
+_CEL_NON_NEGATIVE_MAP = (
+    "self.all(k, !isQuantity(string(self[k])) || !quantity(string(self[k])).isLessThan(quantity('0')))"
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -153,8 +153,8 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "Kind is the REST resource this object represents (VestigeMemory).",
             },
             "metadata": {
+                # Kubernetes allows only restrictions of name/generateName here (no description).
                 "type": "object",
-                "description": "Standard object metadata; the name names every child object.",
                 "properties": {
                     "name": {
                         "type": "string",
