@@ -12,7 +12,7 @@ Kubernetes form). Spec models forbid unknown fields; status models ignore them.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Decimal, DecimalException, localcontext
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -68,6 +68,9 @@ MAX_AGENT_ID_LENGTH = 63
 MAX_ENV = 128
 MAX_MAP_ENTRIES = 64
 MAX_LIST_ITEMS = 64
+#: Longest quantity string accepted (Kubernetes' own quantities are far shorter). The bound also
+#: keeps the CEL cost estimate of the rules that parse quantities within the API server's budget.
+MAX_QUANTITY_LENGTH = 64
 
 #: Labels the operator sets on every pod (its selector); a user may not override them.
 RESERVED_POD_LABELS = (
@@ -108,14 +111,19 @@ def parse_quantity(value: str | int) -> Decimal:
         raise ValueError(f"not a quantity: {value!r}")
     if isinstance(value, int):
         return Decimal(value)
-    if not isinstance(value, str) or not _QUANTITY_RE.match(value):
+    if not isinstance(value, str) or len(value) > MAX_QUANTITY_LENGTH or not _QUANTITY_RE.match(value):
         raise ValueError(f"not a Kubernetes quantity: {value!r}")
     match = _NUMBER_RE.match(value)
     assert match is not None  # the quantity pattern guarantees a leading number
     number, suffix = Decimal(match.group(1)), match.group(2)
-    if suffix in _SUFFIX_MULTIPLIERS:
-        return number * _SUFFIX_MULTIPLIERS[suffix]
-    return number * (Decimal(10) ** Decimal(suffix[1:]))  # decimal exponent: 1e3, 2E-3
+    with localcontext() as ctx:
+        ctx.prec = 2 * MAX_QUANTITY_LENGTH  # exact for every accepted quantity string
+        if suffix in _SUFFIX_MULTIPLIERS:
+            return number * _SUFFIX_MULTIPLIERS[suffix]
+        try:
+            return number * (Decimal(10) ** Decimal(suffix[1:]))  # decimal exponent: 1e3, 2E-3
+        except DecimalException as err:
+            raise ValueError(f"quantity out of range: {value!r}") from err
 
 
 def _quantity_to_str(value: object) -> object:
@@ -142,10 +150,24 @@ def _check_non_negative(value: str) -> str:
     return value
 
 
-_QUANTITY_SCHEMA: dict[str, Any] = {
-    "anyOf": [{"type": "integer"}, {"type": "string"}],
-    "pattern": QUANTITY_PATTERN,
-    "x-kubernetes-int-or-string": True,
+def _quantity_schema(*rules: dict[str, str]) -> dict[str, Any]:
+    """The schema of a quantity, as the Kubernetes core types publish it, plus CEL rules."""
+    schema: dict[str, Any] = {
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "pattern": QUANTITY_PATTERN,
+        "maxLength": MAX_QUANTITY_LENGTH,
+        "x-kubernetes-int-or-string": True,
+    }
+    if rules:
+        schema["x-kubernetes-validations"] = list(rules)
+    return schema
+
+
+# CEL: the quantity library parses strings only, and an int-or-string field may hold an integer;
+# a malformed string is left to the pattern (one clear error instead of two).
+_CEL_NOT_NEGATIVE = {
+    "rule": "!isQuantity(string(self)) || !quantity(string(self)).isLessThan(quantity('0'))",
+    "message": "must not be negative",
 }
 
 #: A Kubernetes quantity (``5Gi``, ``500m``, ``1``); integers are accepted and kept as strings.
@@ -153,17 +175,14 @@ Quantity = Annotated[
     str,
     BeforeValidator(_quantity_to_str),
     AfterValidator(_check_quantity),
-    WithJsonSchema(_QUANTITY_SCHEMA),
+    WithJsonSchema(_quantity_schema()),
 ]
 #: A quantity that must not be negative (resource requests and limits).
-NonNegativeQuantity = Annotated[Quantity, AfterValidator(_check_non_negative)]
-#: A quantity that must be greater than zero (storage size).
+NonNegativeQuantity = Annotated[
+    Quantity, AfterValidator(_check_non_negative), WithJsonSchema(_quantity_schema(_CEL_NOT_NEGATIVE))
+]
+#: A quantity that must be greater than zero (storage size; its CEL rules are on the field).
 PositiveQuantity = Annotated[Quantity, AfterValidator(_check_positive)]
-
-# CEL: the quantity library parses strings only, and an int-or-string field may hold an integer.
-_CEL_NON_NEGATIVE_MAP = (
-    "self.all(k, !isQuantity(string(self[k])) || !quantity(string(self[k])).isLessThan(quantity('0')))"
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,21 +352,11 @@ class ResourceRequirements(SpecModel):
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
         description="Minimum resources the container needs, e.g. {cpu: 100m, memory: 256Mi}.",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": _CEL_NON_NEGATIVE_MAP, "message": "resource requests must not be negative"}
-            ]
-        },
     )
     limits: dict[str, NonNegativeQuantity] = Field(
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
         description="Maximum resources the container may use, e.g. {memory: 1Gi}.",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": _CEL_NON_NEGATIVE_MAP, "message": "resource limits must not be negative"}
-            ]
-        },
     )
 
 

@@ -286,6 +286,9 @@ def _constraints(node: dict[str, Any]) -> str:
     if node.get("type") == "array":
         rules += node.get("items", {}).get("x-kubernetes-validations", [])
     parts.extend(rule["message"] for rule in rules)
+    values = node.get("additionalProperties")
+    if isinstance(values, dict):
+        parts.extend(f"values {rule['message']}" for rule in values.get("x-kubernetes-validations", []))
     return "; ".join(parts)
 
 

@@ -66,6 +66,13 @@ def test_parse_quantity_rejects(text: Any) -> None:
         parse_quantity(text)
 
 
+def test_quantity_length_is_bounded_like_the_crd() -> None:
+    longest = "1" * api.MAX_QUANTITY_LENGTH
+    assert parse_quantity(longest) == Decimal(longest)
+    with pytest.raises(ValueError):
+        parse_quantity(longest + "1")
+
+
 # -- spec defaults and round trips -------------------------------------------------------------
 
 

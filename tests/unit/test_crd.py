@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -327,3 +329,24 @@ def test_converter_maps_free_form_objects() -> None:
 def test_converter_refuses_what_kubernetes_cannot_express(node: dict[str, Any], message: str) -> None:
     with pytest.raises(crd.SchemaConversionError, match=message):
         crd.to_structural({"type": "object", "description": "root", "properties": {"f": node}})
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def test_module_cli_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    assert crd.main([]) == 0
+    assert capsys.readouterr().out == crd.crd_yaml()
+
+
+def test_operator_cli_crd_command_prints_the_crd() -> None:
+    # __main__ imports the operator runner (written separately); skip only until it exists.
+    pytest.importorskip("vestige_operator.runner")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vestige_operator", "crd"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout == (ROOT / "crds" / crd.CRD_FILE).read_text(encoding="utf-8")
