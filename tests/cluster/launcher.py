@@ -134,7 +134,7 @@ def _https_get(url: str, p: pki.Pki, timeout: float = 2.0) -> tuple[int, str]:
     ctx = ssl.create_default_context(cafile=str(p.ca_cert))
     ctx.load_cert_chain(str(p.client_cert("admin")), str(p.client_key("admin")))
     try:
-        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:  # noqa: S310 (loopback https)
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode(errors="replace")
