@@ -5,8 +5,6 @@
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 python -m tests.cluster build >/dev/null
 ruff check .
-ruff format --check operator images tests/cluster
-python -m vestige_operator crd | diff -u crds/vestige.dev_vestigememories.yaml - \
-  || { echo "crds/ is stale: run python -m vestige_operator crd > crds/vestige.dev_vestigememories.yaml" >&2; exit 1; }
+ruff format --check .
 # pytest exits 5 when it collected nothing: that is a failure here like any other non-zero exit.
 exec python -m pytest tests "$@"
