@@ -1,0 +1,267 @@
+"""The only code of the operator that talks to the Kubernetes API server (kopf's watches aside).
+
+It uses the official ``kubernetes`` client's configuration and connection pool but sends raw JSON
+(no model classes): server-side apply (``application/apply-patch+yaml``, field manager
+``vestige-operator``, ``force=true``), create-if-absent, get, delete with a uid precondition and a
+JSON merge patch of the ``status`` subresource. Blocking calls run in a small thread pool so the
+kopf event loop never blocks. Every request is counted in ``Cluster.requests`` (verb, kind) so a
+benchmark can report requests per resync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.exceptions import ApiException
+
+from vestige_operator import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
+
+logger = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+REQUEST_TIMEOUT = (10.0, 30.0)  # connect, read (seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A namespaced API resource the operator reads or writes."""
+
+    api_version: str
+    kind: str
+    plural: str
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        path = f"{base}/namespaces/{quote(namespace, safe='')}/{self.plural}"
+        if name is not None:
+            path += f"/{quote(name, safe='')}"
+        if subresource is not None:
+            path += f"/{subresource}"
+        return path
+
+
+SECRET = Kind("v1", "Secret", "secrets")
+PVC = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
+SERVICE = Kind("v1", "Service", "services")
+DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
+NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
+INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")
+VESTIGE_MEMORY = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
+
+KINDS: Mapping[str, Kind] = {
+    k.kind: k for k in (SECRET, PVC, SERVICE, DEPLOYMENT, NETWORK_POLICY, INGRESS, VESTIGE_MEMORY)
+}
+
+
+def kind_of(manifest: Mapping[str, Any]) -> Kind:
+    """The Kind of a manifest (KeyError for a kind the operator does not manage)."""
+    kind = KINDS[manifest["kind"]]
+    if kind.api_version != manifest["apiVersion"]:
+        raise KeyError(f"unexpected apiVersion {manifest['apiVersion']!r} for {kind.kind}")
+    return kind
+
+
+class ApiError(Exception):
+    """A request the API server refused or that did not reach it."""
+
+    def __init__(self, status: int, reason: str, message: str, *, verb: str, target: str) -> None:
+        super().__init__(f"{verb} {target}: {status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    @property
+    def transient(self) -> bool:
+        """Whether retrying the same request later may succeed (network, throttling, 5xx, conflicts)."""
+        return self.status == 0 or self.status in (408, 409, 429) or self.status >= 500
+
+
+def _error_from(status: int, reason: str, data: bytes | str | None, verb: str, target: str) -> ApiError:
+    message = ""
+    if data:
+        try:
+            doc = json.loads(data)
+            message = str(doc.get("message", "")) if isinstance(doc, dict) else ""
+            reason = str(doc.get("reason", reason)) if isinstance(doc, dict) else reason
+        except ValueError:
+            message = data.decode(errors="replace") if isinstance(data, bytes) else data
+    return ApiError(status, reason or "", message[:2000], verb=verb, target=target)
+
+
+def make_api_client(kubeconfig: str | None = None) -> kubernetes.client.ApiClient:
+    """An API client for the in-cluster service account, else the kubeconfig (``$KUBECONFIG``)."""
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig is None:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+            return kubernetes.client.ApiClient(configuration)
+        except kubernetes.config.ConfigException:
+            pass
+    kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return kubernetes.client.ApiClient(configuration)
+
+
+class Cluster:
+    """Asynchronous, counted access to the API server for the reconciler."""
+
+    def __init__(
+        self,
+        api_client: kubernetes.client.ApiClient,
+        *,
+        field_manager: str = FIELD_MANAGER,
+        max_workers: int = 8,
+    ) -> None:
+        self._api = api_client
+        self._field_manager = field_manager
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vestige-api")
+        self.requests: Counter[tuple[str, str]] = Counter()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._api.close()
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _request_sync(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: JsonDict | None = None,
+        content_type: str | None = None,
+    ) -> tuple[int, bytes]:
+        headers = {"Accept": "application/json"}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
+        method, url, headers, body, _ = self._api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self._api.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT
+            )
+            data = response.read() or b""
+            return response.status, data
+        except ApiException as exc:  # TLS errors and the client's own refusals
+            return exc.status or 0, (exc.body or str(exc.reason) or "").encode()
+        except OSError as exc:  # connection refused/reset, timeouts (urllib3 errors subclass OSError)
+            return 0, str(exc).encode()
+        except Exception as exc:  # urllib3's MaxRetryError & co. do not all subclass OSError
+            if type(exc).__module__.startswith("urllib3"):
+                return 0, str(exc).encode()
+            raise
+
+    async def _request(
+        self,
+        verb: str,
+        kind: Kind,
+        method: str,
+        path: str,
+        **kwargs: Any,
+    ) -> tuple[int, bytes]:
+        self.requests[(verb, kind.kind)] += 1
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: self._request_sync(method, path, **kwargs))
+
+    # -- operations --------------------------------------------------------------------------
+
+    async def apply(self, manifest: JsonDict) -> JsonDict:
+        """Server-side apply ``manifest`` (forcing ownership of the fields it sets); the result."""
+        kind = kind_of(manifest)
+        meta = manifest["metadata"]
+        path = kind.path(meta["namespace"], meta["name"])
+        status, data = await self._request(
+            "apply",
+            kind,
+            "PATCH",
+            path,
+            query=[("fieldManager", self._field_manager), ("force", "true")],
+            body=manifest,
+            content_type="application/apply-patch+yaml",
+        )
+        if status != 200 and status != 201:
+            raise _error_from(status, "", data, "apply", f"{kind.kind} {meta['namespace']}/{meta['name']}")
+        return json.loads(data)
+
+    async def create(self, manifest: JsonDict) -> JsonDict | None:
+        """Create ``manifest``; None when an object of that name already exists (never overwritten)."""
+        kind = kind_of(manifest)
+        meta = manifest["metadata"]
+        status, data = await self._request(
+            "create",
+            kind,
+            "POST",
+            kind.path(meta["namespace"]),
+            query=[("fieldManager", self._field_manager)],
+            body=manifest,
+            content_type="application/json",
+        )
+        if status == 409:
+            return None
+        if status != 201 and status != 200:
+            raise _error_from(status, "", data, "create", f"{kind.kind} {meta['namespace']}/{meta['name']}")
+        return json.loads(data)
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> JsonDict | None:
+        """The object, or None when it does not exist."""
+        status, data = await self._request("get", kind, "GET", kind.path(namespace, name))
+        if status == 404:
+            return None
+        if status != 200:
+            raise _error_from(status, "", data, "get", f"{kind.kind} {namespace}/{name}")
+        return json.loads(data)
+
+    async def delete(self, kind: Kind, namespace: str, name: str, uid: str) -> bool:
+        """Delete the object if it is still the one with ``uid``; False if it is gone or was replaced."""
+        status, data = await self._request(
+            "delete",
+            kind,
+            "DELETE",
+            kind.path(namespace, name),
+            body={
+                "apiVersion": "v1",
+                "kind": "DeleteOptions",
+                "preconditions": {"uid": uid},
+                "propagationPolicy": "Background",
+            },
+            content_type="application/json",
+        )
+        if status in (404, 409):
+            return False
+        if status not in (200, 202):
+            raise _error_from(status, "", data, "delete", f"{kind.kind} {namespace}/{name}")
+        return True
+
+    async def patch_status(self, namespace: str, name: str, uid: str, patch: JsonDict) -> JsonDict | None:
+        """JSON-merge-patch the status of a VestigeMemory (None when it is gone or was replaced)."""
+        body = {"metadata": {"uid": uid}, "status": patch}  # a uid in the patch acts as a precondition
+        status, data = await self._request(
+            "patch_status",
+            VESTIGE_MEMORY,
+            "PATCH",
+            VESTIGE_MEMORY.path(namespace, name, "status"),
+            query=[("fieldManager", self._field_manager)],
+            body=body,
+            content_type="application/merge-patch+json",
+        )
+        if status in (404, 409):
+            return None
+        if status != 200:
+            raise _error_from(status, "", data, "patch status", f"{KIND} {namespace}/{name}")
+        return json.loads(data)

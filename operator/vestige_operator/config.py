@@ -1,0 +1,113 @@
+"""Operator settings, read once from the environment (command-line flags override them).
+
+Every setting is documented in ``docs/operator.md``; the names below are the whole contract.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from vestige_operator import __version__
+
+#: Vestige v3.x image with native MCP over HTTP (built by images/vestige/Dockerfile).
+DEFAULT_VESTIGE_IMAGE = "ghcr.io/vestige-operator/vestige:3"
+#: The bridge image of this release.
+DEFAULT_BRIDGE_IMAGE = f"ghcr.io/vestige-operator/vestige-bridge:{__version__}"
+DEFAULT_RESYNC_SECONDS = 60.0
+#: kopf's liveness endpoint. In a pod the kubelet probes the pod IP, hence 0.0.0.0 by default;
+#: local runs and tests pass a 127.0.0.1 URL (or an empty string to turn it off).
+DEFAULT_LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
+DEFAULT_MAX_CONCURRENT_RECONCILES = 8
+
+LogFormat = Literal["json", "plain"]
+
+
+class ConfigError(ValueError):
+    """A setting has an unusable value."""
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
+
+
+def _parse_positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{name} must be greater than zero, got {raw!r}")
+    return value
+
+
+def _parse_positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(f"{name} must be at least 1, got {raw!r}")
+    return value
+
+
+def _parse_namespaces(raw: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(ns.strip() for ns in raw.split(",") if ns.strip()))
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorConfig:
+    """Settings of one operator process.
+
+    ``namespaces`` empty and ``all_namespaces`` false means "nothing to watch": the runner
+    refuses to start rather than guessing a scope.
+    """
+
+    default_vestige_image: str = DEFAULT_VESTIGE_IMAGE
+    default_bridge_image: str = DEFAULT_BRIDGE_IMAGE
+    resync_seconds: float = DEFAULT_RESYNC_SECONDS
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = False
+    log_format: LogFormat = "json"
+    log_level: str = "INFO"
+    liveness_endpoint: str = DEFAULT_LIVENESS_ENDPOINT
+    max_concurrent_reconciles: int = DEFAULT_MAX_CONCURRENT_RECONCILES
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Build the settings from ``VESTIGE_*`` variables (``os.environ`` by default)."""
+        env = os.environ if env is None else env
+        log_format = env.get("VESTIGE_LOG_FORMAT", "json").strip().lower()
+        if log_format not in ("json", "plain"):
+            raise ConfigError(f"VESTIGE_LOG_FORMAT must be json or plain, got {log_format!r}")
+        log_level = env.get("VESTIGE_LOG_LEVEL", "INFO").strip().upper()
+        if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"VESTIGE_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+        return cls(
+            default_vestige_image=env.get("VESTIGE_DEFAULT_IMAGE", "").strip() or DEFAULT_VESTIGE_IMAGE,
+            default_bridge_image=env.get("VESTIGE_BRIDGE_IMAGE", "").strip() or DEFAULT_BRIDGE_IMAGE,
+            resync_seconds=_parse_positive_float(
+                "VESTIGE_RESYNC_SECONDS", env.get("VESTIGE_RESYNC_SECONDS", str(DEFAULT_RESYNC_SECONDS))
+            ),
+            namespaces=_parse_namespaces(env.get("VESTIGE_NAMESPACES", "")),
+            all_namespaces=_parse_bool("VESTIGE_ALL_NAMESPACES", env.get("VESTIGE_ALL_NAMESPACES", "")),
+            log_format=log_format,  # type: ignore[arg-type]  # checked above
+            log_level=log_level,
+            liveness_endpoint=env.get("VESTIGE_LIVENESS_ENDPOINT", DEFAULT_LIVENESS_ENDPOINT).strip(),
+            max_concurrent_reconciles=_parse_positive_int(
+                "VESTIGE_MAX_CONCURRENT_RECONCILES",
+                env.get("VESTIGE_MAX_CONCURRENT_RECONCILES", str(DEFAULT_MAX_CONCURRENT_RECONCILES)),
+            ),
+        )
+
+    def replace(self, **changes: object) -> OperatorConfig:
+        """A copy with some settings changed (command-line overrides)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,114 @@
+"""kopf registrations: thin wiring from watch events to ``Reconciler.request``.
+
+Only watch-level primitives are used (indexes and ``on.event``), never kopf's create/update/
+resume handlers or timers: those persist progress and a diff base in annotations and need a
+finalizer, which would mean writes on every change and a VestigeMemory that cannot be deleted
+while the operator is down. Here kopf writes nothing to any object; create, update and resume
+(the initial listing) all arrive as events, and a single resync loop replaces per-object timers.
+
+- Indexes (kopf's watch caches, complete before any handler runs) hold the VestigeMemory
+  resources and the operator's children, keyed by (namespace, owner name); children are watched
+  with a server-side label selector ``app.kubernetes.io/managed-by=vestige-operator``.
+- Any event of a VestigeMemory or of one of its children requests a reconcile of that
+  VestigeMemory (coalesced), so Deployment rollouts and PVC binding refresh the status and a
+  deleted or edited child is restored at once, not only at the next resync.
+- No finalizer: owner references let the garbage collector delete the children, and the data
+  PVC follows ``reclaimPolicy`` through the presence or absence of its owner reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from vestige_operator import GROUP, PLURAL, VERSION
+from vestige_operator.children import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
+from vestige_operator.reconcile import Reconciler, trim, trim_owner
+
+OWNER_INDEX = "vestige_owners"
+
+#: kind -> (group, version, plural, index id) of every child kind the operator manages.
+CHILD_RESOURCES: Mapping[str, tuple[str, str, str, str]] = {
+    "Secret": ("", "v1", "secrets", "children_secrets"),
+    "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims", "children_pvcs"),
+    "Deployment": ("apps", "v1", "deployments", "children_deployments"),
+    "Service": ("", "v1", "services", "children_services"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies", "children_networkpolicies"),
+    "Ingress": ("networking.k8s.io", "v1", "ingresses", "children_ingresses"),
+}
+MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+
+
+def configure_settings(settings: kopf.OperatorSettings) -> None:
+    """kopf settings that keep the operator light and silent on the objects it watches."""
+    settings.peering.standalone = True
+    settings.posting.level = 30  # logging.WARNING: only problems become Kubernetes Events
+    settings.execution.max_workers = 2  # all handlers are async; this pool is for kopf itself
+    for group, version, plural, _ in CHILD_RESOURCES.values():
+        settings.watching.label_selectors[group, version, plural] = MANAGED_SELECTOR
+
+
+def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
+    """Register every handler of the operator in ``registry``."""
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+
+    @kopf.index(GROUP, VERSION, PLURAL, id=OWNER_INDEX, registry=registry)
+    def vestige_owners(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): trim_owner(body)}
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="vestige_event", registry=registry)
+    async def vestige_event(type: str | None, namespace: str, name: str, uid: str, **_: Any) -> None:
+        reconciler.ready.set()
+        if type == "DELETED":
+            reconciler.forget((namespace, name), uid)
+        else:
+            reconciler.request((namespace, name))
+
+    def child_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+        instance = labels.get(LABEL_INSTANCE)
+        return {(namespace, instance): trim(body)} if instance else {}
+
+    async def child_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        reconciler.ready.set()
+        instance = labels.get(LABEL_INSTANCE)
+        if instance:
+            reconciler.request((namespace, instance))
+
+    selector = {LABEL_MANAGED_BY: MANAGED_BY}
+    for group, version, plural, index_id in CHILD_RESOURCES.values():
+        kopf.index(group, version, plural, id=index_id, labels=selector, registry=registry)(child_index)
+        kopf.on.event(group, version, plural, id=f"event_{plural}", labels=selector, registry=registry)(
+            child_event
+        )
+
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(registry=registry)
+    async def start(**kwargs: Any) -> None:
+        reconciler.attach(
+            owners=kwargs[OWNER_INDEX],
+            children={kind: kwargs[res[3]] for kind, res in CHILD_RESOURCES.items()},
+        )
+        tasks.append(asyncio.get_running_loop().create_task(reconciler.resync_forever(), name="resync"))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await reconciler.drain()
+        reconciler.cluster.close()
+
+    @kopf.on.probe(id="reconciler", registry=registry)
+    def reconciler_stats(**_: Any) -> dict[str, Any]:
+        requests = reconciler.cluster.requests
+        return {
+            "passes": reconciler.passes,
+            "api_requests": sum(requests.values()),
+            "api_requests_by_verb": {f"{verb} {kind}": n for (verb, kind), n in sorted(requests.items())},
+        }

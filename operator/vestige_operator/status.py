@@ -1,0 +1,289 @@
+"""Pure computation of a VestigeMemory's status from what the reconciler observed.
+
+Conditions have the Kubernetes shape (type, status, reason, message, lastTransitionTime,
+observedGeneration) and follow the kstatus conventions that Flux, Argo CD and ``kubectl wait``
+understand: ``Ready`` is the summary, ``Reconciling`` is True while the operator still works
+towards the spec, ``Stalled`` is True when it cannot get there without help. ``StorageReady``
+reports the data volume. A condition keeps its ``lastTransitionTime`` while its status does not
+change, so an unchanged world yields an identical status and the reconciler writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vestige_operator.api import Phase, VestigeMemorySpec, parse_quantity
+from vestige_operator.children import Owner, auth_secret_ref, endpoint, ingress_url, pvc_name
+
+READY = "Ready"
+RECONCILING = "Reconciling"
+STALLED = "Stalled"
+STORAGE_READY = "StorageReady"
+CONDITION_TYPES = (READY, RECONCILING, STALLED, STORAGE_READY)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildError:
+    """A child the reconciler could not apply or delete in this pass."""
+
+    kind: str
+    message: str
+    transient: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one reconcile pass saw and did; the only input of ``compute_status`` besides the spec.
+
+    ``pvc`` and ``deployment`` are the objects as last seen (the apply response when the pass
+    applied them); ``missing`` lists kinds that should exist but were not seen; ``applied`` the
+    kinds this pass wrote; ``auth_problem`` why no token is available (missing Secret or key).
+    """
+
+    generation: int
+    pvc: Mapping[str, Any] | None = None
+    deployment: Mapping[str, Any] | None = None
+    missing: tuple[str, ...] = ()
+    applied: tuple[str, ...] = ()
+    errors: tuple[ChildError, ...] = ()
+    auth_problem: str | None = None
+    ignored_env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Cond:
+    status: bool
+    reason: str
+    message: str
+
+
+def _condition(
+    type_: str,
+    cond: _Cond,
+    generation: int,
+    previous: Mapping[str, Mapping[str, Any]],
+    now: str,
+) -> dict[str, Any]:
+    status = "True" if cond.status else "False"
+    before = previous.get(type_)
+    since = before.get("lastTransitionTime") if before and before.get("status") == status else None
+    return {
+        "type": type_,
+        "status": status,
+        "reason": cond.reason,
+        "message": cond.message,
+        "lastTransitionTime": since or now,
+        "observedGeneration": generation,
+    }
+
+
+def _storage(spec: VestigeMemorySpec, pvc: Mapping[str, Any] | None, name: str) -> tuple[_Cond, str | None]:
+    """StorageReady and the observed capacity."""
+    if pvc is None:
+        return _Cond(False, "NotFound", f"PersistentVolumeClaim {name} not created yet"), None
+    status = pvc.get("status") or {}
+    phase = status.get("phase", "Pending")
+    capacity = (status.get("capacity") or {}).get("storage")
+    if phase == "Bound":
+        requested = spec.storage.size
+        if capacity is not None and _quantity_lt(capacity, requested):
+            return (
+                _Cond(
+                    True, "ResizePending", f"bound with {capacity}; requested {requested}, expansion pending"
+                ),
+                capacity,
+            )
+        return _Cond(True, "Bound", f"bound with {capacity or 'unknown capacity'}"), capacity
+    if phase == "Lost":
+        return _Cond(False, "Lost", "the bound PersistentVolume no longer exists"), capacity
+    return _Cond(False, "Pending", "waiting for a PersistentVolume to bind"), capacity
+
+
+def _quantity_lt(a: str, b: str) -> bool:
+    try:
+        return parse_quantity(a) < parse_quantity(b)
+    except ValueError:
+        return False
+
+
+def _deployment_state(dep: Mapping[str, Any] | None, suspended: bool) -> tuple[str, str]:
+    """(state, message) with state one of: missing, suspended, scaling-down, rolling, available,
+    unavailable, stuck."""
+    if dep is None:
+        return "missing", "Deployment not created yet"
+    meta = dep.get("metadata") or {}
+    spec = dep.get("spec") or {}
+    status = dep.get("status") or {}
+    want = int(spec.get("replicas", 1))
+    generation = int(meta.get("generation", 0))
+    seen = int(status.get("observedGeneration", 0))
+    replicas = int(status.get("replicas", 0))
+    updated = int(status.get("updatedReplicas", 0))
+    available = int(status.get("availableReplicas", 0))
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded":
+            return "stuck", f"Deployment rollout exceeded its progress deadline: {cond.get('message', '')}"
+    if suspended:
+        if want == 0 and seen >= generation and replicas == 0:
+            return "suspended", "scaled to zero"
+        return "scaling-down", f"scaling to zero ({replicas} pod(s) left)"
+    if seen < generation:
+        return "rolling", "Deployment controller has not observed the latest template yet"
+    if updated < want:
+        return "rolling", f"rolling out: {updated}/{want} pod(s) updated"
+    if available < want:
+        if replicas > want or updated < replicas:
+            return "rolling", f"rolling out: {available}/{want} pod(s) available"
+        return "unavailable", f"{available}/{want} pod(s) available"
+    return "available", f"{available}/{want} pod(s) available"
+
+
+def compute_status(
+    owner: Owner,
+    spec: VestigeMemorySpec,
+    obs: Observation,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    """The status to write (camelCase keys, as the API server stores it)."""
+    previous = previous or {}
+    prev_conditions = {c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)}
+    was_ready = previous.get("phase") in (Phase.READY, Phase.DEGRADED)
+    gen = obs.generation
+
+    storage_cond, capacity = _storage(spec, obs.pvc, pvc_name(owner.name))
+    dep_state, dep_message = _deployment_state(obs.deployment, spec.suspend)
+    permanent = [e for e in obs.errors if not e.transient]
+    transient = [e for e in obs.errors if e.transient]
+
+    stalled: _Cond | None = None
+    if obs.auth_problem is not None:
+        stalled = _Cond(True, "AuthSecretUnavailable", obs.auth_problem)
+    elif permanent:
+        stalled = _Cond(True, "ApplyRejected", "; ".join(f"{e.kind}: {e.message}" for e in permanent))
+    elif storage_cond.reason == "Lost":
+        stalled = _Cond(True, "VolumeLost", storage_cond.message)
+    elif dep_state == "stuck":
+        stalled = _Cond(True, "ProgressDeadlineExceeded", dep_message)
+
+    # Phase and the Ready / Reconciling pair.
+    if stalled is not None:
+        phase = Phase.DEGRADED if dep_state == "stuck" and was_ready else Phase.FAILED
+        ready = _Cond(False, stalled.reason, stalled.message)
+        reconciling = _Cond(False, "Stalled", "cannot progress without a change (see Stalled)")
+    elif spec.suspend:
+        phase = Phase.SUSPENDED
+        ready = _Cond(False, "Suspended", "spec.suspend is true: scaled to zero, data kept")
+        if dep_state == "suspended" and not obs.applied and not transient:
+            reconciling = _Cond(False, "Suspended", dep_message)
+        else:
+            reconciling = _Cond(True, "ScalingDown", dep_message)
+    elif not storage_cond.status:
+        phase = Phase.PENDING
+        ready = _Cond(False, "StoragePending", storage_cond.message)
+        reconciling = _Cond(True, "WaitingForStorage", storage_cond.message)
+    elif dep_state == "available":
+        phase = Phase.READY
+        ready = _Cond(True, "Available", f"the bridge serves at {endpoint(owner)}")
+        reconciling = _Cond(False, "Reconciled", "children match the spec")
+    elif dep_state == "unavailable" and was_ready:
+        phase = Phase.DEGRADED
+        ready = _Cond(False, "Unavailable", dep_message)
+        reconciling = _Cond(False, "WaitingForPods", dep_message)
+    else:
+        phase = Phase.PROVISIONING
+        ready = _Cond(False, "Provisioning", dep_message)
+        reconciling = _Cond(True, "Progressing", dep_message)
+
+    if stalled is None and (obs.applied or obs.missing or transient):
+        notes = []
+        if obs.applied:
+            notes.append(f"applied {', '.join(obs.applied)}")
+        if obs.missing:
+            notes.append(f"waiting to observe {', '.join(obs.missing)}")
+        if transient:
+            notes.append("retrying: " + "; ".join(f"{e.kind}: {e.message}" for e in transient))
+        reconciling = _Cond(True, "Retrying" if transient else "Applying", "; ".join(notes))
+        if phase is Phase.READY:
+            ready = _Cond(True, ready.reason, ready.message)  # serving while children catch up
+    if obs.ignored_env and ready.status:
+        ready = _Cond(
+            True, ready.reason, f"{ready.message}; ignored operator-managed env: {', '.join(obs.ignored_env)}"
+        )
+
+    conds = {
+        READY: ready,
+        RECONCILING: reconciling,
+        STALLED: stalled or _Cond(False, "AsExpected", "no blocking problem"),
+        STORAGE_READY: storage_cond,
+    }
+    secret, key = auth_secret_ref(owner.name, spec)
+    status: dict[str, Any] = {
+        "phase": str(phase),
+        "observedGeneration": gen,
+        "conditions": [_condition(t, conds[t], gen, prev_conditions, now) for t in CONDITION_TYPES],
+        "agentId": spec.effective_agent_id(owner.name),
+        "endpoint": endpoint(owner),
+        "authSecretRef": {"name": secret, "key": key},
+        "pvcName": pvc_name(owner.name),
+    }
+    url = ingress_url(spec)
+    if url is not None:
+        status["url"] = url
+    if capacity is not None:
+        status["storage"] = {"capacity": capacity}
+    return status
+
+
+def invalid_status(
+    owner: Owner,
+    generation: int,
+    message: str,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    """Status for a spec the operator cannot parse (it renders nothing for it)."""
+    previous = previous or {}
+    prev_conditions = {c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, Mapping)}
+    stalled = _Cond(True, "InvalidSpec", message)
+    conds = {
+        READY: _Cond(False, "InvalidSpec", message),
+        RECONCILING: _Cond(False, "Stalled", "cannot progress without a change (see Stalled)"),
+        STALLED: stalled,
+        STORAGE_READY: _Cond(False, "Unknown", "spec not understood"),
+    }
+    return {
+        "phase": str(Phase.FAILED),
+        "observedGeneration": generation,
+        "conditions": [_condition(t, conds[t], generation, prev_conditions, now) for t in CONDITION_TYPES],
+        "endpoint": endpoint(owner),
+    }
+
+
+def status_patch(previous: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The JSON merge patch turning ``previous`` into ``new`` (None when they are equal).
+
+    Top-level keys the new status lacks are nulled; ``kopf`` (kopf's own bookkeeping) is left
+    alone. Nested values are replaced whole, which a merge patch does for lists anyway.
+    """
+    previous = {k: v for k, v in (previous or {}).items() if k != "kopf"}
+    if previous == dict(new):
+        return None
+    patch: dict[str, Any] = {k: v for k, v in new.items() if previous.get(k) != v}
+    for key in previous:
+        if key not in new:
+            patch[key] = None
+    # A nested dict in a merge patch merges: send removed sub-keys as null too.
+    for key, value in list(patch.items()):
+        old = previous.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            patch[key] = {**{k: None for k in old if k not in value}, **value}
+    return patch
+
+
+def changed_conditions(previous: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Condition types whose status changed (for logging)."""
+    old = {c.get("type"): c.get("status") for c in previous}
+    return [str(c["type"]) for c in new if old.get(c["type"]) != c["status"]]
