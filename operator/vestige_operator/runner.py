@@ -117,6 +117,11 @@ def configure_logging(config: OperatorConfig) -> None:
     logging.getLogger().setLevel(config.log_level)
     # The client's connection pool is chatty at DEBUG and warns about every retry.
     logging.getLogger("urllib3").setLevel(logging.ERROR)
+    if config.log_level != "DEBUG":
+        # kopf logs "Handler ... succeeded" for every watch event and every liveness probe:
+        # thousands of lines per resync with many resources. Problems are still logged.
+        for name in ("kopf.objects", "kopf.activities.probe", "aiohttp.access"):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> int:
