@@ -233,10 +233,25 @@ class Reconciler:
         """Request a pass of every known resource every ``resync_seconds`` (drift safety net)."""
         await self.ready.wait()
         interval = self.config.resync_seconds
+        resyncs = 0
         while True:
             await asyncio.sleep(interval)
             keys = self.keys()
-            logger.debug("resync of %d resource(s)", len(keys))
+            resyncs += 1
+            api_requests = sum(self.cluster.requests.values())
+            logger.info(
+                "resync #%d of %d resource(s); so far %d pass(es), %d API request(s)",
+                resyncs,
+                len(keys),
+                self.passes,
+                api_requests,
+                extra={
+                    "resync": resyncs,
+                    "resources": len(keys),
+                    "passes": self.passes,
+                    "api_requests": api_requests,
+                },
+            )
             for key in keys:
                 self.request(key)
 
