@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.conftest import ROOT, Kubectl
+from tests.integration.operator_fixtures import OperatorFactory
+from tests.integration.operator_fixtures import operator_factory as operator_factory  # fixture
 
 SA = "system:serviceaccount:vestige-system:vestige-operator"
 WATCHED = "agents"  # the namespace the namespaced overlay watches
@@ -16,7 +20,9 @@ WATCHED = "agents"  # the namespace the namespaced overlay watches
 
 def can(kubectl: Kubectl, verb: str, resource: str, namespace: str | None) -> bool:
     scope = ["-n", namespace] if namespace else ["--all-namespaces"]
-    res = kubectl("auth", "can-i", verb, resource, *scope, f"--as={SA}", check=False)
+    resource, _, sub = resource.partition("/")
+    subresource = [f"--subresource={sub}"] if sub else []
+    res = kubectl("auth", "can-i", verb, resource, *subresource, *scope, f"--as={SA}", check=False)
     answer = res.stdout.strip()
     assert answer in ("yes", "no"), res.stderr
     return answer == "yes"
@@ -25,6 +31,7 @@ def can(kubectl: Kubectl, verb: str, resource: str, namespace: str | None) -> bo
 # What the operator must be able to do in a namespace it watches.
 NEEDED = [
     ("patch", "vestigememories.vestige.dev/status"),
+    ("update", "vestigememories.vestige.dev/finalizers"),
     ("get", "vestigememories.vestige.dev"),
     ("watch", "vestigememories.vestige.dev"),
     ("create", "deployments.apps"),
@@ -44,8 +51,9 @@ FORBIDDEN = [
     ("delete", "secrets"),
     ("update", "secrets"),
     ("patch", "secrets"),
-    ("list", "secrets"),
     ("delete", "vestigememories.vestige.dev"),
+    ("patch", "vestigememories.vestige.dev"),
+    ("update", "vestigememories.vestige.dev"),
     ("create", "pods"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
     ("create", "roles.rbac.authorization.k8s.io"),
@@ -170,3 +178,75 @@ def test_cluster_install_is_restricted_and_least_privilege(kubectl: Kubectl, nam
     }
     out = json.loads(kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review)).stdout)
     assert out["status"]["allowed"] is False
+
+
+def _sa_kubeconfig(kubectl: Kubectl, kubeconfig: str, path: Path) -> str:
+    """A kubeconfig that authenticates as the operator's ServiceAccount (a bound token)."""
+    token = kubectl(
+        "create", "token", "vestige-operator", "-n", "vestige-system", "--duration=1h"
+    ).stdout.strip()
+    admin = yaml.safe_load(Path(kubeconfig).read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "vestige-operator", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "vestige-operator"}}],
+        "current-context": "c",
+    }
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def _run_operator_as_sa(
+    operator_factory: OperatorFactory, kubectl: Kubectl, sa_kubeconfig: str, namespace: str, *scope: str
+) -> None:
+    op = operator_factory(*scope, env={"KUBECONFIG": sa_kubeconfig})
+    try:
+        kubectl("apply", "-n", namespace, "-f", str(ROOT / "manifests/examples/minimal.yaml"))
+        kubectl(
+            "wait", "--for=condition=Ready", "vmem/my-agent", "-n", namespace, "--timeout=120s", timeout=150
+        )
+        for kind in (
+            "secret/my-agent-auth",
+            "pvc/my-agent-data",
+            "deployment/my-agent",
+            "service/my-agent",
+            "networkpolicy/my-agent",
+        ):
+            kubectl("get", kind, "-n", namespace)
+        denied = [
+            line for line in op.log_path.read_text().splitlines() if "Forbidden" in line or "403" in line
+        ]
+        if scope:
+            # Namespaced: no cluster-wide rights at all. kopf tries to observe CRDs and namespaces at
+            # cluster scope once at start-up, is refused, and falls back to the names it was given.
+            denied = [
+                d
+                for d in denied
+                if "customresourcedefinitions" not in d
+                and "list namespaces" not in d
+                and 'resource \\"namespaces\\"' not in d
+            ]
+        assert not denied, "\n".join(denied)
+    finally:
+        kubectl("delete", "vmem", "my-agent", "-n", namespace, "--wait=true", "--timeout=60s", check=False)
+        assert op.stop() == 0
+
+
+@pytest.mark.usefixtures("crd_installed", "cleanup")
+def test_operator_works_with_exactly_its_rbac(
+    kubectl: Kubectl, kubeconfig: str, operator_factory: OperatorFactory, namespace: str, tmp_path: Path
+) -> None:
+    """The operator, authenticated as its ServiceAccount, brings an agent to Ready: the RBAC is enough."""
+    kubectl("apply", "-k", str(ROOT / "manifests"))
+    sa_kc = _sa_kubeconfig(kubectl, kubeconfig, tmp_path / "sa.kubeconfig")
+    _run_operator_as_sa(operator_factory, kubectl, sa_kc, namespace)  # cluster-wide (--all-namespaces)
+
+    # Namespaced: only a RoleBinding in the watched namespace, no cluster-wide binding at all.
+    kubectl("delete", "clusterrolebinding", "vestige-operator", "vestige-operator-discovery")
+    kubectl("create", "namespace", WATCHED, check=False)
+    kubectl("apply", "-k", str(ROOT / "manifests/overlays/namespaced"))
+    _run_operator_as_sa(operator_factory, kubectl, sa_kc, WATCHED, WATCHED)
+    kubectl("delete", "rolebinding", "vestige-operator", "-n", WATCHED)
