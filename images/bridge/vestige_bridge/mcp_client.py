@@ -1,0 +1,380 @@
+"""One reused MCP session to Vestige, built on the official ``mcp`` SDK client.
+
+The SDK's transports are async context managers whose task groups must be entered and left in
+the same task, and a dead server makes the transport's task group fail as a whole. So each
+session lives in its own runner task (:class:`_Connection`); callers from any request task send
+through it and race their request against the connection's end. A lost session (server
+restart: 404 "Session terminated", idle reaper, refused connection) is re-initialized and the
+call retried once; a timeout or an error mid-call is not retried (the call may have been
+applied). Every call is bounded by a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+from vestige_bridge import __version__
+from vestige_bridge.mapping import ServerProfile, ToolCall
+from vestige_bridge.metrics import Metrics
+from vestige_bridge.settings import Settings
+
+log = logging.getLogger("vestige_bridge.mcp")
+
+T = TypeVar("T")
+Call = Callable[[ClientSession, ServerProfile], Awaitable[T]]
+"""One request: gets the live session and what the server reported at connect time."""
+CONNECT_BACKOFF_SECONDS = 1.0
+CLIENT_INFO = types.Implementation(name="vestige-bridge", version=__version__)
+
+
+class VestigeError(Exception):
+    """Vestige could not be reached or did not speak MCP as expected (HTTP 502)."""
+
+
+class SessionLost(VestigeError):
+    """The session is gone but the request was not processed: safe to re-initialize and retry."""
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The first leaf of a (nested) exception group."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description of a failure, never including headers or tokens."""
+    exc = _unwrap(exc)
+    if isinstance(exc, MCPError):
+        return f"MCP error {exc.code}: {exc.message}"
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from {exc.request.url}"
+    if isinstance(exc, httpx2.RequestError):
+        return f"{type(exc).__name__} for {exc.request.url}" if exc.request else type(exc).__name__
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _session_lost(exc: MCPError) -> bool:
+    """Whether a JSON-RPC error says the session is unknown (not that the call failed)."""
+    message = exc.message.lower()
+    if exc.code == types.CONNECTION_CLOSED:
+        return True
+    return "session" in message and (
+        exc.code in (types.INVALID_REQUEST, types.INTERNAL_ERROR, -32000, types.INVALID_PARAMS)
+        or "terminated" in message
+        or "not found" in message
+    )
+
+
+class _Connection:
+    """One initialized MCP session, owned by its runner task."""
+
+    def __init__(self, settings: Settings, transport: str) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.session: ClientSession | None = None
+        self.profile: ServerProfile | None = None
+        self.instructions: str | None = None
+        self.capabilities: types.ServerCapabilities | None = None
+        self.failure: BaseException | None = None
+        self.closed = anyio.Event()
+        self._ready = anyio.Event()
+        self._stop = anyio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Start the runner and wait until the session is initialized (or failed)."""
+        self._task = asyncio.create_task(self._run(), name=f"vestige-mcp-{self.transport}")
+        with anyio.move_on_after(self.settings.connect_timeout) as scope:
+            await self._ready.wait()
+        if scope.cancelled_caught:
+            await self.close()
+            raise VestigeError(f"no MCP session within {self.settings.connect_timeout:g}s ({self.transport})")
+        if self.failure is not None or self.session is None:
+            await self.close()
+            raise VestigeError(describe(self.failure or RuntimeError("connection closed")))
+
+    def _headers(self) -> dict[str, str]:
+        token = self.settings.upstream_token
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _transport(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        timeout = self.settings.request_timeout
+        if self.transport == "sse":
+            return sse_client(
+                self.settings.effective_sse_url,
+                headers=self._headers(),
+                timeout=self.settings.connect_timeout,
+                sse_read_timeout=max(300.0, timeout),
+            )
+        http = httpx2.AsyncClient(
+            headers=self._headers(),
+            timeout=httpx2.Timeout(timeout, connect=self.settings.connect_timeout, read=max(300.0, timeout)),
+        )
+        return _closing(http, streamable_http_client(self.settings.mcp_url, http_client=http))
+
+    async def _run(self) -> None:
+        try:
+            async with self._transport() as (read, write):
+                session = ClientSession(
+                    read, write, read_timeout_seconds=self.settings.request_timeout, client_info=CLIENT_INFO
+                )
+                async with session:
+                    init = await session.initialize()
+                    tools = await _all_tools(session)
+                    self.profile = ServerProfile(
+                        name=init.server_info.name,
+                        version=init.server_info.version,
+                        protocol_version=init.protocol_version,
+                        tools={t.name: t.input_schema for t in tools},
+                    )
+                    self.instructions = init.instructions
+                    self.capabilities = init.capabilities
+                    self.session = session
+                    self._ready.set()
+                    await self._stop.wait()
+        except BaseException as exc:  # the runner must never leak: record and end
+            if not isinstance(exc, asyncio.CancelledError | anyio.get_cancelled_exc_class()):
+                self.failure = exc
+                log.info("MCP session to Vestige ended: %s", describe(exc))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            self.session = None
+            self.closed.set()
+            self._ready.set()
+
+    async def request(self, call: Call[T], limit: float) -> T:
+        """Run one request on this session, bounded by `timeout`, failing fast if the session dies."""
+        session, profile = self.session, self.profile
+        if session is None or profile is None or self.closed.is_set():
+            raise SessionLost("session closed")
+        outcome: dict[str, Any] = {}
+
+        async def do() -> None:
+            try:
+                outcome["value"] = await call(session, profile)
+            except Exception as exc:
+                outcome["error"] = exc
+            tg.cancel_scope.cancel()
+
+        async def watch() -> None:
+            await self.closed.wait()
+            tg.cancel_scope.cancel()
+
+        with anyio.move_on_after(limit) as deadline:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(do)
+                tg.start_soon(watch)
+        if "value" in outcome:
+            return outcome["value"]  # type: ignore[no-any-return]
+        if "error" in outcome:
+            err = outcome["error"]
+            if isinstance(err, MCPError) and _session_lost(err):
+                raise SessionLost(describe(err)) from err
+            if isinstance(err, MCPError) and err.code == types.REQUEST_TIMEOUT:
+                raise TimeoutError(f"Vestige did not answer within {limit:g}s") from err
+            raise err
+        if deadline.cancelled_caught and not self.closed.is_set():
+            raise TimeoutError(f"Vestige did not answer within {limit:g}s")
+        failure = _unwrap(self.failure) if self.failure else None
+        if failure is None or isinstance(failure, httpx2.ConnectError):
+            raise SessionLost(describe(failure) if failure else "session closed")
+        raise VestigeError(f"connection to Vestige failed during the call: {describe(failure)}")
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None and not self._task.done():
+            with anyio.move_on_after(5):
+                await self.closed.wait()
+            if not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+
+
+@contextlib.asynccontextmanager
+async def _closing(http: httpx2.AsyncClient, inner: contextlib.AbstractAsyncContextManager[Any]) -> Any:
+    async with http, inner as streams:
+        yield streams
+
+
+async def _all_tools(session: ClientSession) -> list[types.Tool]:
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    for _ in range(100):  # a paginator that never ends cannot hang the connect
+        result = await session.list_tools(
+            params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        )
+        tools.extend(result.tools)
+        cursor = result.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+class VestigeClient:
+    """The bridge's handle on Vestige: lazily connected, shared by all requests."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._conn: _Connection | None = None
+        self._lock = anyio.Lock()
+        self._ever_connected = False
+        self._last_failure: tuple[float, str] | None = None
+
+    @property
+    def profile(self) -> ServerProfile | None:
+        conn = self._conn
+        return conn.profile if conn is not None and not conn.closed.is_set() else None
+
+    async def connection(self) -> _Connection:
+        """The open connection, connecting (or reconnecting) first when needed."""
+        conn = self._conn
+        if conn is not None and not conn.closed.is_set():
+            return conn
+        async with self._lock:
+            conn = self._conn
+            if conn is not None and not conn.closed.is_set():
+                return conn
+            if self._last_failure and time.monotonic() - self._last_failure[0] < CONNECT_BACKOFF_SECONDS:
+                raise VestigeError(self._last_failure[1])
+            if conn is not None:
+                self._conn = None
+                await conn.close()
+            self._conn = await self._open()
+            return self._conn
+
+    async def _open(self) -> _Connection:
+        transports = (
+            ["streamable_http", "sse"] if self.settings.transport == "auto" else [self.settings.transport]
+        )
+        error: VestigeError | None = None
+        for transport in transports:
+            conn = _Connection(self.settings, transport)
+            try:
+                await conn.open()
+            except VestigeError as exc:
+                error = exc
+                if isinstance(_unwrap(conn.failure or exc), httpx2.ConnectError):
+                    break  # nothing listens there: another transport will not help
+                continue
+            assert conn.profile is not None
+            if self._ever_connected:
+                self.metrics.reconnects.inc()
+            self._ever_connected = True
+            self._last_failure = None
+            self.metrics.connected.set(1)
+            self.metrics.set_server(conn.profile.version, conn.profile.generation)
+            log.info(
+                "connected to %s %s over %s (protocol %s, %d tools)",
+                conn.profile.name,
+                conn.profile.version,
+                transport,
+                conn.profile.protocol_version,
+                len(conn.profile.tools),
+            )
+            return conn
+        assert error is not None
+        self.metrics.mcp_errors.labels(kind="connect").inc()
+        self.metrics.connected.set(0)
+        message = f"cannot open an MCP session to Vestige: {error}"
+        self._last_failure = (time.monotonic(), message)
+        log.warning("%s", message)
+        raise VestigeError(message) from error
+
+    async def run(self, call: Call[T], limit: float | None = None) -> T:
+        """Run one request; on a lost session re-initialize and retry once."""
+        limit = limit if limit is not None else self.settings.request_timeout
+        for attempt in (1, 2):
+            conn = await self.connection()
+            try:
+                return await conn.request(call, limit)
+            except SessionLost as exc:
+                self.metrics.mcp_errors.labels(kind="session_lost").inc()
+                self.metrics.connected.set(0)
+                log.info("MCP session lost (%s); re-initializing", exc)
+                await self._drop(conn)
+                if attempt == 2:
+                    raise VestigeError(f"MCP session lost twice: {exc}") from exc
+            except TimeoutError as exc:
+                self.metrics.mcp_errors.labels(kind="timeout").inc()
+                raise VestigeError(str(exc)) from exc
+            except MCPError as exc:
+                self.metrics.mcp_errors.labels(kind="protocol").inc()
+                raise VestigeError(describe(exc)) from exc
+            except VestigeError:
+                self.metrics.mcp_errors.labels(kind="protocol").inc()
+                await self._drop(conn)
+                raise
+        raise AssertionError("unreachable")
+
+    async def call_tool(self, name: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        """``tools/call`` of a named tool with the configured timeout (the /mcp pass-through)."""
+        result = await self.call_mapped(lambda _: ToolCall(name, arguments))
+        return result[1]
+
+    async def call_mapped(
+        self, build: Callable[[ServerProfile], ToolCall]
+    ) -> tuple[ToolCall, types.CallToolResult]:
+        """Build the call for the connected server (again after a reconnect) and run it.
+
+        `build` may raise (Unsupported, FieldError); that propagates unchanged.
+        """
+        timeout = self.settings.request_timeout
+        made: list[ToolCall] = []
+
+        async def call(session: ClientSession, profile: ServerProfile) -> types.CallToolResult:
+            tool_call = build(profile)
+            made.append(tool_call)
+            return await session.call_tool(tool_call.tool, tool_call.arguments, read_timeout_seconds=timeout)
+
+        try:
+            result = await self.run(call, timeout)
+        except VestigeError:
+            if made:
+                self.metrics.mcp_calls.labels(tool=made[-1].tool, outcome="failed").inc()
+            raise
+        outcome = "tool_error" if result.is_error else "ok"
+        self.metrics.mcp_calls.labels(tool=made[-1].tool, outcome=outcome).inc()
+        return made[-1], result
+
+    async def check(self, limit: float) -> ServerProfile:
+        """Deep health check: a ``tools/list`` round trip on the (re)connected session."""
+
+        async def call(session: ClientSession, _: ServerProfile) -> types.ListToolsResult:
+            return await session.list_tools()
+
+        with anyio.fail_after(limit + self.settings.connect_timeout):
+            await self.run(call, limit)
+        profile = self.profile
+        if profile is None:
+            raise VestigeError("session closed during the health check")
+        return profile
+
+    async def _drop(self, conn: _Connection) -> None:
+        async with self._lock:
+            if self._conn is conn:
+                self._conn = None
+        await conn.close()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
+        self.metrics.connected.set(0)

@@ -1,0 +1,68 @@
+"""Prometheus metrics of one bridge process (own registry, served at /metrics)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass
+class Metrics:
+    """The bridge's metric families; label values are bounded (route templates, tool names)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "vestige_bridge_requests_total",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "vestige_bridge_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.mcp_calls = Counter(
+            "vestige_bridge_mcp_calls_total",
+            "MCP tool calls to Vestige by tool and outcome (ok, tool_error, failed).",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.mcp_errors = Counter(
+            "vestige_bridge_mcp_errors_total",
+            "MCP failures talking to Vestige by kind (connect, session_lost, timeout, protocol).",
+            ["kind"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "vestige_bridge_mcp_reconnects_total",
+            "MCP sessions re-established after a previous session was lost.",
+            registry=r,
+        )
+        self.connected = Gauge(
+            "vestige_bridge_vestige_connected", "1 while an MCP session to Vestige is open.", registry=r
+        )
+        self.vestige_info = Gauge(
+            "vestige_bridge_vestige_info",
+            "Version and tool generation of the connected Vestige (value 1).",
+            ["version", "generation"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "vestige_bridge_auth_failures_total", "Requests refused with 401 or 403.", ["status"], registry=r
+        )
+
+    def set_server(self, version: str, generation: str) -> None:
+        self.vestige_info.clear()
+        self.vestige_info.labels(version=version, generation=generation).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

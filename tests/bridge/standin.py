@@ -1,0 +1,530 @@
+"""A stand-in for Vestige: a real MCP server (official `mcp` SDK) with Vestige's tools.
+
+It serves one tool generation (``v1`` = Vestige 1.3.0, ``v3`` = Vestige 3.x) with the EXACT input
+schemas of ``data/vestige-<gen>-tools.json`` and validates every call against a *strict* copy of
+them (``additionalProperties: false`` wherever properties are listed), so an argument the bridge
+maps wrongly fails the test instead of being ignored as the real server would. A small in-memory
+store makes ``search``/``recall`` find what ``ingest``/``smart_ingest`` stored.
+
+Every call is appended to a JSON-lines call log (``--call-log`` / ``STANDIN_CALL_LOG``) as
+``{"tool", "arguments", "valid", "error"}`` so tests can assert what arrived.
+
+Transports: ``--stdio`` (v1, behind a gateway such as mcp-proxy or supergateway) or Streamable
+HTTP on ``127.0.0.1:--port``. For v3 over HTTP the server also applies Vestige's own HTTP rules:
+bearer token, ``Accept`` listing JSON and event-stream (406), ``MCP-Protocol-Version`` equal to
+the negotiated version on every request after initialize (400), ``POST``/``DELETE`` only (405),
+256 KB body limit (413), Origin allow-list (403), and plain-JSON answers.
+
+Run: ``python -m tests.bridge.standin --generation v3 --port 9000 --token T --call-log calls.jsonl``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import jsonschema
+import mcp_types as types
+from mcp.server.lowlevel.server import Server
+from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+DATA = Path(__file__).parent / "data"
+TOOL_FILES = {"v1": DATA / "vestige-v1.3.0-tools.json", "v3": DATA / "vestige-v3-tools.json"}
+SERVER_VERSIONS = {"v1": "1.3.0", "v3": "3.1.1"}
+SUPPORTED_PROTOCOLS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
+LATEST_PROTOCOL = "2025-11-25"
+MAX_BODY = 256 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ToolError(Exception):
+    """A tool-level failure: reported as a CallToolResult with isError, like Vestige does."""
+
+
+def strict(schema: Any) -> Any:
+    """Copy of a JSON schema where every object that lists properties forbids any other key."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: strict(value) for key, value in schema.items()}
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+def load_tools(generation: str) -> list[dict[str, Any]]:
+    """The tool list (name, description, inputSchema) of one generation."""
+    data = json.loads(TOOL_FILES[generation].read_text())
+    return [
+        {"name": t["name"], "description": t.get("description"), "inputSchema": t["inputSchema"]}
+        for t in data["tools"]
+    ]
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class Store:
+    """The in-memory memory store shared by all sessions of one process."""
+
+    def __init__(self) -> None:
+        self.memories: dict[str, dict[str, Any]] = {}
+        self.intentions: dict[str, dict[str, Any]] = {}
+
+    def add(self, content: str, node_type: str, tags: list[str], source: str | None) -> dict[str, Any]:
+        node = {
+            "id": str(uuid.uuid4()),
+            "content": content,
+            "nodeType": node_type,
+            "tags": list(tags),
+            "source": source,
+            "retentionStrength": 1.0,
+            "retrievalStrength": 1.0,
+            "storageStrength": 1.0,
+            "createdAt": now(),
+        }
+        self.memories[node["id"]] = node
+        return node
+
+    def get(self, memory_id: str) -> dict[str, Any]:
+        if memory_id not in self.memories:
+            raise ToolError(f"Memory not found: {memory_id}")
+        return self.memories[memory_id]
+
+    def search(self, query: str, limit: int) -> list[dict[str, Any]]:
+        words = [w for w in query.lower().split() if len(w) >= 2]
+        hits = [m for m in self.memories.values() if any(w in m["content"].lower() for w in words)]
+        return hits[:limit]
+
+
+class Vestige:
+    """Tool implementations of one generation over a Store."""
+
+    def __init__(self, generation: str, call_log: Path | None) -> None:
+        self.generation = generation
+        self.tools = load_tools(generation)
+        self.validators = {
+            t["name"]: jsonschema.Draft202012Validator(strict(t["inputSchema"])) for t in self.tools
+        }
+        self.store = Store()
+        self.call_log = call_log
+
+    def log(self, tool: str, arguments: dict[str, Any], valid: bool, error: str | None) -> None:
+        if self.call_log is None:
+            return
+        line = json.dumps({"tool": tool, "arguments": arguments, "valid": valid, "error": error})
+        with self.call_log.open("a") as fh:
+            fh.write(line + "\n")
+
+    def call(self, name: str, arguments: dict[str, Any]) -> Any:
+        """Validate then run one tool; raises ToolError for anything Vestige would refuse."""
+        validator = self.validators.get(name)
+        if validator is None:
+            self.log(name, arguments, False, "unknown tool")
+            raise ToolError(f"Unknown tool: {name}")
+        errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))
+        if errors:
+            message = "; ".join(f"{'/'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors)
+            self.log(name, arguments, False, message)
+            raise ToolError(f"Invalid arguments: {message}")
+        try:
+            result = getattr(self, f"{self.generation}_{name}", self.generic)(arguments)
+        except ToolError as exc:
+            self.log(name, arguments, True, str(exc))
+            raise
+        self.log(name, arguments, True, None)
+        return result
+
+    def generic(self, arguments: dict[str, Any]) -> Any:
+        return {"ok": True, "arguments": arguments}
+
+    # ---------------------------------------------------------------- shared behaviour
+    def _ingest(self, a: dict[str, Any], force: bool) -> dict[str, Any]:
+        if not force:
+            for node in self.store.memories.values():
+                if node["content"] == a["content"]:
+                    node["tags"] = sorted(set(node["tags"]) | set(a.get("tags", [])))
+                    return {"success": True, "decision": "update", "nodeId": node["id"]}
+        node = self.store.add(a["content"], a.get("node_type", "fact"), a.get("tags", []), a.get("source"))
+        return {"success": True, "decision": "create", "nodeId": node["id"]}
+
+    def _search(self, a: dict[str, Any]) -> dict[str, Any]:
+        hits = self.store.search(a["query"], a.get("limit", 10))
+        return {"query": a["query"], "total": len(hits), "results": hits}
+
+    def _feedback(self, memory_id: str, delta: float) -> dict[str, Any]:
+        node = self.store.get(memory_id)
+        node["retrievalStrength"] = max(0.0, min(1.0, node["retrievalStrength"] + delta))
+        return {"success": True, "nodeId": memory_id, "retrievalStrength": node["retrievalStrength"]}
+
+    def _codebase(self, a: dict[str, Any]) -> dict[str, Any]:
+        action = a["action"]
+        cb_tags = [f"codebase:{a['codebase']}"] if "codebase" in a else []
+        if action == "remember_pattern":
+            if "name" not in a or "description" not in a:
+                raise ToolError("'name' and 'description' are required for remember_pattern action")
+            node = self.store.add(
+                f"# Code Pattern: {a['name']}\n\n{a['description']}", "pattern", ["pattern", *cb_tags], None
+            )
+            return {"action": action, "success": True, "nodeId": node["id"]}
+        if action == "remember_decision":
+            if "decision" not in a or "rationale" not in a:
+                raise ToolError("'decision' and 'rationale' are required for remember_decision action")
+            content = f"# Decision\n\n{a['rationale']}\n\n{a['decision']}"
+            node = self.store.add(content, "decision", ["decision", *cb_tags], None)
+            return {"action": action, "success": True, "nodeId": node["id"]}
+        items = [
+            m
+            for m in self.store.memories.values()
+            if m["nodeType"] in ("pattern", "decision") and (not cb_tags or cb_tags[0] in m["tags"])
+        ]
+        return {"action": "get_context", "codebase": a.get("codebase"), "items": items[: a.get("limit", 10)]}
+
+    def _intention(self, a: dict[str, Any]) -> dict[str, Any]:
+        action = a["action"]
+        if action == "set":
+            if "description" not in a:
+                raise ToolError("'description' is required for set")
+            intention = {
+                "id": str(uuid.uuid4()),
+                "description": a["description"],
+                "trigger": a.get("trigger"),
+                "priority": a.get("priority", "normal"),
+                "status": "active",
+            }
+            self.store.intentions[intention["id"]] = intention
+            return {"action": "set", "success": True, "intentionId": intention["id"]}
+        if action == "update":
+            if "id" not in a or "status" not in a:
+                raise ToolError("'id' and 'status' are required for update")
+            if a["id"] not in self.store.intentions:
+                raise ToolError(f"Intention not found: {a['id']}")
+            status = {"complete": "fulfilled", "cancel": "cancelled", "snooze": "snoozed"}[a["status"]]
+            self.store.intentions[a["id"]]["status"] = status
+            return {"action": "update", "success": True, "status": status}
+        if action == "check":
+            return {"action": "check", "triggered": [], "context": a.get("context", {})}
+        wanted = a.get("filter_status", "active")
+        listed = [i for i in self.store.intentions.values() if wanted in ("all", i["status"])]
+        return {"action": "list", "intentions": listed[: a.get("limit", 20)]}
+
+    def _stats(self) -> dict[str, Any]:
+        return {"totalNodes": len(self.store.memories), "intentions": len(self.store.intentions)}
+
+    # ---------------------------------------------------------------- v1 (1.3.0)
+    def v1_search(self, a: dict[str, Any]) -> Any:
+        return self._search(a)
+
+    def v1_ingest(self, a: dict[str, Any]) -> Any:
+        return self._ingest(a, force=True)
+
+    def v1_smart_ingest(self, a: dict[str, Any]) -> Any:
+        return self._ingest(a, force=a.get("forceCreate", False))
+
+    def v1_promote_memory(self, a: dict[str, Any]) -> Any:
+        return self._feedback(a["id"], 0.1)
+
+    def v1_demote_memory(self, a: dict[str, Any]) -> Any:
+        return self._feedback(a["id"], -0.1)
+
+    def v1_memory(self, a: dict[str, Any]) -> Any:
+        node = self.store.get(a["id"])
+        if a["action"] == "delete":
+            del self.store.memories[a["id"]]
+            return {"action": "delete", "success": True, "nodeId": a["id"]}
+        if a["action"] == "state":
+            return {"action": "state", "memoryId": a["id"], "state": "Active"}
+        return {"action": "get", "found": True, "node": node}
+
+    def v1_codebase(self, a: dict[str, Any]) -> Any:
+        return self._codebase(a)
+
+    def v1_intention(self, a: dict[str, Any]) -> Any:
+        return self._intention(a)
+
+    def v1_stats(self, a: dict[str, Any]) -> Any:
+        return self._stats()
+
+    def v1_health_check(self, a: dict[str, Any]) -> Any:
+        return {"status": "healthy", **self._stats()}
+
+    def v1_backup(self, a: dict[str, Any]) -> Any:
+        return {"success": True, "path": "/data/vestige/backups/vestige-backup.db"}
+
+    def v1_export(self, a: dict[str, Any]) -> Any:
+        fmt = a.get("format", "json")
+        return {"success": True, "format": fmt, "count": len(self.store.memories), "path": f"exports/m.{fmt}"}
+
+    # ---------------------------------------------------------------- v3 (3.x)
+    def v3_recall(self, a: dict[str, Any]) -> Any:
+        mode = a.get("mode", "lookup")
+        if mode == "lookup":
+            wrong = [f for f in ("depth", "topic", "since", "min_trust") if f in a]
+            if wrong:
+                raise ToolError(f"Unsupported recall lookup-mode field(s): {', '.join(wrong)}.")
+        if mode in ("lookup", "reason") and not a.get("query", "").strip():
+            raise ToolError("Query cannot be empty")
+        if mode == "contradictions":
+            return {"mode": mode, "pairs": []}
+        return {"mode": mode, **self._search(a)}
+
+    def v3_smart_ingest(self, a: dict[str, Any]) -> Any:
+        if "items" in a:
+            return {"results": [self._ingest(item, force=True) for item in a["items"]]}
+        return self._ingest(a, force=a.get("forceCreate", False))
+
+    def v3_memory(self, a: dict[str, Any]) -> Any:
+        action = a["action"]
+        if action == "get_batch":
+            return {"action": action, "results": [self.store.memories.get(i) for i in a.get("ids", [])]}
+        if "id" not in a:
+            raise ToolError("This action requires 'id' parameter")
+        node = self.store.get(a["id"])
+        if action in ("delete", "purge"):
+            if not a.get("confirm", False):
+                raise ToolError("Pass confirm=true to retire this memory. It can't be retrieved.")
+            del self.store.memories[a["id"]]
+            return {"action": action, "success": True, "nodeId": a["id"]}
+        if action in ("promote", "demote"):
+            return {"action": action, **self._feedback(a["id"], 0.1 if action == "promote" else -0.1)}
+        if action == "edit":
+            if "content" not in a:
+                raise ToolError("edit requires 'content'")
+            node["content"] = a["content"]
+            return {"action": action, "success": True, "nodeId": a["id"]}
+        if action == "state":
+            return {"action": "state", "memoryId": a["id"], "state": "Active"}
+        return {"action": "get", "found": True, "node": node}
+
+    def v3_purge(self, a: dict[str, Any]) -> Any:
+        return self.v3_memory({**a, "action": "purge"})
+
+    def v3_memory_status(self, a: dict[str, Any]) -> Any:
+        view = a.get("view", "health")
+        if view == "health":
+            return {"view": view, "status": "healthy", **self._stats()}
+        return {"view": view, **self._stats()}
+
+    def v3_codebase(self, a: dict[str, Any]) -> Any:
+        return self._codebase(a)
+
+    def v3_intention(self, a: dict[str, Any]) -> Any:
+        if a["action"] == "graph":
+            return {"action": "graph", "matched": True}
+        return self._intention(a)
+
+    def v3_maintain(self, a: dict[str, Any]) -> Any:
+        if a["action"] == "backup":
+            return {"action": "backup", "success": True, "path": "/data/backups/vestige.db"}
+        if a["action"] == "export":
+            fmt = a.get("format", "json")
+            return {"action": "export", "format": fmt, "count": len(self.store.memories)}
+        return {"action": a["action"], "success": True}
+
+
+def build_server(vestige: Vestige) -> Server[Any]:
+    """The MCP server object (tools/list + tools/call) over one Vestige implementation."""
+    tools = [
+        types.Tool(name=t["name"], description=t["description"], input_schema=t["inputSchema"])
+        for t in vestige.tools
+    ]
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        try:
+            result = vestige.call(params.name, dict(params.arguments or {}))
+        except ToolError as exc:
+            return types.CallToolResult(content=[types.TextContent(text=str(exc))], is_error=True)
+        return types.CallToolResult(content=[types.TextContent(text=json.dumps(result))])
+
+    return Server(
+        "vestige",
+        version=SERVER_VERSIONS[vestige.generation],
+        instructions="Vestige stand-in for the bridge tests.",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+async def _reply(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": message}})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body.encode()})
+
+
+class VestigeHttpRules:
+    """ASGI middleware with Vestige 3.x's native HTTP rules in front of the SDK's transport."""
+
+    def __init__(self, app: ASGIApp, token: str | None, path: str = "/mcp") -> None:
+        self.app = app
+        self.token = token
+        self.path = path
+        self.negotiated: dict[str, str] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        if scope["path"].rstrip("/") != self.path:
+            await _reply(send, 404, "not found")
+            return
+        if scope["method"] not in ("POST", "DELETE"):
+            await _reply(send, 405, "method not allowed")
+            return
+        origin = headers.get("origin")
+        if origin and not origin.startswith(("http://localhost", "http://127.0.0.1")):
+            await _reply(send, 403, "origin not allowed")
+            return
+        if self.token is not None:
+            supplied = headers.get("authorization", "")
+            if not hmac.compare_digest(supplied.encode(), f"Bearer {self.token}".encode()):
+                await _reply(send, 401, "unauthorized")
+                return
+        accept = headers.get("accept", "")
+        if scope["method"] == "POST" and not ("application/json" in accept and "text/event-stream" in accept):
+            await _reply(send, 406, "Accept must list application/json and text/event-stream")
+            return
+        body = await self._read_body(receive, send)
+        if body is None:
+            return
+        session = headers.get("mcp-session-id")
+        init_version: str | None = None
+        if session is None:
+            init_version = self._initialize_version(body)
+        else:
+            expected = self.negotiated.get(session)
+            if expected is not None and headers.get("mcp-protocol-version") != expected:
+                await _reply(send, 400, f"MCP-Protocol-Version header must be {expected}")
+                return
+
+        async def replay() -> Message:
+            nonlocal body
+            chunk, body = body, b""
+            return {"type": "http.request", "body": chunk or b"", "more_body": False}
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start" and init_version is not None:
+                for key, value in message.get("headers", []):
+                    if key.decode().lower() == "mcp-session-id":
+                        self.negotiated[value.decode()] = init_version
+            await send(message)
+
+        await self.app(scope, replay, capture)
+
+    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                await _reply(send, 413, "body too large")
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    @staticmethod
+    def _initialize_version(body: bytes) -> str | None:
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return None
+        if not isinstance(message, dict) or message.get("method") != "initialize":
+            return None
+        requested = (message.get("params") or {}).get("protocolVersion")
+        return requested if requested in SUPPORTED_PROTOCOLS else LATEST_PROTOCOL
+
+
+def http_app(server: Server[Any], token: str | None, rules: bool) -> ASGIApp:
+    """ASGI app: the SDK's Streamable HTTP transport, wrapped in Vestige's rules for v3."""
+    manager = StreamableHTTPSessionManager(app=server, json_response=True, stateless=False)
+
+    async def transport(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            async with contextlib.AsyncExitStack() as stack:
+                message = await receive()
+                assert message["type"] == "lifespan.startup"
+                await stack.enter_async_context(manager.run())
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()
+                await send({"type": "lifespan.shutdown.complete"})
+            return
+        await manager.asgi_app(scope, receive, send)
+
+    if not rules:
+        return transport
+    wrapped = VestigeHttpRules(transport, token)
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await transport(scope, receive, send)
+        else:
+            await wrapped(scope, receive, send)
+
+    return app
+
+
+async def _serve_stdio(server: Server[Any]) -> None:
+    async with stdio_server() as (read, write):
+        await server.run(read, write, server.create_initialization_options())
+
+
+@contextlib.asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--generation", choices=sorted(TOOL_FILES), required=True)
+    parser.add_argument("--stdio", action="store_true", help="serve over stdio instead of HTTP")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token", default=os.environ.get("STANDIN_TOKEN"))
+    parser.add_argument("--call-log", default=os.environ.get("STANDIN_CALL_LOG"))
+    parser.add_argument("--no-http-rules", action="store_true", help="plain SDK transport (no Vestige rules)")
+    args = parser.parse_args(argv)
+    vestige = Vestige(args.generation, Path(args.call_log) if args.call_log else None)
+    server = build_server(vestige)
+    if args.stdio:
+        anyio.run(_serve_stdio, server)
+        return
+    import uvicorn
+
+    app = http_app(server, args.token, rules=args.generation == "v3" and not args.no_http_rules)
+    print(f"standin {args.generation} listening on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
+
+
+if __name__ == "__main__":
+    main()
