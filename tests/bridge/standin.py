@@ -340,7 +340,7 @@ class Vestige:
         return {"action": a["action"], "success": True}
 
 
-def build_server(vestige: Vestige) -> Server[Any]:
+def build_server(vestige: Vestige, version: str | None = None) -> Server[Any]:
     """The MCP server object (tools/list + tools/call) over one Vestige implementation."""
     tools = [
         types.Tool(name=t["name"], description=t["description"], input_schema=t["inputSchema"])
@@ -359,7 +359,7 @@ def build_server(vestige: Vestige) -> Server[Any]:
 
     return Server(
         "vestige",
-        version=SERVER_VERSIONS[vestige.generation],
+        version=version or SERVER_VERSIONS[vestige.generation],
         instructions="Vestige stand-in for the bridge tests.",
         on_list_tools=list_tools,
         on_call_tool=call_tool,
@@ -512,10 +512,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default=os.environ.get("STANDIN_TOKEN"))
     parser.add_argument("--call-log", default=os.environ.get("STANDIN_CALL_LOG"))
+    parser.add_argument("--server-version", help="serverInfo.version to report (default per generation)")
     parser.add_argument("--no-http-rules", action="store_true", help="plain SDK transport (no Vestige rules)")
     args = parser.parse_args(argv)
     vestige = Vestige(args.generation, Path(args.call_log) if args.call_log else None)
-    server = build_server(vestige)
+    server = build_server(vestige, args.server_version)
     if args.stdio:
         anyio.run(_serve_stdio, server)
         return

@@ -36,7 +36,6 @@ log = logging.getLogger("vestige_bridge.mcp")
 T = TypeVar("T")
 Call = Callable[[ClientSession, ServerProfile], Awaitable[T]]
 """One request: gets the live session and what the server reported at connect time."""
-CONNECT_BACKOFF_SECONDS = 1.0
 CLIENT_INFO = types.Implementation(name="vestige-bridge", version=__version__)
 
 
@@ -248,11 +247,14 @@ class VestigeClient:
         conn = self._conn
         if conn is not None and not conn.closed.is_set():
             return conn
+        waiting_since = time.monotonic()
         async with self._lock:
             conn = self._conn
             if conn is not None and not conn.closed.is_set():
                 return conn
-            if self._last_failure and time.monotonic() - self._last_failure[0] < CONNECT_BACKOFF_SECONDS:
+            if self._last_failure and self._last_failure[0] >= waiting_since:
+                # A connect attempt failed while this caller queued: share its answer, so a
+                # burst of requests against a dead Vestige costs one attempt, not one each.
                 raise VestigeError(self._last_failure[1])
             if conn is not None:
                 self._conn = None
