@@ -45,6 +45,7 @@ SERVER_VERSIONS = {"v1": "1.3.0", "v3": "3.1.1"}
 SUPPORTED_PROTOCOLS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_PROTOCOL = "2025-11-25"
 MAX_BODY = 256 * 1024
+SLOW_QUERY = "__sleep__"  # a search for "__sleep__<seconds>" answers only after that delay
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -351,6 +352,9 @@ def build_server(vestige: Vestige, version: str | None = None) -> Server[Any]:
         return types.ListToolsResult(tools=tools)
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        arguments = params.arguments or {}
+        if str(arguments.get("query", "")).startswith(SLOW_QUERY):  # test hook: a slow Vestige
+            await anyio.sleep(float(str(arguments["query"]).removeprefix(SLOW_QUERY) or 5))
         try:
             result = vestige.call(params.name, dict(params.arguments or {}))
         except ToolError as exc:

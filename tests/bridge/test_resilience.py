@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from pathlib import Path
+
+import httpx
 
 from tests.bridge.conftest import free_port, start_bridge, start_standin_http
 
@@ -117,3 +121,50 @@ def test_nothing_listening_is_502(tmp_path: Path) -> None:
                 assert "ConnectError" in response.json()["error"]
     finally:
         bridge.stop()
+
+
+def test_every_call_is_bounded_by_the_timeout(tmp_path: Path) -> None:
+    upstream = start_standin_http(tmp_path, "v3")
+    bridge = start_bridge(tmp_path, upstream, VESTIGE_REQUEST_TIMEOUT="1")
+    try:
+        with bridge.client() as http:
+            started = time.monotonic()
+            response = http.post("/search", json={"query": "__sleep__4"})
+            assert response.status_code == 502, response.text
+            assert "did not answer within 1s" in response.json()["error"]
+            assert time.monotonic() - started < 3.5
+            assert http.post("/search", json={"query": "fast"}).status_code == 200  # session still usable
+            text = http.get("/metrics").text
+        assert metric(text, "vestige_bridge_mcp_errors_total", kind="timeout") == 1
+    finally:
+        bridge.stop()
+        upstream.stop()
+
+
+def test_concurrent_requests_share_one_session(tmp_path: Path) -> None:
+    upstream = start_standin_http(tmp_path, "v3")
+    bridge = start_bridge(tmp_path, upstream)
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=bridge.url, headers=bridge.headers(), timeout=60) as client:
+            sem = asyncio.Semaphore(25)
+
+            async def one(i: int) -> int:
+                async with sem:
+                    response = await client.post("/ingest", json={"content": f"concurrent memory {i}"})
+                    return response.status_code
+
+            return await asyncio.gather(*(one(i) for i in range(100)))
+
+    try:
+        statuses = asyncio.run(burst())
+        assert statuses == [200] * 100
+        with bridge.client() as http:
+            text = http.get("/metrics").text
+        assert metric(text, "vestige_bridge_mcp_reconnects_total") == 0
+        assert len({c["arguments"]["content"] for c in upstream.calls.calls()}) == 100
+        assert metric(text, "vestige_bridge_mcp_errors_total", kind="session_lost") == 0
+        assert metric(text, "vestige_bridge_mcp_calls_total", tool="smart_ingest", outcome="ok") == 100
+    finally:
+        bridge.stop()
+        upstream.stop()
