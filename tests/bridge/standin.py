@@ -70,6 +70,74 @@ def strict(schema: Any) -> Any:
     return out
 
 
+FOLD_GROUPS = {
+    "source": {
+        "source_author", "source_id", "source_project", "source_status",
+        "source_system", "source_type", "source_updated_after", "source_updated_before",
+    },
+    "filters": {
+        "include_types", "exclude_types", "tag_prefix", "min_retention", "min_similarity", "concrete",
+        "validAt", "rank_native_fusion", "context_packet", "known_packet_id", "token_budget",
+        "retrieval_mode",
+    },
+}  # fmt: skip
+SELECTORS = ("action", "view", "mode")
+
+
+def _variants(schema: dict[str, Any]) -> dict[str, Any]:
+    """A oneOf/anyOf tree folded into one object whose `action` enum lists the discriminators."""
+    consts = []
+    for variant in schema.get("oneOf") or schema.get("anyOf") or []:
+        props = variant.get("properties", {}) if isinstance(variant, dict) else {}
+        consts += [
+            props[k]["const"] for k in SELECTORS if isinstance(props.get(k), dict) and "const" in props[k]
+        ][:1]
+    action: dict[str, Any] = {"type": "string", "enum": consts} if consts else {"type": "string"}
+    return {"type": "object", "properties": {"action": action}, "description": "One action per call."}
+
+
+def _compact(node: Any, depth: int) -> Any:
+    if isinstance(node, list):
+        return [_compact(item, depth + 1) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "oneOf" in node or "anyOf" in node:
+        return _variants(node)
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("description", "default", "examples", "format", "$defs"):
+            continue
+        if key == "$ref":
+            out["type"] = "object"
+        elif key == "properties" and depth == 0:
+            props: dict[str, Any] = {}
+            groups: dict[str, dict[str, Any]] = {}
+            for name, prop in value.items():
+                group = next((g for g, members in FOLD_GROUPS.items() if name in members), None)
+                if group is None:
+                    props[name] = _compact(prop, 1)
+                else:
+                    groups.setdefault(group, {})[name] = {"type": prop.get("type", "string")}
+            for group, members in groups.items():
+                props[group] = {"type": "object", "properties": members}
+            out[key] = props
+        elif key == "items" and depth >= 2:
+            out[key] = {"type": value.get("type", "object") if isinstance(value, dict) else "object"}
+        else:
+            out[key] = _compact(value, depth + 1)
+    return out
+
+
+def compact(schema: dict[str, Any]) -> dict[str, Any]:
+    """The compacted catalog form Vestige 3.x serves in tools/list (its #212): selector enums,
+    types and required lists survive; descriptions, defaults, $defs and oneOf trees do not.
+    The full schemas stay what calls are validated against."""
+    out = _compact(schema, 0)
+    if isinstance(out.get("required"), list):
+        out["required"] = [r for r in out["required"] if r in out.get("properties", {})]
+    return out
+
+
 def load_tools(generation: str) -> list[dict[str, Any]]:
     """The tool list (name, description, inputSchema) of one generation."""
     data = json.loads(TOOL_FILES[generation].read_text())
@@ -341,10 +409,14 @@ class Vestige:
         return {"action": a["action"], "success": True}
 
 
-def build_server(vestige: Vestige, version: str | None = None) -> Server[Any]:
+def build_server(vestige: Vestige, version: str | None = None, catalog: str = "full") -> Server[Any]:
     """The MCP server object (tools/list + tools/call) over one Vestige implementation."""
     tools = [
-        types.Tool(name=t["name"], description=t["description"], input_schema=t["inputSchema"])
+        types.Tool(
+            name=t["name"],
+            description=t["description"],
+            input_schema=compact(t["inputSchema"]) if catalog == "compact" else t["inputSchema"],
+        )
         for t in vestige.tools
     ]
 
@@ -516,11 +588,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token", default=os.environ.get("STANDIN_TOKEN"))
     parser.add_argument("--call-log", default=os.environ.get("STANDIN_CALL_LOG"))
+    parser.add_argument(
+        "--catalog",
+        choices=("full", "compact"),
+        help="schemas in tools/list: full, or compact like Vestige 3.x (default: compact for v3)",
+    )
     parser.add_argument("--server-version", help="serverInfo.version to report (default per generation)")
     parser.add_argument("--no-http-rules", action="store_true", help="plain SDK transport (no Vestige rules)")
     args = parser.parse_args(argv)
     vestige = Vestige(args.generation, Path(args.call_log) if args.call_log else None)
-    server = build_server(vestige, args.server_version)
+    catalog = args.catalog or ("compact" if args.generation == "v3" else "full")
+    server = build_server(vestige, args.server_version, catalog)
     if args.stdio:
         anyio.run(_serve_stdio, server)
         return

@@ -24,7 +24,7 @@ from vestige_bridge.mapping import (
     major_version,
 )
 
-from tests.bridge.standin import strict
+from tests.bridge.standin import compact, strict
 
 DATA = Path(__file__).resolve().parents[1] / "bridge" / "data"
 FILES = {"v1": "vestige-v1.3.0-tools.json", "v3": "vestige-v3-tools.json"}
@@ -338,3 +338,29 @@ def test_argument_guard_skips_invalid_schemas() -> None:
         name="x", version="1.0.0", protocol_version="2025-11-25", tools={"search": {"type": "no-such-type"}}
     )
     ArgumentGuard(p).check(ToolCall("search", {"query": 1}))
+
+
+def test_compact_catalog_of_3x_maps_the_same() -> None:
+    """Vestige 3.x serves compacted schemas in tools/list; mapping and the guard still work."""
+    tools = {name: compact(schema) for name, schema in reference("v3").items()}
+    p = ServerProfile(name="vestige", version="3.1.1", protocol_version="2025-11-25", tools=tools)
+    assert p.generation == "v3"
+    assert p.enum("memory", "action") is not None and "purge" in (p.enum("memory", "action") or set())
+    guard = ArgumentGuard(p)
+    bodies = [
+        ("search", models.SearchRequest(query="q", threshold=0.4, mode="keyword")),
+        ("ingest", models.IngestRequest(content="c", tags=["t"])),
+        ("memory", models.MemoryRequest(action="purge", memory_id="m")),
+        ("backup", None),
+        ("export", models.ExportRequest(format="portable")),
+        (
+            "intention",
+            models.IntentionRequest(description="d", trigger=models.Trigger(type="activity", activity="x")),
+        ),
+        ("stats", None),
+    ]
+    for endpoint, body in bodies:
+        call = ENDPOINTS[endpoint](body, p)
+        guard.check(call)
+        assert call == ENDPOINTS[endpoint](body, PROFILES["v3"])
+        valid("v3", call)

@@ -67,10 +67,20 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _session_lost(exc: MCPError) -> bool:
-    """Whether a JSON-RPC error says the session is unknown (not that the call failed)."""
+HTTP_REJECTED = "server returned an error response"  # the SDK's stand-in for a non-JSON 4xx/5xx
+
+
+def session_lost(exc: MCPError) -> bool:
+    """Whether an error means the session is gone and the request was not processed.
+
+    True for a closed connection, the SDK's "Session terminated" (HTTP 404 with a session id),
+    a server's own "unknown/invalid session" error, and an HTTP-level rejection without a
+    JSON-RPC body (some servers answer an expired session with a bare 400).
+    """
     message = exc.message.lower()
     if exc.code == types.CONNECTION_CLOSED:
+        return True
+    if exc.code == types.INTERNAL_ERROR and message == HTTP_REJECTED:
         return True
     return "session" in message and (
         exc.code in (types.INVALID_REQUEST, types.INTERNAL_ERROR, -32000, types.INVALID_PARAMS)
@@ -183,7 +193,7 @@ class _Connection:
             return outcome["value"]  # type: ignore[no-any-return]
         if "error" in outcome:
             err = outcome["error"]
-            if isinstance(err, MCPError) and _session_lost(err):
+            if isinstance(err, MCPError) and session_lost(err):
                 raise SessionLost(describe(err)) from err
             if isinstance(err, MCPError) and err.code == types.REQUEST_TIMEOUT:
                 raise TimeoutError(f"Vestige did not answer within {limit:g}s") from err
