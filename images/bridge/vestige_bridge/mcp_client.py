@@ -168,7 +168,7 @@ class _Connection:
             self._ready.set()
 
     async def request(self, call: Call[T], limit: float) -> T:
-        """Run one request on this session, bounded by `timeout`, failing fast if the session dies."""
+        """Run one request on this session, bounded by `limit` seconds, failing fast if the session dies."""
         session, profile = self.session, self.profile
         if session is None or profile is None or self.closed.is_set():
             raise SessionLost("session closed")
