@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +153,57 @@ def ingress_url(spec: VestigeMemorySpec) -> str | None:
         return None
     scheme = "https" if ingress.tls is not None else "http"
     return f"{scheme}://{ingress.host}{ingress.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class IngressClaim:
+    """A VestigeMemory's claim on an Ingress host and path (to detect two resources routing the
+    same URL). ``created`` is the owner's creationTimestamp (RFC 3339 sorts chronologically)."""
+
+    host: str
+    path: str
+    namespace: str
+    name: str
+    created: str
+
+
+def ingress_claim(
+    namespace: str, name: str, created: str | None, spec: Mapping[str, Any]
+) -> IngressClaim | None:
+    """The host and path a raw (unparsed) spec routes, or None without an enabled Ingress or a host."""
+    ingress = spec.get("ingress")
+    if not isinstance(ingress, Mapping) or ingress.get("enabled") is not True:
+        return None
+    host = ingress.get("host")
+    if not isinstance(host, str) or not host:
+        return None
+    path = ingress.get("path")
+    return IngressClaim(
+        host.lower(), path if isinstance(path, str) and path else "/", namespace, name, created or ""
+    )
+
+
+def ingress_host_holder(
+    namespace: str, name: str, host: str, path: str, claims: Iterable[IngressClaim]
+) -> IngressClaim | None:
+    """The other resource that holds ``host`` + ``path`` before this one (None: this one may route it).
+
+    The earliest created claim wins (ties: namespace, then name), so every operator replica and
+    every pass reach the same verdict; a resource missing from ``claims`` counts as the newest.
+    """
+    same = [c for c in claims if c.host == host.lower() and c.path == path]
+    others = [c for c in same if (c.namespace, c.name) != (namespace, name)]
+    if not others:
+        return None
+    first = min(others, key=lambda c: (c.created, c.namespace, c.name))
+    mine = next((c for c in same if (c.namespace, c.name) == (namespace, name)), None)
+    if mine is None or (first.created, first.namespace, first.name) < (
+        mine.created,
+        mine.namespace,
+        mine.name,
+    ):
+        return first
+    return None
 
 
 # -- hashing ---------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
 NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
 INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")
 VESTIGE_MEMORY = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
+EVENT = Kind("v1", "Event", "events")
+STORAGE_CLASS = Kind("storage.k8s.io/v1", "StorageClass", "storageclasses")  # cluster-scoped
 
 KINDS: Mapping[str, Kind] = {
     k.kind: k for k in (SECRET, PVC, SERVICE, DEPLOYMENT, NETWORK_POLICY, INGRESS, VESTIGE_MEMORY)
@@ -265,3 +267,24 @@ class Cluster:
         if status != 200:
             raise _error_from(status, "", data, "patch status", f"{KIND} {namespace}/{name}")
         return json.loads(data)
+
+    async def storage_class_exists(self, name: str) -> bool | None:
+        """Whether the StorageClass exists; None when it cannot be told (no permission, API error)."""
+        path = f"/apis/{STORAGE_CLASS.api_version}/{STORAGE_CLASS.plural}/{quote(name, safe='')}"
+        status, _ = await self._request("get", STORAGE_CLASS, "GET", path)
+        if status == 200:
+            return True
+        if status == 404:
+            return False
+        logger.debug("cannot tell whether StorageClass %s exists: HTTP %s", name, status)
+        return None
+
+    async def post_event(self, event: JsonDict) -> None:
+        """Create a core/v1 Event (best effort: an Event that cannot be posted is only logged)."""
+        namespace = event["metadata"]["namespace"]
+        status, data = await self._request(
+            "create", EVENT, "POST", EVENT.path(namespace), body=event, content_type="application/json"
+        )
+        if status not in (200, 201):
+            error = _error_from(status, "", data, "create", f"Event in {namespace}")
+            logger.warning("could not post an Event: %s", error)

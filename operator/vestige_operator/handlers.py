@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
 
 from vestige_operator import GROUP, PLURAL, VERSION
-from vestige_operator.children import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
+from vestige_operator.children import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, ingress_claim
 from vestige_operator.reconcile import Reconciler, trim, trim_owner
 
 OWNER_INDEX = "vestige_owners"
+HOST_INDEX = "vestige_ingress_hosts"
 
 #: kind -> (group, version, plural, index id) of every child kind the operator manages.
 CHILD_RESOURCES: Mapping[str, tuple[str, str, str, str]] = {
@@ -43,9 +45,26 @@ CHILD_RESOURCES: Mapping[str, tuple[str, str, str, str]] = {
 MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 
+class RetryForever:
+    """kopf's delays between attempts of one API request, never exhausted.
+
+    kopf's default gives up after eight retries (about 54 s); a watch stream that gives up is
+    not restarted, so after a longer API outage the operator would live on with frozen caches.
+    This ramps up like kopf's default, then retries every ``cap`` seconds until the API is back.
+    """
+
+    def __init__(self, ramp: tuple[float, ...] = (1, 1, 2, 3, 5, 8, 13), cap: float = 15.0) -> None:
+        self.ramp = ramp
+        self.cap = cap
+
+    def __iter__(self) -> Iterator[float]:
+        return itertools.chain(self.ramp, itertools.repeat(self.cap))
+
+
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """kopf settings that keep the operator light and silent on the objects it watches."""
     settings.peering.standalone = True
+    settings.networking.error_backoffs = RetryForever()
     settings.posting.level = 30  # logging.WARNING: only problems become Kubernetes Events
     settings.execution.max_workers = 2  # all handlers are async; this pool is for kopf itself
     for group, version, plural, _ in CHILD_RESOURCES.values():
@@ -59,6 +78,13 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     @kopf.index(GROUP, VERSION, PLURAL, id=OWNER_INDEX, registry=registry)
     def vestige_owners(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): trim_owner(body)}
+
+    @kopf.index(GROUP, VERSION, PLURAL, id=HOST_INDEX, registry=registry)
+    def vestige_ingress_hosts(
+        spec: kopf.Spec, meta: kopf.Meta, namespace: str, name: str, **_: Any
+    ) -> dict[Any, Any]:
+        claim = ingress_claim(namespace, name, meta.get("creationTimestamp"), spec)
+        return {claim.host: claim} if claim is not None else {}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="vestige_event", registry=registry)
     async def vestige_event(type: str | None, namespace: str, name: str, uid: str, **_: Any) -> None:
@@ -92,6 +118,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         reconciler.attach(
             owners=kwargs[OWNER_INDEX],
             children={kind: kwargs[res[3]] for kind, res in CHILD_RESOURCES.items()},
+            hosts=kwargs[HOST_INDEX],
         )
         tasks.append(asyncio.get_running_loop().create_task(reconciler.resync_forever(), name="resync"))
 

@@ -31,9 +31,11 @@ from vestige_operator.children import (
     ANNOTATION_APPLIED_HASH,
     ANNOTATION_TOKEN_HASH,
     Images,
+    IngressClaim,
     Owner,
     auth_secret_ref,
     ignored_env,
+    ingress_host_holder,
     render_children,
     render_secret,
     token_hash,
@@ -45,6 +47,7 @@ from vestige_operator.status import (
     changed_conditions,
     compute_status,
     invalid_status,
+    stalled_event,
     status_patch,
 )
 
@@ -187,6 +190,8 @@ class Reconciler:
         self._clock = clock
         self._owners: Cache = {}
         self._children: Mapping[str, Cache] = {}
+        self._hosts: Mapping[str, Iterable[IngressClaim]] = {}
+        self._storage_class_check_logged = False
         self._written: dict[str, dict[str, Any]] = {}  # owner uid -> last status written
         self._running: set[Key] = set()
         self._pending: set[Key] = set()
@@ -197,10 +202,17 @@ class Reconciler:
         self.ready = asyncio.Event()
         self.passes = 0
 
-    def attach(self, owners: Cache, children: Mapping[str, Cache]) -> None:
-        """Give the reconciler its watch caches (kopf indexes, or plain mappings in tests)."""
+    def attach(
+        self,
+        owners: Cache,
+        children: Mapping[str, Cache],
+        hosts: Mapping[str, Iterable[IngressClaim]] | None = None,
+    ) -> None:
+        """Give the reconciler its watch caches (kopf indexes, or plain mappings in tests);
+        ``hosts`` maps a lower-cased Ingress host to the VestigeMemory claims on it."""
         self._owners = owners
         self._children = children
+        self._hosts = hosts if hosts is not None else {}
 
     # -- scheduling -----------------------------------------------------------------------------
 
@@ -350,8 +362,12 @@ class Reconciler:
             auth_hash = ((template.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_TOKEN_HASH)
         desired = render_children(owner, spec, self.images, auth_hash)
         observed["Deployment"] = current_deployment
+        ingress_conflict = self._ingress_conflict(owner, spec)
+        to_apply = desired.apply
+        if ingress_conflict is not None:  # never route a URL another resource already routes
+            to_apply = tuple(m for m in to_apply if m["kind"] != "Ingress")
 
-        for manifest in desired.apply:
+        for manifest in to_apply:
             kind = manifest["kind"]
             current = _named(cached[kind], manifest["metadata"]["name"])
             reason = apply_reason(manifest, current)
@@ -380,7 +396,8 @@ class Reconciler:
                 except k8s.ApiError as exc:
                     errors.append(ChildError(kind, exc.message or str(exc), exc.transient))
 
-        missing = tuple(m["kind"] for m in desired.apply if observed.get(m["kind"]) is None)
+        missing = tuple(m["kind"] for m in to_apply if observed.get(m["kind"]) is None)
+        storage_class_missing = await self._missing_storage_class(spec, observed.get("PersistentVolumeClaim"))
         obs = Observation(
             generation=generation,
             pvc=observed.get("PersistentVolumeClaim"),
@@ -390,12 +407,46 @@ class Reconciler:
             errors=tuple(errors),
             auth_problem=auth_problem,
             ignored_env=tuple(ignored_env(spec)),
+            ingress_conflict=ingress_conflict,
+            storage_class_missing=storage_class_missing,
         )
         new = compute_status(owner, spec, obs, previous, self._clock())
         await self._write_status(owner, previous, new)
         transient = [e for e in errors if e.transient]
         if transient:
             raise RetryLater("; ".join(f"{e.kind}: {e.message}" for e in transient))
+
+    def _ingress_conflict(self, owner: Owner, spec: VestigeMemorySpec) -> str | None:
+        """Why this resource may not route its Ingress host and path (None: it may)."""
+        ingress = spec.ingress
+        if not ingress.enabled or not ingress.host:
+            return None
+        host = ingress.host.lower()
+        holder = ingress_host_holder(
+            owner.namespace, owner.name, host, ingress.path, self._hosts.get(host, ())
+        )
+        if holder is None:
+            return None
+        return (
+            f"host {ingress.host} path {ingress.path} is already routed by VestigeMemory "
+            f"{holder.namespace}/{holder.name} (created first); the Ingress is not applied"
+        )
+
+    async def _missing_storage_class(
+        self, spec: VestigeMemorySpec, pvc: Mapping[str, Any] | None
+    ) -> str | None:
+        """The named StorageClass of a claim that is not bound, when that class does not exist.
+
+        One GET, only while the claim waits; a class the operator may not read counts as present.
+        """
+        name = spec.storage.storage_class_name
+        if not name or pvc is None or (pvc.get("status") or {}).get("phase") == "Bound":
+            return None
+        exists = await self.cluster.storage_class_exists(name)
+        if exists is None and not self._storage_class_check_logged:
+            self._storage_class_check_logged = True
+            logger.warning("cannot read StorageClass %s (RBAC: storageclasses get): not checked", name)
+        return name if exists is False else None
 
     async def _ensure_token(
         self,
@@ -447,6 +498,9 @@ class Reconciler:
         if result is None:
             return  # deleted or replaced meanwhile
         self._written[owner.uid] = result.get("status") or new
+        event = stalled_event(owner, previous, new, self._clock())
+        if event is not None:
+            await self.cluster.post_event(event)
         changed = changed_conditions(previous.get("conditions") or [], new["conditions"])
         logger.info(
             "status of %s/%s: phase %s%s",

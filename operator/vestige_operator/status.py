@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vestige_operator import FIELD_MANAGER, GROUP, KIND, VERSION
 from vestige_operator.api import Phase, VestigeMemorySpec, parse_quantity
 from vestige_operator.children import Owner, auth_secret_ref, endpoint, ingress_url, pvc_name
 
@@ -39,7 +40,9 @@ class Observation:
 
     ``pvc`` and ``deployment`` are the objects as last seen (the apply response when the pass
     applied them); ``missing`` lists kinds that should exist but were not seen; ``applied`` the
-    kinds this pass wrote; ``auth_problem`` why no token is available (missing Secret or key).
+    kinds this pass wrote; ``auth_problem`` why no token is available (missing Secret or key);
+    ``ingress_conflict`` why the Ingress was not applied (another resource routes its host and
+    path); ``storage_class_missing`` the named StorageClass the pending claim waits for in vain.
     """
 
     generation: int
@@ -50,6 +53,8 @@ class Observation:
     errors: tuple[ChildError, ...] = ()
     auth_problem: str | None = None
     ignored_env: tuple[str, ...] = ()
+    ingress_conflict: str | None = None
+    storage_class_missing: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,13 @@ def compute_status(
     gen = obs.generation
 
     storage_cond, capacity = _storage(spec, obs.pvc, pvc_name(owner.name))
+    if obs.storage_class_missing is not None and not storage_cond.status:
+        storage_cond = _Cond(
+            False,
+            "StorageClassNotFound",
+            f"StorageClass {obs.storage_class_missing} (storage.storageClassName) does not exist: "
+            "create it, or recreate this VestigeMemory with an existing class",
+        )
     dep_state, dep_message = _deployment_state(obs.deployment, spec.suspend)
     permanent = [e for e in obs.errors if not e.transient]
     transient = [e for e in obs.errors if e.transient]
@@ -161,8 +173,12 @@ def compute_status(
     stalled: _Cond | None = None
     if obs.auth_problem is not None:
         stalled = _Cond(True, "AuthSecretUnavailable", obs.auth_problem)
+    elif obs.ingress_conflict is not None:
+        stalled = _Cond(True, "IngressHostConflict", obs.ingress_conflict)
     elif permanent:
         stalled = _Cond(True, "ApplyRejected", "; ".join(f"{e.kind}: {e.message}" for e in permanent))
+    elif storage_cond.reason == "StorageClassNotFound":
+        stalled = _Cond(True, "StorageClassNotFound", storage_cond.message)
     elif storage_cond.reason == "Lost":
         stalled = _Cond(True, "VolumeLost", storage_cond.message)
     elif dep_state == "stuck":
@@ -229,7 +245,7 @@ def compute_status(
         "authSecretRef": {"name": secret, "key": key},
         "pvcName": pvc_name(owner.name),
     }
-    url = ingress_url(spec)
+    url = ingress_url(spec) if obs.ingress_conflict is None else None
     if url is not None:
         status["url"] = url
     if capacity is not None:
@@ -287,3 +303,50 @@ def changed_conditions(previous: Sequence[Mapping[str, Any]], new: Sequence[Mapp
     """Condition types whose status changed (for logging)."""
     old = {c.get("type"): c.get("status") for c in previous}
     return [str(c["type"]) for c in new if old.get(c["type"]) != c["status"]]
+
+
+def _stalled_condition(status: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    for cond in (status or {}).get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == STALLED:
+            return cond
+    return None
+
+
+def stalled_event(
+    owner: Owner, previous: Mapping[str, Any] | None, new: Mapping[str, Any], now: str
+) -> dict[str, Any] | None:
+    """A Warning Event (core/v1) when ``Stalled`` turns True or changes reason or message; else None.
+
+    Tied to status transitions, so a resource that stays stuck yields one Event, not one per pass.
+    """
+    after = _stalled_condition(new)
+    if after is None or after.get("status") != "True":
+        return None
+    before = _stalled_condition(previous)
+    if (
+        before is not None
+        and before.get("status") == "True"
+        and before.get("reason") == after.get("reason")
+        and before.get("message") == after.get("message")
+    ):
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "uid": owner.uid,
+        },
+        "type": "Warning",
+        "reason": str(after.get("reason") or STALLED),
+        "message": str(after.get("message") or "")[:1024],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+    }
