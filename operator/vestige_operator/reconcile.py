@@ -18,6 +18,7 @@ import base64
 import binascii
 import logging
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -72,28 +73,50 @@ def _token_hash_of(encoded: str) -> str | None:
         return None
 
 
+#: Strings up to this length are interned in the caches (keys, labels, images, defaults).
+_INTERN_MAX = 64
+
+
+def compact(value: Any) -> Any:
+    """A deep copy of parsed JSON in which equal keys and short strings are one shared object.
+
+    Every watch event is parsed on its own, so each cached child would otherwise hold its own
+    copy of the same keys, labels, images and defaults: at 1000 resources that is most of the
+    cache's memory (see docs/benchmarks.md).
+    """
+    if isinstance(value, Mapping):
+        return {sys.intern(str(k)): compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [compact(v) for v in value]
+    if isinstance(value, str) and len(value) <= _INTERN_MAX:
+        return sys.intern(value)
+    return value
+
+
 def trim(body: Mapping[str, Any]) -> dict[str, Any]:
     """What the caches keep of an object: no managedFields; a Secret keeps hashes of its values,
-    never the values (the operator holds no token in memory beyond one pass)."""
+    never the values (the operator holds no token in memory beyond one pass). Compacted."""
     meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
     out: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "data", "stringData")}
     out["metadata"] = meta
     if body.get("kind") == "Secret":
         out["tokenHashes"] = {k: _token_hash_of(v) for k, v in (body.get("data") or {}).items()}
-    return out
+    return compact(out)
 
 
 def trim_owner(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
-    return {
-        "metadata": {
-            k: meta[k]
-            for k in ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
-            if k in meta
-        },
-        "spec": body.get("spec") or {},
-        "status": body.get("status") or {},
-    }
+    return compact(
+        {
+            "metadata": {
+                k: meta[k]
+                for k in ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+                if k in meta
+            },
+            "spec": body.get("spec") or {},
+            "status": body.get("status") or {},
+        }
+    )
 
 
 def _empty(value: Any) -> bool:

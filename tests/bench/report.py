@@ -160,9 +160,11 @@ def render() -> str:
         rows = []
         for r in _runs(bridge):
             for c in r["clients"]:
+                variant = "+ uvloop, httptools (experiment)" if r.get("bridge_extra_path") else "as shipped"
                 rows.append(
                     [
                         c["concurrency"],
+                        variant,
                         r["transport"],
                         c["direct"]["p50_ms"],
                         c["bridge"]["p50_ms"],
@@ -179,6 +181,7 @@ def render() -> str:
         lines += _table(
             [
                 "clients",
+                "bridge",
                 "upstream",
                 "direct p50 ms",
                 "bridge p50 ms",

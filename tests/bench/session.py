@@ -58,6 +58,13 @@ IMAGES = Images(vestige="example.org/vestige:3.0.0", bridge="example.org/vestige
 CONCURRENCY = 8
 FLOW_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
 SA_NAME = "bench-operator"
+#: Every benchmark resource: the defaults except small resource requests, so that 1000 pods fit on
+#: the kwok node (256Gi allocatable; the default requests, 640Mi a pod, stop at ~400) and leave
+#: room for the other users of the shared cluster.
+SPEC: JsonDict = {
+    "vestige": {"resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}},
+    "bridge": {"resources": {"requests": {"cpu": "5m", "memory": "32Mi"}}},
+}
 MEMORIES = f"/apis/{GROUP}/{VERSION}"
 
 
@@ -338,7 +345,12 @@ def create_memories(kube: Kube, namespace: str, n: int, on_created: Any = None) 
     def one(i: int) -> None:
         body = kube.create(
             memories_path(namespace),
-            {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": memory_name(i)}},
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "metadata": {"name": memory_name(i)},
+                "spec": SPEC,
+            },
         )
         if on_created is not None:
             on_created(body)
