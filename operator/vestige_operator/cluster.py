@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 JsonDict = dict[str, Any]
 REQUEST_TIMEOUT = (10.0, 30.0)  # connect, read (seconds)
+#: Accept header of a metadata-only LIST.
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +42,11 @@ class Kind:
     kind: str
     plural: str
 
-    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+    def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
+        """The object's (or, without a name, the collection's) path; no namespace: all namespaces."""
         base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if namespace is None:
+            return f"{base}/{self.plural}"
         path = f"{base}/namespaces/{quote(namespace, safe='')}/{self.plural}"
         if name is not None:
             path += f"/{quote(name, safe='')}"
@@ -142,8 +147,9 @@ class Cluster:
         query: list[tuple[str, str]] | None = None,
         body: JsonDict | None = None,
         content_type: str | None = None,
+        accept: str = "application/json",
     ) -> tuple[int, bytes]:
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if content_type is not None:
             headers["Content-Type"] = content_type
         method, url, headers, body, _ = self._api.param_serialize(
@@ -267,6 +273,29 @@ class Cluster:
         if status != 200:
             raise _error_from(status, "", data, "patch status", f"{KIND} {namespace}/{name}")
         return json.loads(data)
+
+    async def live_uids(self, kind: Kind, namespace: str | None, label_selector: str | None) -> set[str]:
+        """The uids of the objects of ``kind`` that exist now (``namespace`` None: all namespaces).
+
+        A metadata-only LIST (PartialObjectMetadataList), paged: cheap even at thousands of objects.
+        """
+        uids: set[str] = set()
+        query = [("limit", "500")]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        token = ""
+        while True:
+            page = query + ([("continue", token)] if token else [])
+            status, data = await self._request(
+                "list", kind, "GET", kind.path(namespace), query=page, accept=METADATA_LIST
+            )
+            if status != 200:
+                raise _error_from(status, "", data, "list", f"{kind.kind} in {namespace or 'all namespaces'}")
+            body = json.loads(data)
+            uids.update(item["metadata"]["uid"] for item in body.get("items") or ())
+            token = (body.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return uids
 
     async def storage_class_exists(self, name: str) -> bool | None:
         """Whether the StorageClass exists; None when it cannot be told (no permission, API error)."""

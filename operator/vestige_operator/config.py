@@ -22,6 +22,8 @@ DEFAULT_RESYNC_SECONDS = 60.0
 #: local runs and tests pass a 127.0.0.1 URL (or an empty string to turn it off).
 DEFAULT_LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
 DEFAULT_MAX_CONCURRENT_RECONCILES = 8
+#: Every this many resyncs the watch caches are checked against a metadata-only LIST.
+DEFAULT_VERIFY_RESYNCS = 10
 
 LogFormat = Literal["json", "plain"]
 
@@ -80,6 +82,7 @@ class OperatorConfig:
     log_level: str = "INFO"
     liveness_endpoint: str = DEFAULT_LIVENESS_ENDPOINT
     max_concurrent_reconciles: int = DEFAULT_MAX_CONCURRENT_RECONCILES
+    verify_resyncs: int = DEFAULT_VERIFY_RESYNCS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -105,6 +108,9 @@ class OperatorConfig:
             max_concurrent_reconciles=_parse_positive_int(
                 "VESTIGE_MAX_CONCURRENT_RECONCILES",
                 env.get("VESTIGE_MAX_CONCURRENT_RECONCILES", str(DEFAULT_MAX_CONCURRENT_RECONCILES)),
+            ),
+            verify_resyncs=_parse_positive_int(
+                "VESTIGE_VERIFY_RESYNCS", env.get("VESTIGE_VERIFY_RESYNCS", str(DEFAULT_VERIFY_RESYNCS))
             ),
         )
 

@@ -31,6 +31,8 @@ from vestige_operator.api import VestigeMemorySpec, parse_quantity
 from vestige_operator.children import (
     ANNOTATION_APPLIED_HASH,
     ANNOTATION_TOKEN_HASH,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
     Images,
     IngressClaim,
     Owner,
@@ -177,6 +179,20 @@ def apply_reason(desired: Mapping[str, Any], observed: Mapping[str, Any] | None)
     return None if diff is None else f"drift at {diff}"
 
 
+def cached_uids(cache: Cache) -> set[str]:
+    """Every uid held by a watch cache."""
+    return {
+        uid
+        for objs in list(cache.values())
+        for obj in list(objs)
+        if (uid := (obj.get("metadata") or {}).get("uid"))
+    }
+
+
+def _uid(obj: Mapping[str, Any]) -> str | None:
+    return (obj.get("metadata") or {}).get("uid")
+
+
 def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == uid for ref in refs)
@@ -216,6 +232,8 @@ class Reconciler:
         self._hosts: Mapping[str, Iterable[IngressClaim]] = {}
         self._storage_class_check_logged = False
         self._written: dict[str, dict[str, Any]] = {}  # owner uid -> last status written
+        #: uids still in a watch cache whose objects are known to be gone (see verify_caches).
+        self._ghosts: set[str] = set()
         self._running: set[Key] = set()
         self._pending: set[Key] = set()
         self._failures: dict[Key, int] = {}
@@ -262,7 +280,45 @@ class Reconciler:
             self._written.pop(uid, None)
 
     def keys(self) -> list[Key]:
-        return list(self._owners)
+        return [key for key in list(self._owners) if self._owner(key) is not None]
+
+    async def verify_caches(self) -> int:
+        """Find cached objects that no longer exist; their number. Later passes ignore them.
+
+        kopf's indexes miss a deletion that happens while a watch is down long enough to restart
+        from a fresh listing: the object stays in the index for ever, and the reconciler would
+        neither re-create a deleted child nor forget a deleted VestigeMemory. So every
+        ``verify_resyncs`` resyncs each cache is compared with a metadata-only LIST of its kind
+        (a handful of requests for the whole operator, whatever the number of resources): a uid
+        cached *before* the LIST began and absent from its answer is gone.
+        """
+        scopes: list[str | None] = [None] if self.config.all_namespaces else list(self.config.namespaces)
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        caches: list[tuple[k8s.Kind, Cache, str | None]] = [(k8s.VESTIGE_MEMORY, self._owners, None)]
+        caches += [(k8s.KINDS[kind], self._children.get(kind, {}), selector) for kind in CHILD_KINDS]
+        found: set[str] = set()
+        still_cached: set[str] = set()
+        for kind, cache, labels in caches:
+            before = cached_uids(cache)
+            if not before - self._ghosts:
+                still_cached |= before
+                continue
+            try:
+                live: set[str] = set()
+                for namespace in scopes:
+                    live |= await self.cluster.live_uids(kind, namespace, labels)
+            except k8s.ApiError as exc:
+                logger.warning("cannot verify the %s cache: %s", kind.kind, exc)
+                still_cached |= before
+                continue
+            found |= before - live - self._ghosts
+            still_cached |= cached_uids(cache)
+        self._ghosts = (self._ghosts | found) & still_cached
+        if found:
+            logger.warning(
+                "%d cached object(s) were deleted while a watch was interrupted; repairing", len(found)
+            )
+        return len(found)
 
     async def resync_forever(self) -> None:
         """Request a pass of every known resource every ``resync_seconds`` (drift safety net)."""
@@ -287,6 +343,9 @@ class Reconciler:
                     "api_requests": api_requests,
                 },
             )
+            if resyncs % self.config.verify_resyncs == 0:
+                await self.verify_caches()
+                keys = self.keys()
             for key in keys:
                 self.request(key)
 
@@ -339,13 +398,15 @@ class Reconciler:
     # -- one pass -------------------------------------------------------------------------------
 
     def _owner(self, key: Key) -> Mapping[str, Any] | None:
-        return next(iter(self._owners.get(key, ())), None) if key in self._owners else None
+        if key not in self._owners:
+            return None
+        return next((o for o in self._owners.get(key, ()) if _uid(o) not in self._ghosts), None)
 
     def _cached(self, kind: str, key: Key) -> list[Mapping[str, Any]]:
         cache = self._children.get(kind)
         if cache is None or key not in cache:
             return []
-        return list(cache[key])
+        return [obj for obj in cache[key] if _uid(obj) not in self._ghosts]
 
     async def reconcile(self, namespace: str, name: str) -> None:
         """One level-based pass over the VestigeMemory ``namespace/name``."""

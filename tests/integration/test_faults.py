@@ -604,21 +604,37 @@ def partition(kubeconfig: str, tmp_path: Path) -> Iterator[tuple[Partition, str]
 LONG_PARTITION_SECONDS = 75.0
 
 
-@pytest.mark.slow
-def test_operator_rides_out_a_long_api_partition(
-    kubectl: Kubectl, namespace: str, operator_factory: OperatorFactory, partition: tuple[Partition, str]
+#: Short enough for the default run, long enough that every watch of the operator breaks.
+SHORT_PARTITION_SECONDS = 10.0
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [SHORT_PARTITION_SECONDS, pytest.param(LONG_PARTITION_SECONDS, marks=pytest.mark.slow)],
+    ids=["short", "long"],
+)
+def test_operator_rides_out_an_api_partition(
+    kubectl: Kubectl,
+    namespace: str,
+    operator_factory: OperatorFactory,
+    partition: tuple[Partition, str],
+    seconds: float,
 ) -> None:
     part, kubeconfig = partition
-    op = operator_factory(namespace, env={"KUBECONFIG": kubeconfig})
+    # Verify the watch caches against a LIST every 2 resyncs (default 10) to see the repair soon.
+    op = operator_factory(namespace, env={"KUBECONFIG": kubeconfig, "VESTIGE_VERIFY_RESYNCS": "2"})
     apply_memory(kubectl, namespace, "cut", {})
     wait_settled(kubectl, namespace, "cut")
+    service_uid = must_get(kubectl, namespace, "service", "cut")["metadata"]["uid"]
     pid = op.proc.pid
     part.cut()
-    time.sleep(LONG_PARTITION_SECONDS / 3)
-    # Changes made while the operator cannot see them.
+    time.sleep(seconds / 3)
+    # Changes made while the operator cannot see them: a spec change, a scaled Deployment and a
+    # deleted Service (a deletion the watch never reports if it restarts from a fresh listing).
     patch_spec(kubectl, namespace, "cut", {"vestige": {"image": "example.org/vestige:3.9.0"}})
     kubectl("-n", namespace, "scale", "deployment", "cut", "--replicas=2")
-    time.sleep(LONG_PARTITION_SECONDS * 2 / 3)
+    kubectl("-n", namespace, "delete", "service", "cut", "--wait=true")
+    time.sleep(seconds * 2 / 3)
     alive_during = op.alive()
     part.heal()
     healed = time.monotonic()
@@ -633,20 +649,32 @@ def test_operator_rides_out_a_long_api_partition(
         60,
         "the replicas scaled during the partition to be restored",
     )
+    wait_until(
+        lambda: (
+            (svc := get(kubectl, namespace, "service", "cut")) is not None
+            and svc["metadata"]["uid"] != service_uid
+        ),
+        op.resync_seconds * 4 + 60,
+        "the Service deleted during the partition to be re-created",
+    )
+    recreated = time.monotonic() - healed
     wait_settled(kubectl, namespace, "cut")
     assert alive_during and op.alive() and op.proc.pid == pid, op.log_path.read_text()[-3000:]
     # This operator did the work (not another one that happens to watch every namespace).
     mine = [m for m in log_messages(op, f"{namespace}/cut") if m.startswith("applying")]
     assert any(m.startswith("applying Deployment") and "rendering changed" in m for m in mine), mine
+    assert any(m.startswith("applying Service") for m in mine), mine
     gave_up = [m for m in log_messages(op, "escalating")]
     record(
-        "api_partition",
+        "api_partition" if seconds == LONG_PARTITION_SECONDS else "api_partition_short",
         {
-            "partition_s": LONG_PARTITION_SECONDS,
+            "partition_s": seconds,
             "connections_refused_during_partition": part.refused,
             "operator_survived_without_restart": alive_during and op.proc.pid == pid,
             "kopf_requests_given_up": len(gave_up),
             "changes_applied_after_heal_s": round(applied, 1),
+            "deleted_service_recreated_after_heal_s": round(recreated, 1),
+            "stale_cache_entries_repaired": len(log_messages(op, "deleted while a watch was interrupted")),
             "hygiene": assert_no_token_leak(kubectl, [namespace], [op]),
         },
     )
