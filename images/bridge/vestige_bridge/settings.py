@@ -58,6 +58,20 @@ class Settings(BaseSettings):
         le=64 * 1024 * 1024,
         validation_alias=AliasChoices("VESTIGE_MAX_BODY_BYTES", "BRIDGE_MAX_BODY_BYTES"),
     )
+    max_connections: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        validation_alias="VESTIGE_MAX_CONNECTIONS",
+        description="Concurrent connections (open or idle) before the bridge answers 503: bounds memory.",
+    )
+    keepalive_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        validation_alias="VESTIGE_KEEPALIVE_TIMEOUT",
+        description="Seconds an idle keep-alive connection is kept open.",
+    )
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = Field(
         default="INFO", validation_alias="LOG_LEVEL"
     )
