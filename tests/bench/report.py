@@ -132,6 +132,7 @@ def render() -> str:
         lines += _table(
             [
                 "N",
+                "operator",
                 "RSS at start MiB",
                 "RSS after convergence MiB",
                 "peak RSS (VmHWM) MiB",
@@ -143,6 +144,7 @@ def render() -> str:
             (
                 [
                     r["n"],
+                    r.get("variant", "current"),
                     _mib(r["operator"].get("rss_kib_started"), "VmRSS"),
                     _mib(r["operator"]["convergence"].get("rss_kib"), "VmRSS"),
                     f"**{_mib(r['operator'].get('rss_kib_end'))}**",
