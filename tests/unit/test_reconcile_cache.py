@@ -1,0 +1,76 @@
+"""The reconciler's watch-cache helpers: compaction, trimming and cache uids (pure)."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from vestige_operator.reconcile import cached_uids, compact, trim
+
+
+def _deployment(name: str) -> dict:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "uid": f"uid-{name}",
+            "labels": {"app.kubernetes.io/managed-by": "vestige-operator"},
+            "managedFields": [{"manager": "vestige-operator", "fieldsV1": {"f:spec": {}}}],
+        },
+        "spec": {
+            "template": {"spec": {"containers": [{"image": "example.org/vestige:3", "name": "vestige"}]}}
+        },
+    }
+
+
+def test_compact_is_an_equal_deep_copy_that_shares_short_strings() -> None:
+    # Parsed separately, as two watch events are: equal strings are distinct objects.
+    a = json.loads(json.dumps(_deployment("a")))
+    b = json.loads(json.dumps(_deployment("b")))
+    assert (
+        a["spec"]["template"]["spec"]["containers"][0]["image"]
+        is not (b["spec"]["template"]["spec"]["containers"][0]["image"])
+    )
+    ca, cb = compact(a), compact(b)
+    assert ca == a and cb == b
+    assert ca is not a and ca["metadata"] is not a["metadata"]
+    image_a = ca["spec"]["template"]["spec"]["containers"][0]["image"]
+    image_b = cb["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image_a is image_b  # one shared object
+    key_a = next(k for k in ca["metadata"]["labels"])
+    key_b = next(k for k in cb["metadata"]["labels"])
+    assert key_a is key_b
+
+
+def test_compact_leaves_long_strings_and_other_values_alone() -> None:
+    long = "x" * 1000
+    value = json.loads(json.dumps({"s": long, "n": 3, "f": 1.5, "b": True, "z": None, "l": [long]}))
+    out = compact(value)
+    assert out == value
+    assert out["s"] is value["s"]  # not interned, not copied
+
+
+def test_trim_drops_managed_fields_and_never_keeps_secret_values() -> None:
+    deployment = trim(_deployment("a"))
+    assert "managedFields" not in deployment["metadata"]
+    token = "s3cr3t-token-value"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "a-auth", "uid": "u1"},
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+    kept = trim(secret)
+    assert "data" not in kept and "stringData" not in kept
+    assert set(kept["tokenHashes"]) == {"token"}
+    assert token not in json.dumps(kept) and secret["data"]["token"] not in json.dumps(kept)
+
+
+def test_cached_uids_collects_every_uid_of_a_cache() -> None:
+    cache = {
+        ("ns", "a"): [trim(_deployment("a"))],
+        ("ns", "b"): [trim(_deployment("b")), {"metadata": {"name": "no-uid"}}],
+        ("ns", "c"): [],
+    }
+    assert cached_uids(cache) == {"uid-a", "uid-b"}
