@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +33,7 @@ import pytest
 from tests import cluster
 from tests.integration import operator_fixtures
 from tests.integration.conftest import Kubectl
+from tests.integration.helpers import get, must_get, wait_until
 from tests.integration.operator_fixtures import OperatorFactory, OperatorProcess
 
 operator_factory = operator_fixtures.operator_factory
@@ -65,33 +66,6 @@ def record(section: str, figures: dict[str, Any]) -> None:
     doc.setdefault("cluster", {})["kubernetes"] = cluster.K8S_VERSION
     doc[section] = {**figures, "recorded": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
     RESULTS.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-
-
-def wait_until(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
-
-
-def get(kubectl: Kubectl, ns: str, kind: str, name: str) -> dict[str, Any] | None:
-    """The object with its managedFields, or None."""
-    proc = kubectl("-n", ns, "get", kind, name, "-o", "json", "--show-managed-fields", check=False)
-    if proc.returncode != 0:
-        if "NotFound" in proc.stderr:
-            return None
-        raise AssertionError(proc.stderr)
-    return json.loads(proc.stdout)
-
-
-def must_get(kubectl: Kubectl, ns: str, kind: str, name: str) -> dict[str, Any]:
-    obj = get(kubectl, ns, kind, name)
-    assert obj is not None, f"{kind} {ns}/{name} not found"
-    return obj
 
 
 def items(kubectl: Kubectl, ns: str, kind: str, *selector: str) -> list[dict[str, Any]]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.integration import operator_fixtures
 from tests.integration.conftest import Kubectl
+from tests.integration.helpers import get, must_get, wait_until
 from tests.integration.operator_fixtures import OperatorProcess
 
 # The operator fixtures, made visible to pytest in this module.
@@ -28,32 +28,6 @@ CHILD_KINDS = ("secret", "pvc", "deployment", "service", "networkpolicy")
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def get(kubectl: Kubectl, ns: str, kind: str, name: str) -> dict[str, Any] | None:
-    proc = kubectl("-n", ns, "get", kind, name, "-o", "json", check=False)
-    if proc.returncode != 0:
-        if "NotFound" in proc.stderr:
-            return None
-        raise AssertionError(proc.stderr)
-    return json.loads(proc.stdout)
-
-
-def must_get(kubectl: Kubectl, ns: str, kind: str, name: str) -> dict[str, Any]:
-    obj = get(kubectl, ns, kind, name)
-    assert obj is not None, f"{kind} {ns}/{name} not found"
-    return obj
-
-
-def wait_until(fn: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def apply_memory(kubectl: Kubectl, ns: str, name: str, spec: dict[str, Any] | None = None) -> None:
