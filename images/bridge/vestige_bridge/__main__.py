@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=10,
+        # uvloop when installed (the bridge extra has it): less CPU per request. HTTP parsing
+        # stays h11 on purpose: uvicorn's httptools protocol has no request-head size limit.
+        loop="auto",
+        http="h11",
         # Bounded resources under abuse: excess connections get 503, idle ones are closed, and
         # h11 refuses a request head still incomplete past 16 KiB (its default) rather than buffer it.
         limit_concurrency=settings.max_connections,

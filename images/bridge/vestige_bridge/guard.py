@@ -77,12 +77,24 @@ class Guard:
         self.max_body = max_body_bytes
         self.metrics = metrics
         self.router = router
+        self._templates: dict[tuple[str, str], str] = {}
 
     def _route(self, scope: Scope) -> str:
+        """The route template for the metrics label; memoized per (method, path) of a full match.
+
+        Only matched pairs are remembered, so the memo is bounded by the app's fixed routes.
+        """
+        key = (scope.get("method", ""), scope.get("path", ""))
+        template = self._templates.get(key)
+        if template is not None:
+            return template
         for route in self.router.routes:
-            match, _ = route.matches(scope)
+            match, child = route.matches(scope)
             if match == Match.FULL:
-                return getattr(route, "path", "unmatched") or "unmatched"
+                template = getattr(route, "path", "unmatched") or "unmatched"
+                if not child.get("path_params"):
+                    self._templates[key] = template
+                return template
         return "unmatched"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

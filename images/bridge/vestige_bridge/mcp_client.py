@@ -7,6 +7,11 @@ through it and race their request against the connection's end. A lost session (
 restart: 404 "Session terminated", idle reaper, refused connection) is re-initialized and the
 call retried once; a timeout or an error mid-call is not retried (the call may have been
 applied). Every call is bounded by a timeout.
+
+The SDK closes a POST's SSE answer as soon as the JSON-RPC response has arrived, before the
+server's end of stream: httpx2 then closes the TCP connection instead of pooling it, so every
+call would open a new one. A response hook (:func:`_drain_post_on_close`) reads such a leftover
+(bounded in time and size) before releasing the response, so the connection is kept alive.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -37,6 +42,61 @@ T = TypeVar("T")
 Call = Callable[[ClientSession, ServerProfile], Awaitable[T]]
 """One request: gets the live session and what the server reported at connect time."""
 CLIENT_INFO = types.Implementation(name="vestige-bridge", version=__version__)
+
+
+DRAIN_SECONDS = 1.0
+"""How long closing an unfinished POST answer waits for its end (then the connection is dropped)."""
+DRAIN_BYTES = 1 << 20
+"""How much of an unfinished POST answer closing it reads at most (then the connection is dropped)."""
+
+
+class _DrainOnClose(httpx2.AsyncByteStream):
+    """A response body that, closed before its end, first reads the rest (bounded).
+
+    httpx2 returns a connection to its pool only when the response ended; closing it early
+    closes the socket. The inner iterator is kept across ``__aiter__`` calls, so a reader that
+    stops early (the SDK's SSE parser after the response event) does not abort it.
+    """
+
+    def __init__(self, inner: httpx2.AsyncByteStream) -> None:
+        self._inner = inner
+        self._iterator: AsyncIterator[bytes] | None = None
+        self._ended = False
+
+    def _chunks(self) -> AsyncIterator[bytes]:
+        if self._iterator is None:
+            self._iterator = self._inner.__aiter__()
+        return self._iterator
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunks = self._chunks()
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            if not self._ended:
+                drained = 0
+                with anyio.move_on_after(DRAIN_SECONDS):
+                    async for chunk in self._chunks():
+                        drained += len(chunk)
+                        if drained > DRAIN_BYTES:
+                            break
+        finally:
+            if isinstance(self._iterator, AsyncGenerator):
+                await self._iterator.aclose()
+            await self._inner.aclose()
+
+
+async def _drain_post_on_close(response: httpx2.Response) -> None:
+    """httpx2 response hook: a POST answer closed early still releases its keep-alive connection."""
+    if response.request.method == "POST" and isinstance(response.stream, httpx2.AsyncByteStream):
+        response.stream = _DrainOnClose(response.stream)
 
 
 class VestigeError(Exception):
@@ -104,6 +164,7 @@ class _Connection:
         self._ready = anyio.Event()
         self._stop = anyio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._calls: set[anyio.CancelScope] = set()
 
     async def open(self) -> None:
         """Start the runner and wait until the session is initialized (or failed)."""
@@ -131,6 +192,7 @@ class _Connection:
                 sse_read_timeout=max(300.0, timeout),
             )
         http = httpx2.AsyncClient(
+            event_hooks={"response": [_drain_post_on_close]},
             headers=self._headers(),
             timeout=httpx2.Timeout(timeout, connect=self.settings.connect_timeout, read=max(300.0, timeout)),
         )
@@ -166,6 +228,8 @@ class _Connection:
             self.session = None
             self.closed.set()
             self._ready.set()
+            for scope in list(self._calls):
+                scope.cancel()
 
     async def request(self, call: Call[T], limit: float) -> T:
         """Run one request on this session, bounded by `limit` seconds, failing fast if the session dies."""
@@ -173,22 +237,15 @@ class _Connection:
         if session is None or profile is None or self.closed.is_set():
             raise SessionLost("session closed")
         outcome: dict[str, Any] = {}
-
-        async def do() -> None:
+        # Run in the caller's task; the runner cancels `scope` when the session ends.
+        with anyio.move_on_after(limit) as deadline, anyio.CancelScope() as scope:
+            self._calls.add(scope)
             try:
                 outcome["value"] = await call(session, profile)
             except Exception as exc:
                 outcome["error"] = exc
-            tg.cancel_scope.cancel()
-
-        async def watch() -> None:
-            await self.closed.wait()
-            tg.cancel_scope.cancel()
-
-        with anyio.move_on_after(limit) as deadline:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(do)
-                tg.start_soon(watch)
+            finally:
+                self._calls.discard(scope)
         if "value" in outcome:
             return outcome["value"]  # type: ignore[no-any-return]
         if "error" in outcome:
