@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 
 from tests.bench import report
-from tests.bench.kube import Kube, environment, shared_cluster, write_result
+from tests.bench.kube import environment, write_result
 from tests.bench.runs import common_arguments, floor_run, operator_run, wait_load
-from tests.bench.session import ensure_crd
+from tests.bench.session import bench_cluster
 
 LIMITS = {
     "floor": "the control plane itself: the API server admitting and storing ~6 objects per resource, "
@@ -35,10 +35,7 @@ def main() -> None:
     common_arguments(parser)
     args = parser.parse_args()
 
-    info = shared_cluster()
-    kube = Kube(info.kubeconfig)
-    try:
-        ensure_crd(info.kubeconfig)
+    with bench_cluster() as (info, kube):
         env = environment(kube)
         env["load_at_start"] = wait_load(args)
         print(f"floor: N={args.n}", flush=True)
@@ -59,8 +56,6 @@ def main() -> None:
         path = write_result("convergence", str(args.n), run, LIMITS)
         print(f"operator: {conv}s; ratio {run['ratio']} -> {path}", flush=True)
         report.write()
-    finally:
-        kube.close()
 
 
 if __name__ == "__main__":

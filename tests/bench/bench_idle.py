@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 
 from tests.bench import report
-from tests.bench.kube import Kube, environment, shared_cluster, write_result
+from tests.bench.kube import environment, write_result
 from tests.bench.runs import common_arguments, operator_run, wait_load
-from tests.bench.session import ensure_crd
+from tests.bench.session import bench_cluster
 
 LIMITS = {
     "requests": "by design a steady-state pass reads only kopf's watch caches and writes nothing; the "
@@ -37,10 +37,7 @@ def main() -> None:
     common_arguments(parser)
     args = parser.parse_args()
 
-    info = shared_cluster()
-    kube = Kube(info.kubeconfig)
-    try:
-        ensure_crd(info.kubeconfig)
+    with bench_cluster() as (info, kube):
         env = environment(kube)
         env["load_at_start"] = wait_load(args)
         op = operator_run(
@@ -60,8 +57,6 @@ def main() -> None:
             flush=True,
         )
         report.write()
-    finally:
-        kube.close()
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 
 from tests.bench import report
-from tests.bench.kube import Kube, environment, shared_cluster, write_result
+from tests.bench.kube import environment, write_result
 from tests.bench.runs import common_arguments, operator_run, wait_load
-from tests.bench.session import ensure_crd
+from tests.bench.session import bench_cluster
 
 LIMITS = {
     "rss": "the Python interpreter with kopf, aiohttp, pydantic and the kubernetes client imported "
@@ -34,10 +34,7 @@ def main() -> None:
     common_arguments(parser)
     args = parser.parse_args()
 
-    info = shared_cluster()
-    kube = Kube(info.kubeconfig)
-    try:
-        ensure_crd(info.kubeconfig)
+    with bench_cluster() as (info, kube):
         for n in (int(x) for x in args.ns.split(",") if x.strip()):
             env = environment(kube)
             env["load_at_start"] = wait_load(args)
@@ -53,8 +50,6 @@ def main() -> None:
             hwm = op["rss_kib_end"].get("VmHWM", 0) / 1024
             print(f"memory N={n}: VmHWM {hwm:.1f} MiB -> {path}", flush=True)
             report.write()
-    finally:
-        kube.close()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from tests.bench.kube import (
     create_namespace,
     delete_namespace,
     dispatched_by_flow_schema,
+    shared_cluster,
 )
 from tests.cluster import kubectl_binary
 
@@ -99,6 +100,18 @@ def ensure_crd(kubeconfig: str) -> None:
         check=True,
         capture_output=True,
     )
+
+
+@contextlib.contextmanager
+def bench_cluster() -> Iterator[tuple[ClusterInfo, Kube]]:
+    """The running local cluster, a client for it and the CRD installed; the client closed after."""
+    info = shared_cluster()
+    kube = Kube(info.kubeconfig)
+    try:
+        ensure_crd(info.kubeconfig)
+        yield info, kube
+    finally:
+        kube.close()
 
 
 def _free_port() -> int:
