@@ -23,7 +23,8 @@ ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
 
 GO_DIR = Path(__file__).resolve().parent / "go"
-KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
+# kubelet and kube-proxy run the real node (`up --node real`): same module, same pin.
+KUBE_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
 # kwok's own stage definitions (shipped in its module) that make nodes Ready, keep their leases
 # fresh, and walk pods through Running/Ready, completion and deletion.
 KWOK_STAGES = (
