@@ -385,6 +385,11 @@ def render_vestige_container(owner: Owner, spec: VestigeMemorySpec, images: Imag
     No kubelet probe: the kubelet probes the pod IP, which Vestige does not listen on. Its health
     is observed through the bridge's deep readiness (an MCP round trip), and the bridge's startup
     probe holds the pod back while the embedding model downloads on first boot.
+
+    ``stdin: true``: every Vestige (1.x, 2.x and 3.x, also with ``--http``) ends when its stdin
+    reaches EOF, and a container without stdin reads EOF at once; with it the kubelet keeps an
+    open pipe that nobody writes to (seen on the real node: without it the container exits in
+    milliseconds and crash-loops).
     """
     secret, key = auth_secret_ref(owner.name, spec)
     vestige = spec.vestige
@@ -421,6 +426,7 @@ def render_vestige_container(owner: Owner, spec: VestigeMemorySpec, images: Imag
         "image": vestige.image or images.vestige,
         "command": command,
         "args": args,
+        "stdin": True,
         "env": env,
         "resources": _resources(vestige.resources, DEFAULT_VESTIGE_RESOURCES),
         "securityContext": _container_security_context(),

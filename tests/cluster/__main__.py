@@ -13,20 +13,28 @@ from tests.cluster import build, launcher
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="build what is missing, start the cluster, print `export KUBECONFIG=...`")
+    u = sub.add_parser("up", help="build what is missing, start the cluster, print `export KUBECONFIG=...`")
+    u.add_argument(
+        "--node",
+        choices=launcher.NODE_MODES,
+        default=None,
+        help="kwok (simulated), real (kubelet + containerd) or both; default: both where the real "
+        "node can run (root, Debian packages), else kwok (env VESTIGE_CLUSTER_NODE)",
+    )
     sub.add_parser("down", help="stop every process `up` started and remove the cluster state")
     sub.add_parser("status", help="print the state of each component as JSON")
     sub.add_parser("build", help="only build (or check the cache of) the binaries")
     r = sub.add_parser("restart", help="restart one component (fault tests)")
-    r.add_argument("component", choices=launcher.ORDER)
+    r.add_argument("component", choices=launcher.ALL_COMPONENTS)
     args = parser.parse_args(argv)
 
     try:
         if args.command == "up":
             started = time.monotonic()
-            st = launcher.up()
+            st = launcher.up(node_kind=args.node)
             print(
-                f"[cluster] {st.version} up on {st.server} ({time.monotonic() - started:.1f}s)",
+                f"[cluster] {st.version} up on {st.server}, nodes: {st.node}"
+                f"{' (' + st.node_reason + ')' if st.node_reason else ''} ({time.monotonic() - started:.1f}s)",
                 file=sys.stderr,
             )
             print(f"export KUBECONFIG={st.kubeconfig}")

@@ -21,6 +21,8 @@ from pathlib import Path
 K8S_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.6.16"
 KWOK_VERSION = "v0.8.0"
+#: CoreDNS for the real node (go/coredns: only the plugins cluster DNS needs).
+COREDNS_VERSION = "v1.14.7"
 
 GO_DIR = Path(__file__).resolve().parent / "go"
 # kubelet and kube-proxy run the real node (`up --node real`): same module, same pin.
@@ -136,6 +138,13 @@ def ensure_binaries() -> Path:
         cmd = [_go(), "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "etcd"), "."]
         _run(cmd, etcd, env, f"etcd {ETCD_VERSION}")
         _mark("etcd", etcd_stamp)
+
+    coredns = GO_DIR / "coredns"
+    coredns_stamp = _stamp(COREDNS_VERSION, coredns / "go.mod", coredns / "go.sum", coredns / "main.go")
+    if not _fresh("coredns", coredns_stamp):
+        cmd = [_go(), "build", "-trimpath", "-ldflags", "-s -w", "-o", str(out / "coredns"), "."]
+        _run(cmd, coredns, env, f"CoreDNS {COREDNS_VERSION}")
+        _mark("coredns", coredns_stamp)
 
     kwok_stamp = _stamp(KWOK_VERSION, *KWOK_STAGES)
     if not _fresh("kwok", kwok_stamp) or not (out / "kwok-stages.yaml").exists():

@@ -1,5 +1,10 @@
 """Start, stop and inspect the local control plane (etcd, kube-apiserver, kube-controller-manager,
-kube-scheduler, kwok) on 127.0.0.1.
+kube-scheduler, kwok) on 127.0.0.1, and the real node (tests/cluster/node.py) beside it.
+
+Nodes (``up(node=...)``, ``python -m tests.cluster up --node kwok|real|both``, or the environment
+variable ``VESTIGE_CLUSTER_NODE``): ``kwok`` (simulated, for the operator and scale tests),
+``real`` (kubelet + containerd: pods really run) or ``both`` (the default where the real node can
+run here: root and the Debian packages; otherwise ``kwok``, with the reason kept in the state).
 
 State lives in one directory (certificates, kubeconfigs, etcd data, logs and `cluster.json` with
 the pid, argv and ports of every process), so `down` stops exactly what `up` started, and
@@ -22,15 +27,17 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tests.cluster import build, pki
+from tests.cluster import build, node, pki
 
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"  # first address of the service range: the `kubernetes` Service
 POD_CIDR = "10.244.0.0/24"  # simulated pod IPs handed out by kwok; nothing ever dials them
 NODE_NAME = "kwok-node-0"
 STORAGE_CLASS = "standard"
-# Stop order: dependants first.
+# Start order of the control plane (stop order: the reverse, after the real node's processes).
 ORDER = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+ALL_COMPONENTS = (*ORDER, *node.ORDER)
+NODE_MODES = ("kwok", "real", "both")
 
 
 class ClusterError(RuntimeError):
@@ -54,6 +61,13 @@ class ClusterState:
     server: str
     ports: dict[str, int]
     components: dict[str, Component] = field(default_factory=dict)
+    #: Which nodes run: kwok, real or both; and why the real node is absent when it is.
+    node: str = "kwok"
+    node_reason: str = ""
+
+    @property
+    def real_node(self) -> bool:
+        return self.node in ("real", "both")
 
     def save(self) -> None:
         path = Path(self.state_dir) / "cluster.json"
@@ -205,6 +219,12 @@ def _component_argv(
             "--enable-admission-plugins=NodeRestriction",
             "--allow-privileged=true",  # so privileged pods are refused by PodSecurity, not by this flag
             "--endpoint-reconciler-type=none",  # never publish 127.0.0.1 as the kubernetes Service endpoint
+            # Logs, exec and port-forward go to the real node's kubelet at its InternalIP (inside the
+            # node's network namespace), as this identity, over a certificate our CA signed.
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={p.client_cert('apiserver-kubelet-client')}",
+            f"--kubelet-client-key={p.client_key('apiserver-kubelet-client')}",
+            f"--kubelet-certificate-authority={p.ca_cert}",
             "--profiling=false",
             "--event-ttl=1h",
         ],
@@ -298,8 +318,8 @@ def _kubectl(kubeconfig: str, *args: str, input: str | None = None) -> subproces
     )
 
 
-def _bootstrap(kubeconfig: str) -> None:
-    doc = {"apiVersion": "v1", "kind": "List", "items": BOOTSTRAP}
+def _apply(kubeconfig: str, items: list[dict[str, object]], what: str) -> None:
+    doc = {"apiVersion": "v1", "kind": "List", "items": items}
     out = _kubectl(
         kubeconfig,
         "apply",
@@ -310,25 +330,19 @@ def _bootstrap(kubeconfig: str) -> None:
         input=json.dumps(doc),
     )
     if out.returncode != 0:
-        raise ClusterError(f"bootstrapping the cluster failed:\n{out.stderr}")
+        raise ClusterError(f"applying {what} failed:\n{out.stderr}")
 
-    def node_ready() -> bool | str:
-        res = _kubectl(
-            kubeconfig,
-            "get",
-            "node",
-            NODE_NAME,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-        )
-        return res.stdout.strip() == "True" or res.stdout + res.stderr
 
-    _wait(f"node {NODE_NAME} Ready", node_ready, 60)
+def _bootstrap(kubeconfig: str, kwok: bool = True) -> None:
+    items = [o for o in BOOTSTRAP if kwok or o["kind"] != "Node"]
+    _apply(kubeconfig, items, "the cluster's bootstrap objects")
 
     def default_sa() -> bool | str:
         res = _kubectl(kubeconfig, "get", "serviceaccount", "default", "-n", "default", "-o", "name")
         return res.returncode == 0 or res.stderr
 
+    if kwok:
+        _wait(f"node {NODE_NAME} Ready", lambda: _node_ready(kubeconfig, NODE_NAME), 60)
     _wait("the default ServiceAccount", default_sa, 60)
 
 
@@ -359,10 +373,30 @@ def _start(st: ClusterState, name: str, p: pki.Pki) -> None:
         _wait("kube-apiserver /readyz", lambda: _https_get(f"{st.server}/readyz", p)[0] == 200, 120, comp)
 
 
-def up(quiet: bool = False) -> ClusterState:
-    """Bring the cluster up (or reuse a healthy one) and return its state."""
+def node_mode(requested: str | None = None) -> tuple[str, str]:
+    """(mode, reason): the requested mode (argument, then ``VESTIGE_CLUSTER_NODE``), by default
+    ``both`` where the real node can run here and ``kwok`` (with the reason) where it cannot."""
+    mode = requested or os.environ.get("VESTIGE_CLUSTER_NODE") or ""
+    if mode and mode not in NODE_MODES:
+        raise ClusterError(f"unknown node mode {mode!r}: one of {', '.join(NODE_MODES)}")
+    reason = node.missing() or ""
+    if not mode:
+        return ("kwok", f"real node unavailable: {reason}") if reason else ("both", "")
+    if mode != "kwok" and reason:
+        raise ClusterError(f"the real node cannot run here: {reason}")
+    return mode, ""
+
+
+def up(quiet: bool = False, node_kind: str | None = None) -> ClusterState:
+    """Bring the cluster up (or reuse a healthy one with the same nodes) and return its state."""
+    mode, reason = node_mode(node_kind)
     existing = ClusterState.load()
-    if existing is not None and existing.version == build.K8S_VERSION and _healthy(existing):
+    if (
+        existing is not None
+        and existing.version == build.K8S_VERSION
+        and existing.node == mode
+        and _healthy(existing)
+    ):
         return existing
     if existing is not None:
         down()
@@ -371,31 +405,120 @@ def up(quiet: bool = False) -> ClusterState:
     if sd.exists():
         shutil.rmtree(sd)
     (sd / "logs").mkdir(parents=True)
-    p = pki.generate(sd / "pki", SERVICE_IP)
-    ports = {
-        n: _free_port()
-        for n in ("etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
-    }
+    p = pki.generate(sd / "pki", SERVICE_IP, extra_ips=(node.NODE_IP,))
+    names = ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
+    if mode != "kwok":
+        names += node.PORTS
+    ports = {n: _free_port() for n in names}
     server = f"https://127.0.0.1:{ports['kube-apiserver']}"
     for user in pki.CLIENTS:
         _write_kubeconfig(sd / f"{user}.kubeconfig", server, p, user)
     argv = _component_argv(bins, sd, p, ports, server)
+    control = [n for n in ORDER if n != "kwok" or mode != "real"]
     st = ClusterState(
         version=build.K8S_VERSION,
         state_dir=str(sd),
         kubeconfig=str(sd / "admin.kubeconfig"),
         server=server,
         ports=ports,
-        components={n: Component(n, argv[n], log=str(sd / "logs" / f"{n}.log")) for n in ORDER},
+        components={n: Component(n, argv[n], log=str(sd / "logs" / f"{n}.log")) for n in control},
+        node=mode,
+        node_reason=reason,
     )
     try:
-        for name in ORDER:
+        for name in control:
             _start(st, name, p)
-        _bootstrap(st.kubeconfig)
+        _bootstrap(st.kubeconfig, kwok=mode != "real")
+        if st.real_node:
+            _start_real_node(st, bins, p)
     except BaseException:
         down()
         raise
     return st
+
+
+def _start_real_node(st: ClusterState, bins: Path, p: pki.Pki) -> None:
+    """Network namespace, API forwarder, containerd (+ images), kubelet, kube-proxy, CoreDNS."""
+    from tests.cluster import images  # buildah + debootstrap; only the real node needs them
+
+    lay = node.Layout(Path(st.state_dir))
+    d = lay.dir
+    for sub in ("cni/net.d", "cni/ipam", "pod-logs", "kubelet", "containerd", "volumes"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    node.setup_network(lay)
+    node.make_cgroups(lay)
+    (d / "resolv.conf").write_text("")
+    (d / "containerd.toml").write_text(node.containerd_config(lay))
+    (d / "cni" / "net.d" / "10-vestige.conflist").write_text(json.dumps(node.cni_config(lay), indent=2))
+    node_server = f"https://{node.NODE_IP}:{node.API_PORT}"
+    kcs = {}
+    for user in ("kubelet", "kube-proxy", "coredns"):
+        doc = node.kubeconfig(node_server, p.ca_cert, p.client_cert(user), p.client_key(user))
+        kcs[user] = d / f"{user}.kubeconfig"
+        kcs[user].write_text(json.dumps(doc, indent=2))
+    (d / "kubelet.yaml").write_text(
+        json.dumps(
+            node.kubelet_config(lay, p.ca_cert, (p.kubelet_serving_cert, p.kubelet_serving_key), st.ports),
+            indent=2,
+        )
+    )
+    (d / "kube-proxy.yaml").write_text(json.dumps(node.kube_proxy_config(kcs["kube-proxy"], st.ports), indent=2))
+    (d / "Corefile").write_text(node.corefile(kcs["coredns"], st.ports))
+    api_port = st.ports["kube-apiserver"]
+    argv = {
+        "api-forward-host": [
+            "socat",
+            f"UNIX-LISTEN:{lay.api_sock},fork,unlink-early,mode=600",
+            f"TCP:127.0.0.1:{api_port}",
+        ],
+        "api-forward-node": node.in_netns(
+            lay,
+            "socat",
+            f"TCP-LISTEN:{node.API_PORT},bind={node.NODE_IP},fork,reuseaddr",
+            f"UNIX-CONNECT:{lay.api_sock}",
+        ),
+        "containerd": node.in_netns(lay, "containerd", f"--config={d / 'containerd.toml'}"),
+        "kubelet": node.in_netns(
+            lay,
+            str(bins / "kubelet"),
+            f"--config={d / 'kubelet.yaml'}",
+            f"--kubeconfig={kcs['kubelet']}",
+            f"--root-dir={d / 'kubelet'}",
+            f"--cert-dir={d / 'kubelet' / 'pki'}",
+            f"--hostname-override={node.NODE_NAME}",
+            f"--node-ip={node.NODE_IP}",
+            f"--node-labels={node.NODE_LABEL}=real",
+            "--v=1",
+        ),
+        "kube-proxy": node.in_netns(lay, str(bins / "kube-proxy"), f"--config={d / 'kube-proxy.yaml'}"),
+        "coredns": node.in_netns(lay, str(bins / "coredns"), "-conf", str(d / "Corefile")),
+    }
+    logs = Path(st.state_dir) / "logs"
+    for name in node.ORDER:
+        st.components[name] = Component(name, argv[name], log=str(logs / f"{name}.log"))
+    _apply(st.kubeconfig, node.bootstrap_objects(), "the real node's objects")
+    for name in node.ORDER:
+        _start(st, name, p)
+        if name == "api-forward-node":
+            _wait("the API forwarder socket", lambda: lay.api_sock.exists(), 30, st.components[name])
+        elif name == "containerd":
+            _wait("containerd's socket", lambda: lay.containerd_sock.exists(), 60, st.components[name])
+            images.import_into(str(lay.containerd_sock))
+        elif name == "kubelet":
+            _wait(f"node {node.NODE_NAME} Ready", lambda: _node_ready(st.kubeconfig, node.NODE_NAME), 180, st.components[name])
+    st.save()
+
+
+def _node_ready(kubeconfig: str, name: str) -> bool | str:
+    res = _kubectl(kubeconfig, "get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
+    return res.stdout.strip() == "True" or res.stdout + res.stderr
+
+
+def real_node_layout(st: ClusterState | None = None) -> node.Layout:
+    st = st or ClusterState.load()
+    if st is None or not st.real_node:
+        raise ClusterError("no real node is running (python -m tests.cluster up --node both)")
+    return node.Layout(Path(st.state_dir))
 
 
 def restart(name: str, downtime: float = 0.0) -> None:
@@ -403,10 +526,15 @@ def restart(name: str, downtime: float = 0.0) -> None:
     st = ClusterState.load()
     if st is None:
         raise ClusterError("no cluster is running")
+    if name not in st.components:
+        raise ClusterError(f"{name} is not running in this cluster (nodes: {st.node})")
     comp = st.components[name]
     _stop(comp)
     time.sleep(downtime)
     _start(st, name, pki.Pki(Path(st.state_dir) / "pki"))
+    if name == "containerd":
+        lay = node.Layout(Path(st.state_dir))
+        _wait("containerd's socket", lambda: lay.containerd_sock.exists(), 60, comp)
 
 
 def _stop(comp: Component, grace: float = 10.0) -> None:
@@ -436,23 +564,34 @@ def _strays(sd: Path) -> list[Component]:
             argv = [a.decode() for a in (proc / "cmdline").read_bytes().split(b"\0") if a]
         except OSError:
             continue
-        if argv and argv[0].startswith(bins) and any(str(sd) in a for a in argv[1:]):
+        ours = argv and (argv[0].startswith(bins) or Path(argv[0]).name in ("containerd", "socat"))
+        if ours and any(str(sd) in a for a in argv[1:]):
             pid = int(proc.name)
             found.append(Component(Path(argv[0]).name, argv, pid=pid, started=_start_ticks(pid) or 0))
     return found
 
 
 def down() -> None:
-    """Stop every process `up` started (by recorded pid, then any stray that names our state
-    directory) and remove the state directory."""
+    """Stop every process `up` started (the real node's first, then the control plane's; by
+    recorded pid, then any stray that names our state directory), take the real node apart (its
+    pods, containerd's shims, mounts, cgroups, network namespace) and remove the state directory."""
     st = ClusterState.load()
+    sd = state_dir()
+    lay = node.Layout(sd)
     if st is not None:
-        for name in reversed(ORDER):
+        for name in reversed(ALL_COMPONENTS):
             if name in st.components:
                 _stop(st.components[name])
-    sd = state_dir()
     for stray in _strays(sd):
         _stop(stray)
+    if lay.dir.exists():
+        node.kill_pods(lay)
+        node.kill_shims(lay)
+        left = node.unmount_under(lay.dir)
+        node.remove_cgroups(lay)
+        if left:
+            raise ClusterError(f"could not unmount {left[:5]} (state kept in {sd})")
+    node.teardown_network(lay)
     if sd.exists():
         shutil.rmtree(sd)
 
@@ -465,6 +604,8 @@ def status() -> dict[str, object]:
     return {
         "up": _healthy(st),
         "version": st.version,
+        "node": st.node,
+        "node_reason": st.node_reason,
         "server": st.server,
         "kubeconfig": st.kubeconfig,
         "components": comps,

@@ -26,7 +26,17 @@ CLIENTS: dict[str, tuple[str, str | None]] = {
     "kube-controller-manager": ("system:kube-controller-manager", None),
     "kube-scheduler": ("system:kube-scheduler", None),
     "kwok": ("kwok-controller", "system:masters"),
+    # The real node (tests/cluster/node.py): the kubelet as a node (Node authorizer and
+    # NodeRestriction apply), kube-proxy with the bootstrap policy's system:node-proxier binding,
+    # CoreDNS with its own read-only ClusterRole, and the API server's client identity towards
+    # kubelets (logs, exec, port-forward), which the kubelet's webhook authorization checks.
+    "kubelet": ("system:node:vestige-node-0", "system:nodes"),
+    "kube-proxy": ("system:kube-proxy", None),
+    "coredns": ("vestige-test:coredns", None),
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", "system:masters"),
 }
+#: Names and addresses the kubelet's serving certificate covers (tests/cluster/node.py).
+KUBELET_SERVING = ("vestige-node-0", "10.254.0.2")
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,14 @@ class Pki:
     @property
     def serving_key(self) -> Path:
         return self.dir / "apiserver.key"
+
+    @property
+    def kubelet_serving_cert(self) -> Path:
+        return self.dir / "kubelet-serving.crt"
+
+    @property
+    def kubelet_serving_key(self) -> Path:
+        return self.dir / "kubelet-serving.key"
 
     @property
     def sa_key(self) -> Path:
@@ -121,7 +139,7 @@ def _sign(
     return builder.sign(ca_key, hashes.SHA256())
 
 
-def generate(directory: Path, service_ip: str) -> Pki:
+def generate(directory: Path, service_ip: str, extra_ips: tuple[str, ...] = ()) -> Pki:
     """Write a CA, the API server serving pair, client pairs and the service-account key pair."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
@@ -136,7 +154,7 @@ def generate(directory: Path, service_ip: str) -> Pki:
     dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
     dns.append("kubernetes.default.svc.cluster.local")
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip)]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", service_ip, *extra_ips)]
     serving = _sign(
         _name("kube-apiserver"),
         serving_key.public_key(),
@@ -155,6 +173,19 @@ def generate(directory: Path, service_ip: str) -> Pki:
         )
         _write_key(pki.client_key(name), key)
         pki.client_cert(name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    node_name, node_ip = KUBELET_SERVING
+    kubelet_key = ec.generate_private_key(ec.SECP256R1())
+    kubelet = _sign(
+        _name(f"system:node:{node_name}", "system:nodes"),
+        kubelet_key.public_key(),
+        ca_key,
+        ca_name,
+        usage=[ExtendedKeyUsageOID.SERVER_AUTH],
+        sans=[x509.DNSName(node_name), x509.IPAddress(ipaddress.ip_address(node_ip))],
+    )
+    _write_key(pki.kubelet_serving_key, kubelet_key)
+    pki.kubelet_serving_cert.write_bytes(kubelet.public_bytes(serialization.Encoding.PEM))
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_key(pki.sa_key, sa_key)

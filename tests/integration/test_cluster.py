@@ -179,7 +179,8 @@ def test_rbac_is_enforced(api_client: client.ApiClient, kubectl: Kubectl, namesp
 
 
 def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "VESTIGE_CLUSTER_STATE": str(state)}
+    # kwok only: the real node is one per machine, and the session cluster already runs it.
+    env = {**os.environ, "VESTIGE_CLUSTER_STATE": str(state), "VESTIGE_CLUSTER_NODE": "kwok"}
     return subprocess.run(
         [sys.executable, "-m", "tests.cluster", *args],
         cwd=ROOT,

@@ -92,6 +92,16 @@ def test_only_the_bridge_declares_a_port(generation: str) -> None:
     assert cs["bridge"]["ports"] == [{"name": "http", "containerPort": BRIDGE_PORT, "protocol": "TCP"}]
 
 
+@pytest.mark.parametrize("generation", ["v3", "v1"])
+def test_vestige_keeps_stdin_open(generation: str) -> None:
+    """Every Vestige exits when stdin reaches EOF (3.x too, with --http): the container must
+    have an open stdin, or it exits at once and crash-loops (seen on the real node)."""
+    cs = containers(deployment(spec(vestige={"generation": generation})))
+    assert cs["vestige"]["stdin"] is True
+    assert cs["vestige"].get("stdinOnce", False) is False
+    assert "stdin" not in cs["bridge"]
+
+
 def test_vestige_v3_serves_http_on_loopback_with_the_agents_token() -> None:
     vestige = containers(deployment())["vestige"]
     assert vestige["image"] == IMAGES.vestige

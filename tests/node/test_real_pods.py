@@ -1,0 +1,187 @@
+"""Agents whose containers really run (issue 12): each pod shape the operator renders becomes
+Ready because its probes pass, answers through ``kubectl port-forward``, keeps its memories
+through restarts and re-creation, and keeps its data, token and port to itself."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.cluster import node
+from tests.integration.helpers import wait_until
+from tests.node.helpers import Agent, Agents, found_after, recall, remember, wait_gone
+
+#: agent name -> (real Vestige version of a v1-shape image, or None for the operator's default
+#: image: the v3 stand-in; the generation the operator renders)
+SHAPES = {
+    "v3": (None, None),
+    "v1-130": ("1.3.0", "v1"),
+    "v1-200": ("2.0.0", "v1"),
+}
+STABLE_SECONDS = 60
+
+
+@pytest.fixture(scope="module")
+def shape_agents(agents: Agents) -> dict[str, Agent]:
+    """One agent per pod shape, created together so their start-ups overlap."""
+    made = {}
+    for name, (version, generation) in SHAPES.items():
+        image = agents.images.vestige[version] if version else None
+        made[name] = agents.create(name, image=image, generation=generation)
+    for agent in made.values():
+        agent.wait_ready()
+    return made
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_shape_ready_by_probes_and_serves(shape_agents: dict[str, Agent], shape: str) -> None:
+    agent = shape_agents[shape]
+    pod = agent.pod()
+    conds = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+    assert conds.get("Ready") == "True" and conds.get("ContainersReady") == "True", pod["status"]
+    statuses = {s["name"]: s for s in pod["status"]["containerStatuses"]}
+    assert set(statuses) == {"vestige", "bridge"}
+    assert all(s["ready"] and "running" in s["state"] for s in statuses.values()), statuses
+    assert all(s["containerID"].startswith("containerd://") for s in statuses.values())
+    assert pod["spec"]["nodeName"] == "vestige-node-0"
+    with agent.client() as http:
+        remember(http, f"the {shape} agent likes oolong tea", tags=[shape])
+        assert f"the {shape} agent likes oolong" in recall(http, "oolong")
+
+
+def test_no_container_restarts_for_a_minute(shape_agents: dict[str, Agent]) -> None:
+    started = time.monotonic()
+    while time.monotonic() - started < STABLE_SECONDS:
+        for name, agent in shape_agents.items():
+            counts = agent.restart_counts()
+            assert counts == {"vestige": 0, "bridge": 0}, f"{name}: {counts}\n{agent.diagnose()}"
+        time.sleep(5)
+
+
+def test_containers_run_restricted(shape_agents: dict[str, Agent]) -> None:
+    for name, agent in shape_agents.items():
+        for container in ("vestige", "bridge"):
+            where = f"{name}/{container}"
+            assert agent.exec(container, "id", "-u").stdout.strip() == "1000", where
+            status = agent.exec(container, "cat", "/proc/1/status").stdout
+            caps = {k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)}
+            for cap in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                assert int(caps[cap], 16) == 0, f"{where}: {cap}={caps[cap]}"
+            assert caps["NoNewPrivs"] == "1", where
+            assert caps["Seccomp"] == "2", f"{where}: seccomp mode {caps['Seccomp']}"
+            denied = agent.exec(container, "touch", "/root-fs-write-test", check=False)
+            assert denied.returncode != 0 and "Read-only file system" in denied.stderr, where
+            sa = agent.exec(container, "ls", "/var/run/secrets/kubernetes.io/serviceaccount", check=False)
+            assert sa.returncode != 0, f"{where}: a service-account token is mounted"
+
+
+def test_volume_files_belong_to_the_agent(shape_agents: dict[str, Agent]) -> None:
+    for name, agent in shape_agents.items():
+        root = agent.volume_dir()
+        files = [p for p in root.rglob("*") if p.is_file()]
+        assert files, f"{name}: nothing written to {root}"
+        for path in [root, *root.rglob("*")]:
+            st = path.lstat()
+            assert st.st_mode & 0o007 == 0, f"{name}: {path} is open to others ({oct(st.st_mode)})"
+            if path != root:
+                assert st.st_uid == 1000, f"{name}: {path} belongs to uid {st.st_uid}"
+
+
+def test_memories_survive_pod_and_operator_restarts(agents: Agents, shape_agents: dict[str, Agent]) -> None:
+    agent = shape_agents["v3"]
+    with agent.client() as http:
+        remember(http, "persistence check: the kettle is blue")
+    old = agent.pod()["metadata"]["name"]
+    agents.rn.kubectl("-n", agent.namespace, "delete", "pod", old, "--wait=true")
+    agent.wait_ready()
+    found_after(agent.client, "kettle", "the kettle is blue")
+
+    agents.operator.restart()
+    agent.wait_ready()
+    found_after(agent.client, "kettle", "the kettle is blue")
+
+
+def test_memories_survive_recreation_with_retain(agents: Agents) -> None:
+    agent = agents.create("phoenix", spec={"storage": {"reclaimPolicy": "Retain"}})
+    agent.wait_ready()
+    with agent.client() as http:
+        remember(http, "the phoenix remembers the ashes")
+    agents.rn.kubectl("-n", agent.namespace, "delete", "vestigememory", agent.name, "--wait=true")
+    wait_gone(lambda: agents.rn.get(agent.namespace, "deployment", agent.name), what="the Deployment")
+    assert agents.rn.get(agent.namespace, "pvc", f"{agent.name}-data") is not None, "Retain lost the claim"
+    again = agents.create("phoenix", spec={"storage": {"reclaimPolicy": "Retain"}}, volume=False)
+    again.wait_ready()
+    found_after(again.client, "ashes", "the phoenix remembers the ashes")
+
+
+def test_isolation_inside_the_cluster(agents: Agents, shape_agents: dict[str, Agent]) -> None:
+    a, b = shape_agents["v3"], shape_agents["v1-130"]
+    target = a.pod()["status"]["podIP"]
+    probe = agents.images.bridge
+    script = f"""
+import json, socket, urllib.request, urllib.error
+out = {{}}
+s = socket.socket(); s.settimeout(5)
+try:
+    s.connect(("{target}", 3100)); out["vestige_port"] = "open"
+except ConnectionRefusedError:
+    out["vestige_port"] = "refused"
+except OSError as e:
+    out["vestige_port"] = "error: " + str(e)
+try:
+    urllib.request.urlopen("http://{target}:8000/search", data=b"{{}}", timeout=5)
+    out["bridge"] = 200
+except urllib.error.HTTPError as e:
+    out["bridge"] = e.code
+try:
+    urllib.request.urlopen("http://{a.name}.{a.namespace}.svc.cluster.local:8000/livez", timeout=5)
+    out["dns_service"] = "ok"
+except Exception as e:
+    out["dns_service"] = "error: " + str(e)
+print(json.dumps(out))
+"""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "neighbour", "namespace": agents.namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            **node.POD_PLACEMENT,
+            "containers": [
+                {
+                    "name": "probe",
+                    "image": probe,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["python", "-c", script],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                        "readOnlyRootFilesystem": True,
+                    },
+                }
+            ],
+        },
+    }
+    agents.rn.apply(pod)
+
+    def finished() -> dict | None:
+        obj = agents.rn.get(agents.namespace, "pod", "neighbour")
+        return obj if obj and obj["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    done = wait_until(finished, timeout=120, what="the neighbour pod", interval=1)
+    logs = agents.rn.kubectl("-n", agents.namespace, "logs", "neighbour").stdout
+    assert done["status"]["phase"] == "Succeeded", logs
+    result = json.loads(logs.strip().splitlines()[-1])
+    assert result == {"vestige_port": "refused", "bridge": 401, "dns_service": "ok"}, result
+
+    with b.client(token=a.token()) as http:
+        resp = http.post("/search", json={"query": "anything"})
+        assert resp.status_code == 401, resp.text
