@@ -454,3 +454,132 @@ def ensure_bases() -> dict[str, Image]:
     images_dir().mkdir(parents=True, exist_ok=True)
     debian = _debian()
     return {"debian": debian, "python": _python(debian), "pause": _pause(debian)}
+
+
+# -- the project's images --------------------------------------------------------------------
+
+#: What the project's images COPY from the repository root (their build context).
+BRIDGE_INPUTS = ("pyproject.toml", "README.md", "images/bridge/vestige_bridge", ".dockerignore")
+OPERATOR_INPUTS = (*BRIDGE_INPUTS, "operator/vestige_operator")
+STANDIN_INPUTS = (
+    "pyproject.toml",
+    ".dockerignore",
+    "tests/__init__.py",
+    "tests/bridge/__init__.py",
+    "tests/bridge/standin.py",
+    "tests/bridge/data",
+    "tests/images/standin",
+)
+
+
+def _tag(prefix: str, stamp: str) -> str:
+    return f"{prefix}-{stamp[:12]}"
+
+
+def _bridge(python: Image) -> Image:
+    dockerfile = ROOT / "images" / "bridge" / "Dockerfile"
+    stamp = _hash("bridge", python.stamp, dockerfile, *(ROOT / p for p in BRIDGE_INPUTS))
+    ref = f"localhost/vestige-bridge:{_tag('dev', stamp)}"
+    return _build("bridge", ref, stamp, dockerfile, ROOT, {"PYTHON_IMAGE": python.ref}, [python])
+
+
+def _operator(python: Image) -> Image:
+    dockerfile = ROOT / "Dockerfile.operator"
+    stamp = _hash("operator", python.stamp, dockerfile, *(ROOT / p for p in OPERATOR_INPUTS))
+    ref = f"localhost/vestige-operator:{_tag('dev', stamp)}"
+    return _build("operator", ref, stamp, dockerfile, ROOT, {"PYTHON_IMAGE": python.ref}, [python])
+
+
+def _standin(python: Image) -> Image:
+    dockerfile = TESTS_IMAGES / "standin" / "Dockerfile"
+    stamp = _hash("standin", python.stamp, *(ROOT / p for p in STANDIN_INPUTS))
+    ref = f"localhost/vestige-standin:{_tag(STANDIN_VERSION, stamp)}"
+    return _build("standin", ref, stamp, dockerfile, ROOT, {"PYTHON_IMAGE": python.ref}, [python])
+
+
+def vestige_binary(version: str) -> Path:
+    """The real ``vestige-mcp`` of ``version``, built from ``../shared/vendor/vestige`` by
+    ``tests.vestige.build.ensure`` (cached in ``<cache>/vestige``)."""
+    try:
+        from tests.vestige import build as vestige_build
+    except ImportError as exc:  # the vestige-real stream's module
+        raise ImageError(
+            f"tests.vestige.build is not available ({exc}): cannot build Vestige {version}"
+        ) from exc
+    try:
+        return vestige_build.ensure(version)
+    except vestige_build.BuildError as exc:
+        raise ImageError(str(exc)) from exc
+
+
+def _vendor_archive(version: str) -> Path:
+    from tests.vestige import build as vestige_build
+
+    vendor = vestige_build.vendor_dir()
+    if vendor is None:
+        raise ImageError(vestige_build.missing_reason())
+    return vendor / f"vestige-{version}.tar.gz"
+
+
+def _binaries_image(version: str, binary: Path, stamp: str) -> str:
+    """A scratch image laid out like Dockerfile.v1's `build` stage (/out/bin, /out/doc) with the
+    prebuilt binary (stripped: the debug build's symbols are most of its size), the licence and
+    the upstream commit from the vendored archive. Only lives in buildah's storage: it is
+    remade from the cached binary whenever the Vestige image itself has to be rebuilt."""
+    ref = f"localhost/vestige-binaries:{_tag(version, stamp)}"
+    with tempfile.TemporaryDirectory(dir=images_dir() / "tmp") as scratch:
+        out = Path(scratch) / "out"
+        (out / "bin").mkdir(parents=True)
+        (out / "doc").mkdir()
+        _run(["strip", "-o", str(out / "bin" / "vestige-mcp"), str(binary)], f"stripping {binary.name}")
+        (out / "bin" / "vestige-mcp").chmod(0o755)
+        with tarfile.open(_vendor_archive(version)) as tar:
+            commit = tar.pax_headers.get("comment", "unknown")
+            member = tar.extractfile(f"vestige-{version}/LICENSE")
+            if member is None:
+                raise ImageError(f"vestige-{version}.tar.gz holds no LICENSE")
+            (out / "doc" / "LICENSE").write_bytes(member.read())
+        (out / "doc" / "VESTIGE_COMMIT").write_text(f"{commit} (vendored vestige-{version}.tar.gz)\n")
+        for path in out.rglob("*"):
+            if path.is_file():
+                path.chmod(0o755 if path.parent.name == "bin" else 0o644)
+        ctr = _buildah("from", "--quiet", "scratch", what="buildah from scratch").stdout.strip()
+        try:
+            _buildah("copy", ctr, str(out), "/out", what="copying the Vestige binary")
+            _buildah("commit", "--quiet", "--rm", ctr, ref, what=f"committing {ref}")
+        except BaseException:
+            subprocess.run(["buildah", *_buildah_storage(), "rm", ctr], capture_output=True, check=False)
+            raise
+    return ref
+
+
+def _vestige(version: str, python: Image) -> Image:
+    binary = vestige_binary(version)
+    dockerfile = ROOT / "images" / "vestige" / "Dockerfile.v1"
+    # The binary's name carries the hash of the sources it was built from.
+    stamp = _hash("vestige", version, python.stamp, dockerfile, binary.name, str(binary.stat().st_size))
+    key = f"vestige-{version}"
+    ref = f"localhost/vestige:{_tag(version, stamp)}"
+    cached = _cached(key, ref, stamp)
+    if cached is not None:
+        return cached
+    binaries = _binaries_image(version, binary, stamp)
+    args = {"RUNTIME_IMAGE": python.ref, "VESTIGE_BINARIES": binaries, "VESTIGE_REF": f"v{version}"}
+    try:
+        return _build(key, ref, stamp, dockerfile, dockerfile.parent, args, [python])
+    finally:
+        subprocess.run(["buildah", *_buildah_storage(), "rmi", binaries], capture_output=True, check=False)
+
+
+def ensure_images(vestige_versions: tuple[str, ...] = VESTIGE_VERSIONS) -> ImageSet:
+    """Every image (bases, bridge, operator, the v3 stand-in, Vestige ``vestige_versions``),
+    built when missing or stale; a warm call only hashes the inputs."""
+    bases = ensure_bases()
+    python = bases["python"]
+    images = dict(bases)
+    images["bridge"] = _bridge(python)
+    images["operator"] = _operator(python)
+    images["standin"] = _standin(python)
+    for version in vestige_versions:
+        images[f"vestige-{version}"] = _vestige(version, python)
+    return ImageSet(images)
