@@ -18,6 +18,7 @@ containerd (``ctr images import``) unless the same digest is already there.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,6 +29,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -583,3 +585,157 @@ def ensure_images(vestige_versions: tuple[str, ...] = VESTIGE_VERSIONS) -> Image
     for version in vestige_versions:
         images[f"vestige-{version}"] = _vestige(version, python)
     return ImageSet(images)
+
+
+# -- containerd ------------------------------------------------------------------------------
+
+
+def _ctr(address: str, namespace: str, *args: str, what: str, **kwargs: object) -> str:
+    return _run(["ctr", "--address", address, "--namespace", namespace, *args], what, **kwargs).stdout
+
+
+def containerd_images(address: str, namespace: str = "k8s.io") -> dict[str, str]:
+    """ref -> target digest of the images in a containerd namespace."""
+    out = _ctr(address, namespace, "images", "list", what="listing containerd's images")
+    found = {}
+    for line in out.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 3 and cols[2].startswith("sha256:"):
+            found[cols[0]] = cols[2]
+    return found
+
+
+def import_into(
+    address: str,
+    namespace: str = "k8s.io",
+    images: ImageSet | None = None,
+    snapshotter: str | None = None,
+) -> list[str]:
+    """Import every image's archive into the containerd at ``address`` (unpacked for its
+    snapshotter), skipping those whose ref already names the same digest there. Returns the
+    refs that were imported. ``images`` defaults to ``ensure_images()``."""
+    images = images or ensure_images()
+    present = containerd_images(address, namespace)
+    imported = []
+    for image in images.images.values():
+        digest = archive_digest(image.archive)
+        if present.get(image.ref) == digest:
+            continue
+        extra = ["--snapshotter", snapshotter] if snapshotter else []
+        _ctr(
+            address, namespace, "images", "import", *extra, str(image.archive), what=f"importing {image.ref}"
+        )
+        now = containerd_images(address, namespace).get(image.ref)
+        if now != digest:
+            raise ImageError(f"{image.archive.name} imported, but {image.ref} names {now}, not {digest}")
+        imported.append(image.ref)
+    return imported
+
+
+CONTAINERD_CONFIG = """\
+version = 2
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{socket}"
+
+[ttrpc]
+  address = "{socket}.ttrpc"
+
+[debug]
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  restrict_oom_score_adj = true
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  snapshotter = "{snapshotter}"
+"""
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve())
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == prefix or point.startswith(prefix + "/"):
+            mounts.append(point)
+    return mounts
+
+
+@contextlib.contextmanager
+def scratch_containerd(state_dir: Path, snapshotter: str = "overlayfs") -> Iterator[str]:
+    """A throwaway containerd of its own (root, state and socket under ``state_dir``), for
+    importing and running the images outside the cluster; yields its address. On exit its
+    containers are killed and removed, the daemon stopped, what it mounted unmounted and
+    ``state_dir`` removed. Touches no other containerd."""
+    state_dir = state_dir.resolve()
+    if state_dir.exists():
+        _cleanup_containerd_dir(state_dir)
+    state_dir.mkdir(parents=True)
+    socket = state_dir / "containerd.sock"
+    config = state_dir / "config.toml"
+    config.write_text(
+        CONTAINERD_CONFIG.format(
+            root=state_dir / "root",
+            state=state_dir / "state",
+            socket=socket,
+            pause=PAUSE_REF,
+            snapshotter=snapshotter,
+        )
+    )
+    log = open(state_dir / "containerd.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(
+        ["containerd", "--config", str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    address = str(socket)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            ok = subprocess.run(["ctr", "--address", address, "version"], capture_output=True, check=False)
+            if ok.returncode == 0:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ImageError(
+                    f"containerd did not start: {(state_dir / 'containerd.log').read_text()[-3000:]}"
+                )
+            time.sleep(0.2)
+        yield address
+    finally:
+        try:
+            _remove_containers(address)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+            _cleanup_containerd_dir(state_dir)
+
+
+def _quiet(cmd: list[str]) -> str:
+    """stdout of a best-effort command (cleanup: failures are ignored)."""
+    return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+
+
+def _remove_containers(address: str) -> None:
+    for namespace in _quiet(["ctr", "--address", address, "namespaces", "list", "--quiet"]).split():
+        ctr = ["ctr", "--address", address, "--namespace", namespace]
+        for task in _quiet([*ctr, "tasks", "list", "--quiet"]).split():
+            _quiet([*ctr, "tasks", "kill", "--signal", "SIGKILL", task])
+            _quiet([*ctr, "tasks", "delete", "--force", task])
+        for container in _quiet([*ctr, "containers", "list", "--quiet"]).split():
+            _quiet([*ctr, "containers", "delete", container])
+
+
+def _cleanup_containerd_dir(state_dir: Path) -> None:
+    for point in sorted(_mounts_under(state_dir), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
+    shutil.rmtree(state_dir, ignore_errors=True)
