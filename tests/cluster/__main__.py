@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "build":
             print(build.ensure_binaries())
         elif args.command == "images":
-            versions = () if args.no_vestige else images.VESTIGE_VERSIONS
+            versions = () if args.no_vestige else None
+            if not args.no_vestige and (why := images.vestige_unavailable()):
+                print(f"[images] skipping the Vestige images: {why}", file=sys.stderr)
             built = images.ensure_images(vestige_versions=versions)
             if args.address:
                 for ref in images.import_into(args.address, images=built):

@@ -19,6 +19,7 @@ containerd (``ctr images import``) unless the same digest is already there.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -447,8 +448,25 @@ def _pause(debian: Image) -> Image:
     )
 
 
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One build at a time per cache (several pytest sessions, tests/run.sh)."""
+    images_dir().mkdir(parents=True, exist_ok=True)
+    with open(images_dir() / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def ensure_bases() -> dict[str, Image]:
     """The Debian, Python and pause images (built when missing or stale)."""
+    with _locked():
+        return _ensure_bases()
+
+
+def _ensure_bases() -> dict[str, Image]:
     if missing := missing_tools():
         raise ImageError(
             f"cannot build images: {', '.join(missing)} not installed (apt-get install {' '.join(missing)})"
@@ -514,6 +532,23 @@ def vestige_binary(version: str) -> Path:
         raise ImageError(str(exc)) from exc
 
 
+def vestige_unavailable() -> str | None:
+    """Why the real Vestige images cannot be built from this tree (None when they can): the
+    ``tests.vestige`` build module or the vendored sources are missing. (A missing cargo is an
+    error of the build itself, as in ``tests/vestige``.)"""
+    try:
+        from tests.vestige import build as vestige_build
+    except ImportError:
+        return "tests.vestige (the real Vestige build) is not in this tree"
+    if vestige_build.vendor_dir() is None:
+        return vestige_build.missing_reason()
+    return None
+
+
+def available_vestige_versions() -> tuple[str, ...]:
+    return VESTIGE_VERSIONS if vestige_unavailable() is None else ()
+
+
 def _vendor_archive(version: str) -> Path:
     from tests.vestige import build as vestige_build
 
@@ -555,8 +590,7 @@ def _binaries_image(version: str, binary: Path, stamp: str) -> str:
     return ref
 
 
-def _vestige(version: str, python: Image) -> Image:
-    binary = vestige_binary(version)
+def _vestige(version: str, binary: Path, python: Image) -> Image:
     dockerfile = ROOT / "images" / "vestige" / "Dockerfile.v1"
     # The binary's name carries the hash of the sources it was built from.
     stamp = _hash("vestige", version, python.stamp, dockerfile, binary.name, str(binary.stat().st_size))
@@ -573,17 +607,27 @@ def _vestige(version: str, python: Image) -> Image:
         subprocess.run(["buildah", *_buildah_storage(), "rmi", binaries], capture_output=True, check=False)
 
 
-def ensure_images(vestige_versions: tuple[str, ...] = VESTIGE_VERSIONS) -> ImageSet:
-    """Every image (bases, bridge, operator, the v3 stand-in, Vestige ``vestige_versions``),
-    built when missing or stale; a warm call only hashes the inputs."""
-    bases = ensure_bases()
+def ensure_images(vestige_versions: tuple[str, ...] | None = None) -> ImageSet:
+    """Every image (bases, bridge, operator, the v3 stand-in, Vestige ``vestige_versions``;
+    default: every version whose sources are here), built when missing or stale; a warm call
+    only hashes the inputs (well under a second)."""
+    if vestige_versions is None:
+        vestige_versions = available_vestige_versions()
+    # The binaries first (tests.vestige has its own lock): no image lock held during cargo.
+    binaries = {version: vestige_binary(version) for version in vestige_versions}
+    with _locked():
+        return _ensure_images(binaries)
+
+
+def _ensure_images(binaries: dict[str, Path]) -> ImageSet:
+    bases = _ensure_bases()
     python = bases["python"]
     images = dict(bases)
     images["bridge"] = _bridge(python)
     images["operator"] = _operator(python)
     images["standin"] = _standin(python)
-    for version in vestige_versions:
-        images[f"vestige-{version}"] = _vestige(version, python)
+    for version, binary in binaries.items():
+        images[f"vestige-{version}"] = _vestige(version, binary, python)
     return ImageSet(images)
 
 
@@ -739,3 +783,8 @@ def _cleanup_containerd_dir(state_dir: Path) -> None:
     for point in sorted(_mounts_under(state_dir), key=len, reverse=True):
         subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
     shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def image_refs(vestige_versions: tuple[str, ...] | None = None) -> ImageRefs:
+    """The refs of the images (built first when missing or stale)."""
+    return ensure_images(vestige_versions).refs

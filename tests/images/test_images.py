@@ -34,23 +34,11 @@ TOKEN = "t0ken-for-the-image-test"
 PROJECT_IMAGES = ("bridge", "operator", "standin", *(f"vestige-{v}" for v in images.VESTIGE_VERSIONS))
 
 
-def vestige_available() -> str | None:
-    """None when the real Vestige can be built here, else why not."""
-    try:
-        from tests.vestige import build as vestige_build
-    except ImportError:
-        return "tests.vestige (the real Vestige build) is not in this tree"
-    if vestige_build.vendor_dir() is None:
-        return vestige_build.missing_reason()
-    return None
-
-
 @pytest.fixture(scope="module")
 def built() -> images.ImageSet:
     if missing := images.missing_tools():
         pytest.skip(f"cannot build images here: {', '.join(missing)} not installed")
-    versions = images.VESTIGE_VERSIONS if vestige_available() is None else ()
-    return images.ensure_images(vestige_versions=versions)
+    return images.ensure_images()
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +179,7 @@ def image_config(image: images.Image) -> dict[str, Any]:
 
 def require(built: images.ImageSet, key: str) -> images.Image:
     if key not in built.images:
-        pytest.skip(f"{key} not built: {vestige_available()}")
+        pytest.skip(f"{key} not built: {images.vestige_unavailable()}")
     return built.images[key]
 
 
