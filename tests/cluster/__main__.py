@@ -1,13 +1,14 @@
-"""`python -m tests.cluster up | down | status | restart <component>`."""
+"""`python -m tests.cluster up | down | status | build | images | restart <component>`."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 
-from tests.cluster import build, launcher
+from tests.cluster import build, images, launcher
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop every process `up` started and remove the cluster state")
     sub.add_parser("status", help="print the state of each component as JSON")
     sub.add_parser("build", help="only build (or check the cache of) the binaries")
+    i = sub.add_parser(
+        "images", help="build (or check the cache of) the node's images; print their refs as JSON"
+    )
+    i.add_argument("--import", dest="address", help="also import them into the containerd at this socket")
+    i.add_argument("--no-vestige", action="store_true", help="skip the real Vestige images (no cargo build)")
     r = sub.add_parser("restart", help="restart one component (fault tests)")
     r.add_argument("component", choices=launcher.ALL_COMPONENTS)
     args = parser.parse_args(argv)
@@ -47,9 +53,18 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if info.get("up") else 1
         elif args.command == "build":
             print(build.ensure_binaries())
+        elif args.command == "images":
+            versions = () if args.no_vestige else None
+            if not args.no_vestige and (why := images.vestige_unavailable()):
+                print(f"[images] skipping the Vestige images: {why}", file=sys.stderr)
+            built = images.ensure_images(vestige_versions=versions)
+            if args.address:
+                for ref in images.import_into(args.address, images=built):
+                    print(f"[images] imported {ref}", file=sys.stderr)
+            print(json.dumps(dataclasses.asdict(built.refs), indent=2))
         elif args.command == "restart":
             launcher.restart(args.component)
-    except (launcher.ClusterError, build.BuildError) as exc:
+    except (launcher.ClusterError, build.BuildError, images.ImageError) as exc:
         print(f"[cluster] error: {exc}", file=sys.stderr)
         return 1
     return 0

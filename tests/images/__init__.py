@@ -1,0 +1,1 @@
+"""Images built here with buildah (tests/cluster/images.py) and their Dockerfiles."""
