@@ -46,7 +46,7 @@ def real_node(cluster_state: cluster.ClusterState, kubeconfig: str) -> RealNode:
 
 @pytest.fixture(scope="session")
 def built_images(real_node: RealNode) -> image_builds.ImageRefs:
-    return image_builds.ensure_images()
+    return image_builds.ensure_images().refs
 
 
 @pytest.fixture(scope="module")
