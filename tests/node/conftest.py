@@ -46,7 +46,11 @@ def real_node(cluster_state: cluster.ClusterState, kubeconfig: str) -> RealNode:
 
 @pytest.fixture(scope="session")
 def built_images(real_node: RealNode) -> image_builds.ImageRefs:
-    return image_builds.ensure_images().refs
+    """The images of this tree, built (or found in the cache) and imported into the node's
+    containerd (``up`` imported those of the tree it started with)."""
+    built = image_builds.ensure_images()
+    image_builds.import_into(str(real_node.layout.containerd_sock), images=built)
+    return built.refs
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,12 @@ through restarts and re-creation, and keeps its data, token and port to itself."
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
 
+from tests.cluster import images as image_builds
 from tests.cluster import node
 from tests.integration.helpers import wait_until
 from tests.node.helpers import Agent, Agents, found_after, recall, remember, wait_gone
@@ -21,6 +23,16 @@ SHAPES = {
     "v1-200": ("2.0.0", "v1"),
 }
 STABLE_SECONDS = 60
+#: Image builds (first run) and pod start-ups on a small shared machine.
+pytestmark = pytest.mark.timeout(1800)
+
+
+def missing_vestige(version: str | None) -> None:
+    """A v1-shape image needs the real Vestige built from the vendored sources."""
+    reason = image_builds.vestige_unavailable() or f"no image of Vestige {version} was built"
+    if os.environ.get("VESTIGE_REQUIRE_REAL_NODE") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +40,8 @@ def shape_agents(agents: Agents) -> dict[str, Agent]:
     """One agent per pod shape, created together so their start-ups overlap."""
     made = {}
     for name, (version, generation) in SHAPES.items():
+        if version and version not in agents.images.vestige:
+            continue  # its test says why
         image = agents.images.vestige[version] if version else None
         made[name] = agents.create(name, image=image, generation=generation)
     for agent in made.values():
@@ -37,6 +51,8 @@ def shape_agents(agents: Agents) -> dict[str, Agent]:
 
 @pytest.mark.parametrize("shape", list(SHAPES))
 def test_shape_ready_by_probes_and_serves(shape_agents: dict[str, Agent], shape: str) -> None:
+    if shape not in shape_agents:
+        missing_vestige(SHAPES[shape][0])
     agent = shape_agents[shape]
     pod = agent.pod()
     conds = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
@@ -117,7 +133,7 @@ def test_memories_survive_recreation_with_retain(agents: Agents) -> None:
 
 
 def test_isolation_inside_the_cluster(agents: Agents, shape_agents: dict[str, Agent]) -> None:
-    a, b = shape_agents["v3"], shape_agents["v1-130"]
+    a, b = shape_agents["v3"], next(v for k, v in shape_agents.items() if k != "v3")
     target = a.pod()["status"]["podIP"]
     probe = agents.images.bridge
     script = f"""
