@@ -25,6 +25,7 @@ import contextlib
 import hmac
 import json
 import os
+import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -152,11 +153,36 @@ def now() -> str:
 
 
 class Store:
-    """The in-memory memory store shared by all sessions of one process."""
+    """The memory store shared by all sessions of one process: in memory, and with a data
+    directory (``--data-dir``, ``VESTIGE_DATA_DIR``: what the operator gives Vestige 3.x) also in
+    ``<dir>/vestige.db``, an SQLite database in WAL mode like upstream's, written after every
+    tool call that succeeded, so a restarted pod finds its memories and a backup has a real
+    live SQLite store to copy."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_dir: Path | None = None) -> None:
         self.memories: dict[str, dict[str, Any]] = {}
         self.intentions: dict[str, dict[str, Any]] = {}
+        self.db: sqlite3.Connection | None = None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(data_dir / "vestige.db", isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(
+                "CREATE TABLE IF NOT EXISTS nodes (kind TEXT, id TEXT, body TEXT, PRIMARY KEY (kind, id))"
+            )
+            for kind, node_id, body in self.db.execute("SELECT kind, id, body FROM nodes"):
+                (self.memories if kind == "memory" else self.intentions)[node_id] = json.loads(body)
+
+    def save(self) -> None:
+        if self.db is None:
+            return
+        rows = [("memory", k, json.dumps(v)) for k, v in self.memories.items()]
+        rows += [("intention", k, json.dumps(v)) for k, v in self.intentions.items()]
+        with contextlib.closing(self.db.cursor()) as cur:
+            cur.execute("BEGIN IMMEDIATE")
+            cur.execute("DELETE FROM nodes")
+            cur.executemany("INSERT INTO nodes VALUES (?, ?, ?)", rows)
+            cur.execute("COMMIT")
 
     def add(self, content: str, node_type: str, tags: list[str], source: str | None) -> dict[str, Any]:
         node = {
@@ -187,13 +213,13 @@ class Store:
 class Vestige:
     """Tool implementations of one generation over a Store."""
 
-    def __init__(self, generation: str, call_log: Path | None) -> None:
+    def __init__(self, generation: str, call_log: Path | None, data_dir: Path | None = None) -> None:
         self.generation = generation
         self.tools = load_tools(generation)
         self.validators = {
             t["name"]: jsonschema.Draft202012Validator(strict(t["inputSchema"])) for t in self.tools
         }
-        self.store = Store()
+        self.store = Store(data_dir)
         self.call_log = call_log
 
     def log(self, tool: str, arguments: dict[str, Any], valid: bool, error: str | None) -> None:
@@ -220,6 +246,7 @@ class Vestige:
             self.log(name, arguments, True, str(exc))
             raise
         self.log(name, arguments, True, None)
+        self.store.save()
         return result
 
     def generic(self, arguments: dict[str, Any]) -> Any:
@@ -595,8 +622,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--server-version", help="serverInfo.version to report (default per generation)")
     parser.add_argument("--no-http-rules", action="store_true", help="plain SDK transport (no Vestige rules)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("VESTIGE_DATA_DIR") or None,
+        help="keep the memories in <dir>/vestige.db (SQLite, WAL) across restarts (default: in memory)",
+    )
     args = parser.parse_args(argv)
-    vestige = Vestige(args.generation, Path(args.call_log) if args.call_log else None)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    vestige = Vestige(args.generation, Path(args.call_log) if args.call_log else None, data_dir)
     catalog = args.catalog or ("compact" if args.generation == "v3" else "full")
     server = build_server(vestige, args.server_version, catalog)
     if args.stdio:

@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             started = time.monotonic()
             st = launcher.up(node_kind=args.node)
+            why = f" ({st.node_reason})" if st.node_reason else ""
             print(
-                f"[cluster] {st.version} up on {st.server}, nodes: {st.node}"
-                f"{' (' + st.node_reason + ')' if st.node_reason else ''} ({time.monotonic() - started:.1f}s)",
+                f"[cluster] {st.version} up on {st.server}, nodes: {st.node}{why}"
+                f" ({time.monotonic() - started:.1f}s)",
                 file=sys.stderr,
             )
             print(f"export KUBECONFIG={st.kubeconfig}")

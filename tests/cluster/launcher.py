@@ -462,7 +462,9 @@ def _start_real_node(st: ClusterState, bins: Path, p: pki.Pki) -> None:
             indent=2,
         )
     )
-    (d / "kube-proxy.yaml").write_text(json.dumps(node.kube_proxy_config(kcs["kube-proxy"], st.ports), indent=2))
+    (d / "kube-proxy.yaml").write_text(
+        json.dumps(node.kube_proxy_config(kcs["kube-proxy"], st.ports), indent=2)
+    )
     (d / "Corefile").write_text(node.corefile(kcs["coredns"], st.ports))
     api_port = st.ports["kube-apiserver"]
     argv = {
@@ -505,12 +507,19 @@ def _start_real_node(st: ClusterState, bins: Path, p: pki.Pki) -> None:
             _wait("containerd's socket", lambda: lay.containerd_sock.exists(), 60, st.components[name])
             images.import_into(str(lay.containerd_sock))
         elif name == "kubelet":
-            _wait(f"node {node.NODE_NAME} Ready", lambda: _node_ready(st.kubeconfig, node.NODE_NAME), 180, st.components[name])
+            _wait(
+                f"node {node.NODE_NAME} Ready",
+                lambda: _node_ready(st.kubeconfig, node.NODE_NAME),
+                180,
+                st.components[name],
+            )
     st.save()
 
 
 def _node_ready(kubeconfig: str, name: str) -> bool | str:
-    res = _kubectl(kubeconfig, "get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}")
+    res = _kubectl(
+        kubeconfig, "get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+    )
     return res.stdout.strip() == "True" or res.stdout + res.stderr
 
 

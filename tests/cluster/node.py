@@ -32,6 +32,7 @@ layout) and a local pause image (nothing can be pulled).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -63,7 +64,14 @@ POD_PLACEMENT: dict[str, Any] = {
     "tolerations": [{"key": TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}],
 }
 #: Ports the launcher picks free for the node's processes (all on 127.0.0.1 or NODE_IP).
-PORTS = ("kubelet", "kubelet-healthz", "kube-proxy-healthz", "kube-proxy-metrics", "coredns-health", "coredns-ready")
+PORTS = (
+    "kubelet",
+    "kubelet-healthz",
+    "kube-proxy-healthz",
+    "kube-proxy-metrics",
+    "coredns-health",
+    "coredns-ready",
+)
 #: Start order; stop order is the reverse.
 ORDER = ("api-forward-host", "api-forward-node", "containerd", "kubelet", "kube-proxy", "coredns")
 REQUIRED = {
@@ -409,16 +417,30 @@ def bootstrap_objects() -> list[dict[str, Any]]:
             "kind": "ClusterRole",
             "metadata": {"name": "vestige-test:coredns"},
             "rules": [
-                {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": ["list", "watch"]},
-                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["services", "pods", "namespaces"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["list", "watch"],
+                },
             ],
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
             "metadata": {"name": "vestige-test:coredns"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "vestige-test:coredns"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "vestige-test:coredns"}],
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "vestige-test:coredns",
+            },
+            "subjects": [
+                {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "vestige-test:coredns"}
+            ],
         },
         {
             "apiVersion": "storage.k8s.io/v1",
@@ -452,7 +474,11 @@ def local_volume(lay: Layout, name: str, capacity: str = "20Gi") -> dict[str, An
             "nodeAffinity": {
                 "required": {
                     "nodeSelectorTerms": [
-                        {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]}]}
+                        {
+                            "matchExpressions": [
+                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]}
+                            ]
+                        }
                     ]
                 }
             },
@@ -520,23 +546,17 @@ def kill_shims(lay: Layout) -> None:
         except OSError:
             continue
         if b"containerd-shim" in argv and needle in argv:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(proc.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def remove_cgroups(lay: Layout) -> None:
     for d in _cgroup_dirs(lay):
         for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            try:
+            with contextlib.suppress(OSError):
                 sub.rmdir()
-            except OSError:
-                pass
-        try:
+        with contextlib.suppress(OSError):
             d.rmdir()
-        except OSError:
-            pass
 
 
 _MNT_DETACH = 2

@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def real_node(cluster_state: cluster.ClusterState, kubeconfig: str) -> RealNode:
+def real_node(cluster_state: cluster.ClusterState, kubeconfig: str) -> RealNode:  # noqa: F811
     if not cluster_state.real_node:
         reason = cluster_state.node_reason or f"the cluster runs nodes: {cluster_state.node}"
         if os.environ.get("VESTIGE_REQUIRE_REAL_NODE") == "1":

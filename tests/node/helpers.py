@@ -175,10 +175,19 @@ class Agent:
             out.append(json.dumps(pod.get("status", {}), indent=1)[:4000])
             for c in pod["spec"]["containers"]:
                 logs = self.rn.kubectl(
-                    "-n", self.namespace, "logs", pod["metadata"]["name"], "-c", c["name"], "--tail=40", check=False
+                    "-n",
+                    self.namespace,
+                    "logs",
+                    pod["metadata"]["name"],
+                    "-c",
+                    c["name"],
+                    "--tail=40",
+                    check=False,
                 )
                 out.append(f"--- logs {c['name']}:\n{logs.stdout[-3000:]}{logs.stderr[-500:]}")
-        events = self.rn.kubectl("-n", self.namespace, "get", "events", "--sort-by=.lastTimestamp", check=False)
+        events = self.rn.kubectl(
+            "-n", self.namespace, "get", "events", "--sort-by=.lastTimestamp", check=False
+        )
         out.append(events.stdout[-3000:])
         return "\n".join(out)
 
@@ -240,7 +249,9 @@ def found_after(http_factory, query: str, needle: str, timeout: float = 60.0) ->
             return None
         return text if needle in text else None
 
-    return str(wait_until(attempt, timeout=timeout, what=f"a search for {query!r} to find {needle!r}", interval=2))
+    return str(
+        wait_until(attempt, timeout=timeout, what=f"a search for {query!r} to find {needle!r}", interval=2)
+    )
 
 
 @dataclass
