@@ -138,7 +138,11 @@ def test_memories_survive_recreation_with_retain(agents: Agents) -> None:
 
 
 def test_isolation_inside_the_cluster(agents: Agents, shape_agents: dict[str, Agent]) -> None:
-    a, b = shape_agents["v3"], next(v for k, v in shape_agents.items() if k != "v3")
+    a = shape_agents["v3"]
+    b = next((v for k, v in shape_agents.items() if k != "v3"), None)
+    if b is None:  # only the v3 shape could be built here: a second agent of that shape
+        b = agents.create("other")
+        b.wait_ready()
     target = a.pod()["status"]["podIP"]
     probe = agents.images.bridge
     script = f"""
