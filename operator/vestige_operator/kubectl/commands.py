@@ -373,7 +373,14 @@ class PortForward:
         self._threads: list[threading.Thread] = []
 
     def start(self, timeout: float = 30.0) -> int:
-        self.proc = subprocess.Popen(
+        try:
+            self.proc = self._spawn()
+        except OSError as exc:
+            raise PluginError(f"cannot run {self.argv[0]}: {exc.strerror or exc}") from None
+        return self._await_forwarding(timeout)
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -382,6 +389,9 @@ class PortForward:
             bufsize=1,
             start_new_session=True,  # Ctrl-C reaches us only; we stop kubectl ourselves
         )
+
+    def _await_forwarding(self, timeout: float) -> int:
+        assert self.proc is not None
         ready = threading.Event()
         port: list[int] = []
 
