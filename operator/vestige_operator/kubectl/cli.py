@@ -7,6 +7,7 @@ unreachable cluster, a failed backup, a timeout), 2 bad usage (argparse, an inva
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -135,7 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `kubectl vestige logs NAME | head`
+    except BrokenPipeError:  # `kubectl vestige logs NAME | head`: stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return 0
     finally:
         if kube is not None:
