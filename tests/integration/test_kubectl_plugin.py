@@ -439,7 +439,7 @@ def test_rotate_token_sets_the_request_annotations(vestige: Any, kubectl: Kubect
     assert ann["vestige.dev/rotate-token"] != first
     assert ann["vestige.dev/rotate-token-grace"] == "10m"
     # An invalid duration is refused before anything is written.
-    proc = vestige("rotate-token", "rot", "-n", namespace, "--grace", "-5m", expect=2)
+    proc = vestige("rotate-token", "rot", "-n", namespace, "--grace=-5m", expect=2)
     assert "negative" in proc.stderr
     assert annotations(kubectl, namespace, "rot") == ann
     # Nobody rotates (no operator here): --wait times out with a clear message.
