@@ -833,3 +833,91 @@ def test_connect_reaches_the_bridge_on_a_real_node(
     assert "port-forward stopped" in (session.proc.stderr.read() if session.proc.stderr else "")
     logs = vestige("logs", "live", "-n", namespace, "-c", "bridge", "--tail", "50").stdout
     assert logs.strip()
+
+
+# -- connect's process handling (a stand-in for `kubectl port-forward`) -------------------------
+
+#: Plays `kubectl port-forward` (kwok's node has no kubelet to forward to): prints kubectl's
+#: "Forwarding from" line for a real listening socket, records its pid and argv, then either
+#: waits to be stopped or, with STANDIN_FAIL set, fails like a forward whose pod went away.
+STANDIN_KUBECTL = """#!{python}
+import json, os, signal, socket, sys, time
+state = os.environ["STANDIN_STATE"]
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+sock.listen()
+with open(state, "w") as f:
+    json.dump({{"pid": os.getpid(), "argv": sys.argv[1:]}}, f)
+print(f"Forwarding from 127.0.0.1:{{sock.getsockname()[1]}} -> 8000", flush=True)
+if os.environ.get("STANDIN_FAIL"):
+    time.sleep(0.5)
+    print("E1202 lost connection to pod", file=sys.stderr, flush=True)
+    print("error: lost connection to pod", file=sys.stderr, flush=True)
+    sys.exit(1)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    time.sleep(1)
+"""
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_connect_prints_the_forward_and_ends_cleanly(
+    kubectl: Kubectl, kubeconfig: str, namespace: str, tmp_path: Path, operator_process: OperatorProcess
+) -> None:
+    apply_memory(kubectl, namespace, "fwd", {"agentId": "fwd-agent"})
+    wait_phase(kubectl, namespace, "fwd")
+    pod = json.loads(kubectl("-n", namespace, "get", "pods", "-o", "json").stdout)["items"][0]["metadata"][
+        "name"
+    ]
+    token = base64.b64decode(must_get(kubectl, namespace, "secret", "fwd-auth")["data"]["token"]).decode()
+    standin = tmp_path / "kubectl"
+    standin.write_text(STANDIN_KUBECTL.format(python=sys.executable))
+    standin.chmod(0o755)
+    state = tmp_path / "state.json"
+    env = plugin_env(kubeconfig, VESTIGE_KUBECTL=str(standin), STANDIN_STATE=str(state))
+
+    session = run_connect(env, "fwd", namespace)
+    recorded = json.loads(state.read_text())
+    assert recorded["argv"] == [
+        "port-forward",
+        f"--namespace={namespace}",
+        "--address=127.0.0.1",
+        f"pod/{pod}",
+        ":8000",
+    ]
+    port = int(session.url.rsplit(":", 1)[1])
+    assert session.config == {
+        "serverUrl": f"http://127.0.0.1:{port}",
+        "authToken": token,
+        "timeoutMs": 30000,
+        "agentId": "fwd-agent",
+    }
+    assert f"-> {namespace}/{pod}:8000" in session.output
+    assert f"$(kubectl vestige token fwd -n {namespace})" in session.output
+    assert session.proc.poll() is None and pid_alive(recorded["pid"])
+    assert session.interrupt() == 0  # Ctrl-C
+    assert "port-forward stopped" in (session.proc.stderr.read() if session.proc.stderr else "")
+    wait_until(lambda: not pid_alive(recorded["pid"]), 10, "the port-forward process to end")
+
+    # SIGTERM ends it the same way.
+    session = run_connect(env, "fwd", namespace, "--port", "18765", "--no-token")
+    recorded = json.loads(state.read_text())
+    assert recorded["argv"][-1] == "18765:8000"
+    assert session.config["authToken"].startswith("<the output of: kubectl vestige token fwd")
+    session.proc.send_signal(signal.SIGTERM)
+    assert session.proc.wait(timeout=30) == 0
+    wait_until(lambda: not pid_alive(recorded["pid"]), 10, "the port-forward process to end")
+
+    # The forward dies under it: exit 1 with kubectl's reason.
+    session = run_connect({**env, "STANDIN_FAIL": "1"}, "fwd", namespace)
+    assert session.proc.wait(timeout=30) == 1
+    err = session.proc.stderr.read() if session.proc.stderr else ""
+    assert "Traceback" not in err
+    assert "error: port-forward ended (kubectl exit code 1): lost connection to pod" in err

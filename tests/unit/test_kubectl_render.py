@@ -363,3 +363,17 @@ def test_parser_accepts_flags_before_and_after_the_command() -> None:
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["logs", "x", "-c", "sidecar"])
+
+
+def test_plugin_imports_neither_the_bridge_nor_kopf() -> None:
+    """The plugin runs from a plain `pip install vestige-operator` (no bridge extra) and starts fast."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vestige_operator.kubectl.cli; "
+        "heavy = ('fastapi', 'mcp', 'uvicorn', 'httpx', 'vestige_bridge', 'kopf'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
