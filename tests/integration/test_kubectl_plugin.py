@@ -345,6 +345,24 @@ def test_no_cluster_no_kubeconfig_no_crd(
         ), proc.stderr
         assert "Connection refused" in proc.stderr
 
+    bogus = yaml.safe_load(Path(kubeconfig).read_text())
+    for u in bogus["users"]:
+        u["user"] = {"token": "not-a-valid-token"}
+    (tmp_path / "bogus.kubeconfig").write_text(yaml.safe_dump(bogus))
+    proc = vestige("status", "--kubeconfig", str(tmp_path / "bogus.kubeconfig"), expect=1)
+    server = bogus["clusters"][0]["cluster"]["server"]
+    assert error_line(proc) == (
+        f"error: unauthorized: the Kubernetes API server at {server} rejected the credentials "
+        "of this kubeconfig context"
+    )
+    for c in bogus["clusters"]:  # no CA: the server's certificate cannot be verified
+        c["cluster"].pop("certificate-authority-data", None)
+        c["cluster"].pop("certificate-authority", None)
+    (tmp_path / "noca.kubeconfig").write_text(yaml.safe_dump(bogus))
+    proc = vestige("status", "--kubeconfig", str(tmp_path / "noca.kubeconfig"), expect=1)
+    assert error_line(proc).startswith(f"error: TLS with the Kubernetes API server at {server} failed: ")
+    assert "CERTIFICATE_VERIFY_FAILED" in proc.stderr
+
     home = tmp_path / "home"
     home.mkdir()
     env = {**plugin_env(kubeconfig), "HOME": str(home)}
@@ -833,6 +851,17 @@ def test_connect_reaches_the_bridge_on_a_real_node(
     assert "port-forward stopped" in (session.proc.stderr.read() if session.proc.stderr else "")
     logs = vestige("logs", "live", "-n", namespace, "-c", "bridge", "--tail", "50").stdout
     assert logs.strip()
+    # -f streams until Ctrl-C, which ends it with exit 0.
+    follow = subprocess.Popen(
+        [str(PLUGIN), "logs", "live", "-n", namespace, "-c", "bridge", "-f", "--tail", "1"],
+        env=plugin_env(kubeconfig),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert follow.stdout is not None and follow.stdout.readline()
+    follow.send_signal(signal.SIGINT)
+    assert follow.wait(timeout=30) == 0
 
 
 # -- connect's process handling (a stand-in for `kubectl port-forward`) -------------------------

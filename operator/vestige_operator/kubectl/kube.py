@@ -207,17 +207,30 @@ class Kube:
             auth_settings=["BearerToken"],
         )
         try:
-            return self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=timeout)
+            response = self.api.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=timeout
+            )
         except ApiException as exc:  # TLS failures and the client's own refusals
             raise Unreachable(
                 f"cannot talk to the Kubernetes API server at {self.conn.server}: {exc.reason or exc}"
             ) from None
         except Exception as exc:  # urllib3: connection refused, timeouts, TLS, name resolution
             if isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3"):
+                cause = _root_cause(exc)
+                if "SSL" in cause or "certificate" in cause:
+                    raise Unreachable(
+                        f"TLS with the Kubernetes API server at {self.conn.server} failed: {cause}"
+                    ) from None
                 raise Unreachable(
-                    f"cannot reach the Kubernetes API server at {self.conn.server}: {_root_cause(exc)}"
+                    f"cannot reach the Kubernetes API server at {self.conn.server}: {cause}"
                 ) from None
             raise
+        if response.status == 401:
+            raise PluginError(
+                f"unauthorized: the Kubernetes API server at {self.conn.server} rejected the credentials "
+                "of this kubeconfig context"
+            )
+        return response
 
     def request(
         self,
