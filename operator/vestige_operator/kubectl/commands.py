@@ -452,7 +452,13 @@ def cmd_connect(ctx: Context, args: Namespace) -> int:
         raise PluginError(f"--port {args.port}: not a TCP port", code=2)
     memory = get_memory(ctx, args.name)
     token = None if args.no_token else read_token(ctx, memory)
-    pod = running_pod(ctx, memory)["metadata"]["name"]
+    pod_obj = running_pod(ctx, memory)
+    pod = pod_obj["metadata"]["name"]
+    if not any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod_obj.get("status") or {}).get("conditions") or ()
+    ):
+        ctx.note(f'warning: pod "{pod}" is not Ready yet; the bridge may answer 503 until it is')
     agent_id = (
         (memory.get("status") or {}).get("agentId") or (memory.get("spec") or {}).get("agentId") or args.name
     )
