@@ -11,7 +11,7 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from vestige_operator.children import BRIDGE_PORT, TOKEN_KEY, secret_name
@@ -461,7 +461,3 @@ def connect_info(
 def backup_name(memory: str, now: datetime) -> str:
     """``<memory>-<UTC timestamp>`` (a valid object name: lowercase, digits, dashes)."""
     return f"{memory}-{now.astimezone(UTC).strftime('%Y%m%d-%H%M%S')}"
-
-
-def wait_deadline(now: datetime, timeout: float) -> datetime:
-    return now + timedelta(seconds=timeout)
