@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
+from tests import cluster
 from tests.cluster import images as image_builds
 from tests.cluster import node
 from tests.integration.helpers import wait_until
@@ -210,3 +213,70 @@ print(json.dumps(out))
     with b.client(token=a.token()) as http:
         resp = http.post("/search", json={"query": "anything"})
         assert resp.status_code == 401, resp.text
+
+
+def _task_pid(rn, container_id: str) -> int:
+    """The host pid of a container's main process, from containerd."""
+    out = rn.ctr("tasks", "ls").stdout.splitlines()
+    for line in out[1:]:
+        cols = line.split()
+        if cols and cols[0] == container_id:
+            return int(cols[1])
+    raise AssertionError(f"containerd has no task {container_id}")
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(c) for c in (task / "children").read_text().split()]
+    return kids
+
+
+def test_vestige_killed_inside_its_container_recovers(agents: Agents, shape_agents: dict[str, Agent]) -> None:
+    """The Vestige process dies (SIGKILL from the node, as the OOM killer would): its container
+    ends with it, the kubelet starts it again, the bridge reconnects on its next call, and the
+    memories stored before are still there. In the v1 shape Vestige is mcp-proxy's child: the
+    container's shell wrapper ends the container when Vestige ends (mcp-proxy alone would keep
+    answering with an empty stream)."""
+    for name, agent in shape_agents.items():
+        with agent.client() as http:
+            remember(http, f"before the crash {name} kept a lantern")
+        before = agent.restart_counts()
+        pid = _task_pid(agents.rn, agent.container_id("vestige"))
+        victims = [pid]
+        if name != "v3":  # v1 shape: sh -> mcp-proxy -> vestige-mcp; kill vestige-mcp itself
+            victims = [
+                p
+                for p in _descendants(pid)
+                if Path(f"/proc/{p}/comm").read_text().strip().startswith("vestige-mcp")
+            ]
+            assert victims, f"{name}: no vestige-mcp process under {pid}"
+        for victim in victims:
+            os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda a=agent, b=before: a.restart_counts()["vestige"] > b["vestige"],
+            timeout=120,
+            what=f"{name}'s vestige container to be restarted",
+            interval=1,
+        )
+        agent.wait_ready()
+        assert agent.restart_counts()["bridge"] == before["bridge"], f"{name}: the bridge restarted too"
+        found_after(agent.client, "lantern", f"before the crash {name} kept a lantern")
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        for kid in _children(todo.pop()):
+            out.append(kid)
+            todo.append(kid)
+    return out
+
+
+def test_agents_come_back_after_containerd_restarts(agents: Agents, shape_agents: dict[str, Agent]) -> None:
+    with shape_agents["v3"].client() as http:
+        remember(http, "containerd restart: the owl stays awake")
+    cluster.restart("containerd", downtime=2.0)
+    for agent in shape_agents.values():
+        agent.wait_ready()
+    found_after(shape_agents["v3"].client, "owl", "containerd restart: the owl stays awake")
