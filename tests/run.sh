@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README; .ci/run calls exactly this). Installs what is missing, builds and
-# caches the control plane (~/.cache/vestige-operator), runs ruff and the whole test suite.
+# caches the control plane and the test tools helm and kstatus (~/.cache/vestige-operator),
+# runs ruff and the whole test suite.
 # Extra arguments go to pytest (e.g. `bash tests/run.sh --slow -k faults`).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 python -m tests.cluster build >/dev/null
+python -m tests.tools build >/dev/null  # helm and the kstatus helper (Go module proxy, cached)
 ruff check .
 ruff format --check .
 # pytest exits 5 when it collected nothing: that is a failure here like any other non-zero exit.
