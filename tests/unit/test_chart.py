@@ -165,7 +165,7 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
             "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
         },
         "metrics": {"port": 9090, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
-        "resources": {"requests": {"cpu": "50m"}, "limits": {"memory": "256Mi"}},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
         "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
