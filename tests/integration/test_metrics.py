@@ -87,7 +87,6 @@ def test_metrics_report_what_the_operator_did(
     wait_until(lambda: phase_of(kubectl, ns, "no-token") == "Failed", 60, "no-token to fail")
 
     m = wait_until(lambda: settled(op), 60, "an empty queue")
-    probe = op.probe()
 
     # Resources by phase: exactly what the API server shows.
     assert value(m, "vestige_operator_resources", phase="Ready") == 3
@@ -99,7 +98,9 @@ def test_metrics_report_what_the_operator_did(
     assert passes >= 4  # at least one per resource
     assert value(m, "vestige_operator_reconciles_total", result="retry") == 0
     assert value(m, "vestige_operator_reconciles_total", result="error") == 0
-    assert value(m, "vestige_operator_reconcile_duration_seconds_count") == passes == probe["passes"]
+    assert value(m, "vestige_operator_reconcile_duration_seconds_count") == passes
+    # kopf caches probe results for 10 s: wait for a fresh one.
+    probe = wait_until(lambda: (p := op.probe())["passes"] == passes and p, 30, "a fresh probe")
     assert value(m, "vestige_operator_reconcile_duration_seconds_sum") > 0
     assert value(m, "vestige_operator_reconcile_duration_seconds_bucket", le="+Inf") == passes
 
@@ -133,7 +134,8 @@ def test_metrics_report_what_the_operator_did(
         return m if ok else None
 
     m = wait_until(every_watch_restarted, 120, "every watch to be re-opened", interval=1.0)
-    assert set(dict(k)["resource"] for k in m["vestige_operator_watch_restarts_total"]) == set(WATCHED)
+    # kopf's own watches (CRDs, namespaces) are counted too.
+    assert {dict(k)["resource"] for k in m["vestige_operator_watch_restarts_total"]} >= set(WATCHED)
 
     # And the operator still works: a fourth agent becomes Ready and is counted.
     kubectl("-n", ns, "apply", "-f", "-", input=minimal.replace("name: my-agent", "name: agent-4"))
