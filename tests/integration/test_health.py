@@ -38,7 +38,11 @@ EXPECTED = {
     "ready": ("Ready", "Healthy", "Current"),
     "reconciling": ("Provisioning", "Progressing", "InProgress"),
     "stalled": ("Failed", "Degraded", "Failed"),
-    "suspended": ("Suspended", "Suspended", "Current"),
+    # kstatus falls back to the Ready condition when neither Reconciling nor Stalled is True, and
+    # a suspended agent has Ready=False (it serves nothing): InProgress, never Current. So a
+    # kstatus-based wait (Flux `wait: true`, helm v4 --wait) on a suspended agent does not end
+    # (README, GitOps health). Argo CD's check says Suspended.
+    "suspended": ("Suspended", "Suspended", "InProgress"),
     "invalid": ("Failed", "Degraded", "Failed"),
 }
 
