@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests import tools
 from tests.integration.conftest import ROOT, Kubectl
@@ -81,22 +80,6 @@ def clean(kubectl: Kubectl, helm: Any, crd_installed: None) -> Iterator[None]:
     )
 
 
-def _adopt_crds(kubectl: Kubectl) -> None:
-    """Let the release take over CRDs installed before it (kubectl apply, or the kustomize install):
-    Helm adopts an existing object that carries its ownership label and annotations."""
-    for path in sorted((ROOT / "crds").glob("vestige.dev_*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        kubectl("label", "--overwrite", "crd", name, "app.kubernetes.io/managed-by=Helm")
-        kubectl(
-            "annotate",
-            "--overwrite",
-            "crd",
-            name,
-            f"meta.helm.sh/release-name={RELEASE}",
-            f"meta.helm.sh/release-namespace={SYSTEM}",
-        )
-
-
 def _deployment(kubectl: Kubectl) -> dict[str, Any]:
     return must_get(kubectl, SYSTEM, "deployment", RELEASE)
 
@@ -129,9 +112,13 @@ def test_helm_install_upgrade_uninstall(
     # The release namespace exists first (Helm stores the release there), restricted like the base.
     kubectl("create", "namespace", SYSTEM)
     kubectl("label", "namespace", SYSTEM, "pod-security.kubernetes.io/enforce=restricted")
-    _adopt_crds(kubectl)
-    # helm v4 --wait uses kstatus: it returns once every object (the Deployment too) is Current.
-    helm("install", RELEASE, str(CHART), "-n", SYSTEM, "--wait", "--timeout=5m")
+    # The CRD is already there (the session applied it, as a kustomize install would have):
+    # the release takes it over; --force-conflicts lets Helm's server-side apply own the fields
+    # the earlier field manager set. helm v4 --wait uses kstatus: every object must be Current.
+    helm(
+        "install", RELEASE, str(CHART), "-n", SYSTEM, "--take-ownership", "--force-conflicts",
+        "--wait", "--timeout=5m",
+    )  # fmt: skip
 
     dep = wait_until(lambda: _rolled_out(kubectl), 120, "the operator Deployment to roll out")
     assert dep["spec"]["template"]["spec"]["containers"][0]["args"] == ["--all-namespaces"]
@@ -194,7 +181,7 @@ def test_helm_install_upgrade_uninstall(
     assert dep["metadata"]["generation"] > before["metadata"]["generation"]
     env = _env(dep)
     assert env["VESTIGE_NAMESPACES"] == WATCHED and env["VESTIGE_RESYNC_SECONDS"] == "30"
-    assert dep["spec"]["template"]["spec"]["containers"][0]["args"] == []
+    assert dep["spec"]["template"]["spec"]["containers"][0].get("args", []) == []  # no --all-namespaces
     assert dep["spec"]["template"]["metadata"]["annotations"]["example.org/upgraded"] == "yes"
     pods = json.loads(
         kubectl(
