@@ -181,7 +181,12 @@ def install(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Ope
     @kopf.on.startup(id="metrics", registry=registry)
     async def start_metrics(**_: Any) -> None:
         if config.metrics_port:
-            runners.append(await metrics.serve(config.metrics_host, config.metrics_port))
+            try:
+                runners.append(await metrics.serve(config.metrics_host, config.metrics_port))
+            except OSError as exc:  # e.g. the port is taken: stop, rather than run unobserved
+                raise kopf.PermanentError(
+                    f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc}"
+                ) from exc
             logger.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
 
     @kopf.on.cleanup(id="metrics", registry=registry)

@@ -9,6 +9,10 @@ own probe, an independent count of passes).
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -144,3 +148,28 @@ def test_metrics_report_what_the_operator_did(
     assert value(m, "vestige_operator_resources", phase="Ready") == 4
     assert value(m, "vestige_operator_api_requests_total", verb="create", kind="Secret") == 4
     assert op.stop() == 0
+
+
+def test_operator_stops_when_it_cannot_serve_metrics(kubeconfig: str, namespace: str) -> None:
+    """A taken metrics port is a startup error (exit 1), not an operator running unobserved."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "KUBECONFIG": kubeconfig,
+            "VESTIGE_METRICS_HOST": "127.0.0.1",
+            "VESTIGE_METRICS_PORT": str(port),
+            "VESTIGE_LOG_FORMAT": "plain",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "vestige_operator", "run", "-n", namespace, "--liveness", ""],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert proc.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in proc.stdout + proc.stderr

@@ -237,3 +237,11 @@ def test_schema_rejects_bad_values(setting: str, complaint: str) -> None:
     proc = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
     assert proc.returncode != 0, f"{setting} was accepted"
     assert complaint in proc.stderr, proc.stderr
+
+
+def test_packaged_chart_embeds_the_linked_files(tmp_path: Path) -> None:
+    """`helm package` follows files/ symlinks: the .tgz renders exactly what the directory does."""
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("vestige-operator-*.tgz")
+    packaged = helm("template", RELEASE, str(archive), "--namespace", NAMESPACE).stdout
+    assert [d for d in yaml.safe_load_all(packaged) if d] == render_chart()
