@@ -163,7 +163,7 @@ def test_helm_install_upgrade_uninstall(
     metrics = op.metrics()
     assert 'vestige_operator_resources{phase="Ready"} 1.0' in metrics
     assert 'vestige_operator_api_requests_total{kind="Secret",verb="create"} 1.0' in metrics
-    denied = [line for line in op.log_path.read_text().splitlines() if "Forbidden" in line or "403" in line]
+    denied = [line for line in op.log_path.read_text().splitlines() if "Forbidden" in line or " 403 " in line]
     assert not denied, "\n".join(denied)
     assert op.stop() == 0
 
