@@ -74,6 +74,8 @@ def _start_operator(kubeconfig: str) -> int:
         "VESTIGE_LOG_FORMAT": "plain",
         "VESTIGE_RESYNC_SECONDS": "30",
         "VESTIGE_LIVENESS_ENDPOINT": f"http://127.0.0.1:{_free_port()}/healthz",
+        "VESTIGE_METRICS_HOST": "127.0.0.1",
+        "VESTIGE_METRICS_PORT": str(_free_port()),
     }
     with log.open("ab") as out:
         proc = subprocess.Popen(

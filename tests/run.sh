@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README; .ci/run calls exactly this). Installs what is missing, builds and
-# caches the control plane (~/.cache/vestige-operator), runs ruff and the whole test suite.
+# caches the control plane and the test tools helm and kstatus (~/.cache/vestige-operator),
+# runs ruff and the whole test suite.
 # Extra arguments go to pytest (e.g. `bash tests/run.sh --slow -k faults`).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 python -m tests.cluster build >/dev/null
@@ -9,6 +10,7 @@ python -m tests.cluster build >/dev/null
 if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
     python -m tests.cluster images >/dev/null
 fi
+python -m tests.tools build >/dev/null  # helm and the kstatus helper (Go module proxy, cached)
 ruff check .
 ruff format --check .
 # pytest exits 5 when it collected nothing: that is a failure here like any other non-zero exit.

@@ -132,6 +132,8 @@ class Cluster:
         self._field_manager = field_manager
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vestige-api")
         self.requests: Counter[tuple[str, str]] = Counter()
+        #: Failed requests by (verb, kind, HTTP status; 0: no answer), for the metrics.
+        self.errors: Counter[tuple[str, str, int]] = Counter()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -185,7 +187,12 @@ class Cluster:
     ) -> tuple[int, bytes]:
         self.requests[(verb, kind.kind)] += 1
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self._request_sync(method, path, **kwargs))
+        status, data = await loop.run_in_executor(
+            self._executor, lambda: self._request_sync(method, path, **kwargs)
+        )
+        if status == 0 or status >= 400:
+            self.errors[(verb, kind.kind, status)] += 1
+        return status, data
 
     # -- operations --------------------------------------------------------------------------
 

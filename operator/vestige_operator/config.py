@@ -20,7 +20,11 @@ DEFAULT_BRIDGE_IMAGE = f"ghcr.io/vestige-operator/vestige-bridge:{__version__}"
 DEFAULT_RESYNC_SECONDS = 60.0
 #: kopf's liveness endpoint. In a pod the kubelet probes the pod IP, hence 0.0.0.0 by default;
 #: local runs and tests pass a 127.0.0.1 URL (or an empty string to turn it off).
-DEFAULT_LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
+DEFAULT_LIVENESS_ENDPOINT = "http://0.0.0.0:8081/healthz"
+#: Prometheus metrics on http://<host>:<port>/metrics (port 0: off). 8080 like controller-runtime
+#: operators (metrics :8080, health probes :8081); the manifests expose both ports.
+DEFAULT_METRICS_HOST = "0.0.0.0"  # noqa: S104  # scraped on the pod IP
+DEFAULT_METRICS_PORT = 8080
 DEFAULT_MAX_CONCURRENT_RECONCILES = 8
 #: Every this many resyncs the watch caches are checked against a metadata-only LIST.
 DEFAULT_VERIFY_RESYNCS = 10
@@ -61,6 +65,18 @@ def _parse_positive_int(name: str, raw: str) -> int:
     return value
 
 
+def _parse_port(name: str, raw: str) -> int:
+    if not raw.strip():
+        return DEFAULT_METRICS_PORT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a port number (0: off), got {raw!r}") from None
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name} must be between 0 and 65535, got {raw!r}")
+    return value
+
+
 def _parse_namespaces(raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ns.strip() for ns in raw.split(",") if ns.strip()))
 
@@ -83,6 +99,8 @@ class OperatorConfig:
     liveness_endpoint: str = DEFAULT_LIVENESS_ENDPOINT
     max_concurrent_reconciles: int = DEFAULT_MAX_CONCURRENT_RECONCILES
     verify_resyncs: int = DEFAULT_VERIFY_RESYNCS
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int = DEFAULT_METRICS_PORT
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -112,6 +130,8 @@ class OperatorConfig:
             verify_resyncs=_parse_positive_int(
                 "VESTIGE_VERIFY_RESYNCS", env.get("VESTIGE_VERIFY_RESYNCS", str(DEFAULT_VERIFY_RESYNCS))
             ),
+            metrics_host=env.get("VESTIGE_METRICS_HOST", "").strip() or DEFAULT_METRICS_HOST,
+            metrics_port=_parse_port("VESTIGE_METRICS_PORT", env.get("VESTIGE_METRICS_PORT", "")),
         )
 
     def replace(self, **changes: object) -> OperatorConfig:

@@ -242,6 +242,9 @@ class Reconciler:
         self._semaphore = asyncio.Semaphore(config.max_concurrent_reconciles)
         self.ready = asyncio.Event()
         self.passes = 0
+        self._active = 0  # passes holding a concurrency slot
+        #: Called after every pass with its result ("success", "retry", "error") and duration.
+        self.on_pass: Callable[[str, float], None] | None = None
 
     def attach(
         self,
@@ -281,6 +284,21 @@ class Reconciler:
 
     def keys(self) -> list[Key]:
         return [key for key in list(self._owners) if self._owner(key) is not None]
+
+    def queue_depth(self) -> dict[str, int]:
+        """Resources waiting for a pass (queued), in a pass (running), waiting to retry (backoff)."""
+        waiting = len(self._running) - self._active + len(self._pending)
+        return {"queued": waiting, "running": self._active, "backoff": len(self._retries)}
+
+    def phases(self) -> dict[str, int]:
+        """How many watched VestigeMemory resources are in each status.phase ("Unknown": none yet)."""
+        counts: dict[str, int] = {}
+        for key in self.keys():
+            owner = self._owner(key) or {}
+            uid = _uid(owner) or ""
+            phase = (self._written.get(uid) or owner.get("status") or {}).get("phase") or "Unknown"
+            counts[phase] = counts.get(phase, 0) + 1
+        return counts
 
     async def verify_caches(self) -> int:
         """Find cached objects that no longer exist; their number. Later passes ignore them.
@@ -367,18 +385,26 @@ class Reconciler:
 
     async def _pass(self, key: Key) -> None:
         started = time.monotonic()
+        result = "success"
+        self._active += 1
         try:
             await self.reconcile(*key)
         except RetryLater as exc:
+            result = "retry"
             self._schedule_retry(key, str(exc))
         except Exception:
+            result = "error"
             logger.exception("reconcile of %s/%s failed", *key)
             self._schedule_retry(key, "unexpected error")
         else:
             self._failures.pop(key, None)
         finally:
+            self._active -= 1
             self.passes += 1
-            logger.debug("pass %s/%s took %.3fs", key[0], key[1], time.monotonic() - started)
+            took = time.monotonic() - started
+            if self.on_pass is not None:
+                self.on_pass(result, took)
+            logger.debug("pass %s/%s took %.3fs", key[0], key[1], took)
 
     def _schedule_retry(self, key: Key, why: str) -> None:
         failures = self._failures.get(key, 0) + 1

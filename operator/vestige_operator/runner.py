@@ -14,7 +14,7 @@ import sys
 
 import kopf
 
-from vestige_operator import __version__
+from vestige_operator import __version__, metrics
 from vestige_operator.cluster import Cluster, make_api_client
 from vestige_operator.config import ConfigError, OperatorConfig
 from vestige_operator.handlers import configure_settings, register
@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--liveness",
         default=None,
         metavar="URL",
-        help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz; empty to disable "
+        help="liveness endpoint, e.g. http://0.0.0.0:8081/healthz; empty to disable "
         "(env VESTIGE_LIVENESS_ENDPOINT)",
     )
     parser.add_argument(
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     settings = kopf.OperatorSettings()
     configure_settings(settings)
     register(registry, reconciler)
+    metrics.install(registry, reconciler, config)
 
     scope = "all namespaces" if config.all_namespaces else ", ".join(config.namespaces)
     logger.info(

@@ -397,6 +397,7 @@ class OperatorUnderTest:
             "VESTIGE_LOG_FORMAT": "json",
             "VESTIGE_DEFAULT_IMAGE": IMAGES.vestige,
             "VESTIGE_BRIDGE_IMAGE": IMAGES.bridge,
+            "VESTIGE_METRICS_PORT": "0",
         }
         argv = [
             sys.executable,

@@ -44,6 +44,7 @@ class OperatorProcess:
     log_path: Path
     liveness_url: str
     resync_seconds: float
+    metrics_url: str = ""
     argv: list[str] = field(default_factory=list)
     env: dict[str, str] = field(repr=False, default_factory=dict)
     _log_file: Any = field(repr=False, default=None)
@@ -55,6 +56,11 @@ class OperatorProcess:
         """The operator's probe results (reconcile passes and API requests by verb)."""
         with urllib.request.urlopen(self.liveness_url, timeout=5) as resp:
             return dict(json.loads(resp.read())["reconciler"])
+
+    def metrics(self) -> str:
+        """The operator's Prometheus exposition (``/metrics``)."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as resp:
+            return resp.read().decode()
 
     def api_requests(self) -> int:
         return int(self.probe()["api_requests"])
@@ -129,6 +135,7 @@ def operator_factory(
     ) -> OperatorProcess:
         port = free_port()
         liveness = f"http://127.0.0.1:{port}/healthz"
+        metrics_port = free_port()
         log_path = logs / f"operator-{'-'.join(namespaces) or 'all'}-{len(started)}.log"
         log_file = log_path.open("wb")
         args = [sys.executable, "-m", "vestige_operator", "run", "--liveness", liveness]
@@ -141,11 +148,21 @@ def operator_factory(
             "VESTIGE_LOG_FORMAT": "json",
             "VESTIGE_DEFAULT_IMAGE": "example.org/vestige:3.0.0",
             "VESTIGE_BRIDGE_IMAGE": "example.org/vestige-bridge:0.1.0",
+            "VESTIGE_METRICS_HOST": "127.0.0.1",
+            "VESTIGE_METRICS_PORT": str(metrics_port),
             **(env or {}),
         }
         proc = subprocess.Popen(args, cwd=ROOT, env=process_env, stdout=log_file, stderr=subprocess.STDOUT)
         op = OperatorProcess(
-            proc, tuple(namespaces), log_path, liveness, resync_seconds, args, process_env, log_file
+            proc,
+            tuple(namespaces),
+            log_path,
+            liveness,
+            resync_seconds,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            args,
+            process_env,
+            log_file,
         )
         started.append(op)
         op.wait_ready()

@@ -229,7 +229,7 @@ def _run_operator_as_sa(
         ):
             kubectl("get", kind, "-n", namespace)
         denied = [
-            line for line in op.log_path.read_text().splitlines() if "Forbidden" in line or "403" in line
+            line for line in op.log_path.read_text().splitlines() if "Forbidden" in line or " 403 " in line
         ]
         assert not denied, "\n".join(denied)
     finally:

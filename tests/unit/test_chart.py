@@ -1,0 +1,247 @@
+"""The Helm chart renders the same objects as the kustomize install for the same settings.
+
+`helm template` of manifests/helm/vestige-operator against `kubectl kustomize` of manifests/ (and
+of the namespaced overlay): every object, field by field, after removing only what Helm adds —
+the labels ``helm.sh/chart``, ``app.kubernetes.io/{managed-by,instance,version}`` (also in
+selectors) and the CRDs' ``helm.sh/resource-policy: keep`` annotation, which are asserted first.
+The CRDs come from crds/ in both, so a regenerated or added CRD cannot drift. Plus `helm lint`,
+the values schema, and what each value changes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests import tools
+from tests.cluster import kubectl_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "manifests" / "helm" / "vestige-operator"
+RELEASE = "vestige-operator"
+NAMESPACE = "vestige-system"
+HELM_LABELS = {
+    "helm.sh/chart": "vestige-operator-0.1.0",
+    "app.kubernetes.io/managed-by": "Helm",
+    "app.kubernetes.io/instance": RELEASE,
+    "app.kubernetes.io/version": "0.1.0",
+}
+#: The chart's defaults are the kustomize base's settings.
+BASE_EQUIVALENT: list[str] = []
+
+Key = tuple[str, str, str]
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(tools.helm_binary()), *args], capture_output=True, text=True, check=False, timeout=120
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def render_chart(*args: str) -> list[dict[str, Any]]:
+    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def render_kustomize(path: Path) -> list[dict[str, Any]]:
+    proc = subprocess.run(
+        [kubectl_binary(), "kustomize", str(path)], capture_output=True, text=True, check=True, timeout=120
+    )
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def by_key(docs: Iterable[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    out: dict[Key, dict[str, Any]] = {}
+    for d in docs:
+        key = (d["kind"], d["metadata"].get("namespace", ""), d["metadata"]["name"])
+        assert key not in out, f"{key} rendered twice"
+        out[key] = d
+    return out
+
+
+def _strip_labels(labels: dict[str, str] | None, helm_only: bool) -> None:
+    if not labels:
+        return
+    for name, value in HELM_LABELS.items():
+        if helm_only:
+            assert labels.get(name) == value, f"label {name} missing or wrong: {labels}"
+        labels.pop(name, None)
+
+
+def normalise(doc: dict[str, Any], from_helm: bool) -> dict[str, Any]:
+    """``doc`` without what Helm adds (asserting it is there in Helm's rendering)."""
+    doc = json.loads(json.dumps(doc))
+    meta = doc["metadata"]
+    _strip_labels(meta.get("labels"), from_helm)
+    if doc["kind"] == "CustomResourceDefinition" and from_helm:
+        assert meta["annotations"].pop("helm.sh/resource-policy") == "keep"
+        if not meta["annotations"]:
+            del meta["annotations"]
+    spec = doc.get("spec") or {}
+    if doc["kind"] == "Deployment":
+        instance = spec["selector"]["matchLabels"].pop("app.kubernetes.io/instance", None)
+        template_instance = spec["template"]["metadata"]["labels"].pop("app.kubernetes.io/instance", None)
+        if from_helm:
+            assert instance == template_instance == RELEASE
+    if doc["kind"] == "Service":
+        instance = spec["selector"].pop("app.kubernetes.io/instance", None)
+        if from_helm:
+            assert instance == RELEASE
+    return doc
+
+
+def assert_same(chart: list[dict[str, Any]], kustomize: list[dict[str, Any]]) -> None:
+    """Same objects; the one exception is the base's Namespace: Helm stores the release in the
+    namespace, so it exists before the chart is installed (README)."""
+    assert not [d for d in chart if d["kind"] == "Namespace"]
+    c = {k: normalise(v, True) for k, v in by_key(chart).items()}
+    k = {k: normalise(v, False) for k, v in by_key(kustomize).items() if k[0] != "Namespace"}
+    assert sorted(c) == sorted(k), "the chart and kustomize render different objects"
+    for key in c:
+        assert c[key] == k[key], f"{key} differs:\nchart: {c[key]}\nkustomize: {k[key]}"
+
+
+def test_chart_lints_clean() -> None:
+    out = helm("lint", "--strict", str(CHART), *BASE_EQUIVALENT)
+    assert "0 chart(s) failed" in out.stdout, out.stdout
+
+
+def test_chart_renders_the_kustomize_base() -> None:
+    chart = render_chart(*BASE_EQUIVALENT)
+    assert_same(chart, render_kustomize(ROOT / "manifests"))
+
+
+def test_chart_renders_the_namespaced_overlay() -> None:
+    chart = render_chart(*BASE_EQUIVALENT, "--set", "watch.namespaces={agents}")
+    assert_same(chart, render_kustomize(ROOT / "manifests" / "overlays" / "namespaced"))
+
+
+def test_every_generated_crd_is_in_the_chart() -> None:
+    """Whatever crds/ holds (new fields, a new CRD) is what the chart installs, not a copy."""
+    generated = sorted(p.name for p in (ROOT / "crds").glob("*.yaml") if p.name != "kustomization.yaml")
+    assert generated
+    chart_crds = {d["metadata"]["name"]: d for d in render_chart() if d["kind"] == "CustomResourceDefinition"}
+    files = {}
+    for name in generated:
+        crd = yaml.safe_load((ROOT / "crds" / name).read_text())
+        files[crd["metadata"]["name"]] = crd
+    assert sorted(chart_crds) == sorted(files)
+    for name, crd in files.items():
+        assert chart_crds[name]["spec"] == crd["spec"], f"{name}: the chart's spec differs from crds/"
+    assert not [
+        d for d in render_chart("--set", "crds.install=false") if d["kind"] == "CustomResourceDefinition"
+    ]
+
+
+def _deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == "Deployment")
+
+
+def _env(dep: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_values_reach_the_objects(tmp_path: Path) -> None:
+    values = {
+        "image": {"repository": "registry.example/op", "tag": "1.2.3", "pullPolicy": "Always"},
+        "watch": {"namespaces": ["team-a", "team-b"]},
+        "operator": {
+            "resyncSeconds": 30,
+            "logFormat": "plain",
+            "logLevel": "DEBUG",
+            "defaultVestigeImage": "registry.example/vestige:3.1",
+            "defaultBridgeImage": "registry.example/bridge:0.2",
+            "maxConcurrentReconciles": 4,
+            "verifyResyncs": 5,
+            "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+        },
+        "metrics": {"port": 9090, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+        "podAnnotations": {"example.org/scrape": "true"},
+        "health": {"port": 9091},
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    docs = render_chart("--values", str(path))
+    dep = _deployment(docs)
+    pod = dep["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == "registry.example/op:1.2.3"
+    assert container["imagePullPolicy"] == "Always"
+    assert container["args"] == []
+    assert _env(dep) == {
+        "VESTIGE_LOG_FORMAT": "plain",
+        "VESTIGE_RESYNC_SECONDS": "30",
+        "VESTIGE_LIVENESS_ENDPOINT": "http://0.0.0.0:9091/healthz",
+        "VESTIGE_METRICS_PORT": "9090",
+        "VESTIGE_LOG_LEVEL": "DEBUG",
+        "VESTIGE_DEFAULT_IMAGE": "registry.example/vestige:3.1",
+        "VESTIGE_BRIDGE_IMAGE": "registry.example/bridge:0.2",
+        "VESTIGE_MAX_CONCURRENT_RECONCILES": "4",
+        "VESTIGE_VERIFY_RESYNCS": "5",
+        "VESTIGE_NAMESPACES": "team-a,team-b",
+        "HTTPS_PROXY": "http://proxy:3128",
+    }
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"metrics": 9090, "health": 9091}
+    assert container["resources"] == values["resources"]
+    assert pod["spec"]["nodeSelector"] == values["nodeSelector"]
+    assert pod["spec"]["tolerations"] == values["tolerations"]
+    assert pod["spec"]["affinity"] == values["affinity"]
+    assert pod["metadata"]["annotations"] == values["podAnnotations"]
+    kinds = by_key(docs)
+    assert ("ClusterRoleBinding", "", RELEASE) not in kinds
+    assert ("ClusterRoleBinding", "", f"{RELEASE}-discovery") in kinds
+    for ns in ("team-a", "team-b"):
+        assert kinds[("RoleBinding", ns, RELEASE)]["roleRef"]["name"] == RELEASE
+    svc = kinds[("Service", NAMESPACE, f"{RELEASE}-metrics")]
+    assert svc["spec"]["ports"][0]["port"] == 9090
+    monitor = kinds[("ServiceMonitor", NAMESPACE, RELEASE)]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # The ServiceMonitor selects exactly the metrics Service.
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+
+
+def test_metrics_can_be_switched_off() -> None:
+    docs = render_chart("--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true")
+    assert not [d for d in docs if d["kind"] in ("Service", "ServiceMonitor")]
+    dep = _deployment(docs)
+    assert _env(dep)["VESTIGE_METRICS_PORT"] == "0"
+    assert [p["name"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["health"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("operator.logFormat=xml", "logFormat"),
+        ("watch.namespaces={Bad_NS}", "namespaces"),
+        ("metrics.port=70000", "port"),
+        ("operator.resyncSeconds=0", "resyncSeconds"),
+        ("bogus=1", "bogus"),
+        ("podLabels.app\\.kubernetes\\.io/name=x", "podLabels"),
+    ],
+)
+def test_schema_rejects_bad_values(setting: str, complaint: str) -> None:
+    proc = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0, f"{setting} was accepted"
+    assert complaint in proc.stderr, proc.stderr
+
+
+def test_packaged_chart_embeds_the_linked_files(tmp_path: Path) -> None:
+    """`helm package` follows files/ symlinks: the .tgz renders exactly what the directory does."""
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("vestige-operator-*.tgz")
+    packaged = helm("template", RELEASE, str(archive), "--namespace", NAMESPACE).stdout
+    assert [d for d in yaml.safe_load_all(packaged) if d] == render_chart()
