@@ -11,6 +11,10 @@ if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
     python -m tests.cluster images >/dev/null
 fi
 python -m tests.tools build >/dev/null  # helm and the kstatus helper (Go module proxy, cached)
+# As root (CI, the dev machines) the real node must run: its absence fails the run, not a skip.
+if [ "$(id -u)" = 0 ]; then
+    export VESTIGE_REQUIRE_REAL_NODE=1
+fi
 ruff check .
 ruff format --check .
 # pytest exits 5 when it collected nothing: that is a failure here like any other non-zero exit.
