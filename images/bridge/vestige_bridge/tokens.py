@@ -84,15 +84,26 @@ class Tokens:
     def current(self) -> TokenSet:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def accepts(self, header: str | None, now: datetime | None = None) -> bool:
-        """Whether ``header`` is ``Bearer <an accepted token>``; every candidate is compared in
-        constant time, whichever matches (or none)."""
-        credential = _credential(header)
-        candidates = self.current().accepted(now or datetime.now(UTC))
+    def refresh(self) -> bool:
+        """Pick up a change the next poll would see, now (True when the tokens changed)."""
+        return False
+
+    def _matches(self, credential: bytes | None, now: datetime) -> bool:
+        candidates = self.current().accepted(now)
         ok = False
         for token in candidates or [b"\0"]:  # compare against something even when nothing is valid
             ok |= hmac.compare_digest(credential or b"", token)
         return ok and credential is not None and bool(candidates)
+
+    def accepts(self, header: str | None, now: datetime | None = None) -> bool:
+        """Whether ``header`` is ``Bearer <an accepted token>``; every candidate is compared in
+        constant time, whichever matches (or none). On a miss the source is checked for a change
+        first (a client may hold the new token before the next poll)."""
+        credential = _credential(header)
+        when = now or datetime.now(UTC)
+        if self._matches(credential, when):
+            return True
+        return self.refresh() and self._matches(credential, when)
 
 
 class StaticTokens(Tokens):
@@ -132,6 +143,7 @@ class FileTokens(Tokens):
         self.interval = interval
         self._set = TokenSet(None)
         self._loaded = False
+        self._signature: object = None
         self.reloads = 0  # generations loaded (for metrics and tests)
         self.on_change: Callable[[TokenSet], None] | None = None
 
@@ -146,6 +158,28 @@ class FileTokens(Tokens):
         except OSError:
             return self.directory
         return (self.directory / target).resolve() if not os.path.isabs(target) else Path(target)
+
+    def signature(self) -> object:
+        """Cheap fingerprint of the directory's current generation: the ``..data`` target (one
+        readlink), else the files' inode, size and mtime."""
+        try:
+            return ("..data", os.readlink(self.directory / DATA_LINK))
+        except OSError:
+            pass
+        out = []
+        for name in (TOKEN_FILE, PREVIOUS_FILE, PREVIOUS_EXPIRES_FILE):
+            try:
+                st = os.stat(self.directory / name)
+            except OSError:
+                out.append(None)
+            else:
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(out)
+
+    def refresh(self) -> bool:
+        if self.signature() == self._signature:
+            return False
+        return self.reload()
 
     def read(self) -> TokenSet:
         """The token set as the directory holds it now (OSError while the kubelet swaps it)."""
@@ -169,6 +203,7 @@ class FileTokens(Tokens):
     def reload(self) -> bool:
         """Re-read the directory; True when the accepted tokens changed. Keeps the last good set
         when the directory cannot be read right now."""
+        signature = self.signature()
         try:
             fresh = self.read()
         except OSError as exc:
@@ -176,6 +211,7 @@ class FileTokens(Tokens):
                 "cannot read the tokens in %s (%s); keeping the last ones", self.directory, type(exc).__name__
             )
             return False
+        self._signature = signature
         if self._loaded and fresh == self._set:
             return False
         first = not self._loaded
@@ -201,6 +237,6 @@ class FileTokens(Tokens):
         while True:
             await asyncio.sleep(self.interval)
             try:
-                self.reload()
+                self.reload()  # a full re-read: also catches an in-place edit the signature misses
             except Exception:  # never let the watcher die: the last good tokens stay in force
                 log.exception("token reload failed")
