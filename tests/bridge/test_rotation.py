@@ -150,6 +150,13 @@ def test_rotation_with_grace_and_no_restart(tmp_path: Path, token_dir: Path, v3_
         time.sleep(float(POLL) * 3)
         assert status(bridge, OLD) == 401
         assert status(bridge, NEW) == 200
+
+        def metrics() -> str:
+            return httpx.get(bridge.url + "/metrics", timeout=30).text
+
+        # start, rotation, clean-up
+        wait_for(lambda: "vestige_bridge_token_reloads_total 3.0" in metrics(), 30, "three token loads")
+        assert "vestige_bridge_previous_token_expiry_timestamp_seconds 0.0" in metrics()
         count = len(agent.results)
         wait_for(lambda: len(agent.results) >= count + 5, 60, "more requests after the clean-up")
     finally:

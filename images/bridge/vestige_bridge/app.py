@@ -23,7 +23,7 @@ from vestige_bridge.mcp_client import VestigeClient, VestigeError
 from vestige_bridge.metrics import Metrics
 from vestige_bridge.passthrough import build_passthrough
 from vestige_bridge.settings import ConfigError, Settings
-from vestige_bridge.tokens import FileTokens, NoTokens, StaticTokens, Tokens
+from vestige_bridge.tokens import FileTokens, NoTokens, StaticTokens, Tokens, TokenSet
 
 log = logging.getLogger("vestige_bridge")
 
@@ -118,6 +118,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "authentication"
         )
     metrics = Metrics()
+    if isinstance(tokens, FileTokens):
+
+        def tokens_changed(fresh: TokenSet) -> None:
+            metrics.token_reloads.inc()
+            expiry = fresh.previous_expires if fresh.previous else None
+            metrics.previous_token_expiry.set(expiry.timestamp() if expiry is not None else 0)
+
+        tokens_changed(tokens.current())
+        tokens.on_change = tokens_changed
     state = BridgeState(settings, metrics)
     manager, mcp_app = build_passthrough(state.client, settings.max_body_bytes)
 
