@@ -531,7 +531,10 @@ class Reconciler:
             ignored_env=tuple(ignored_env(spec)),
             ingress_conflict=ingress_conflict,
             storage_class_missing=storage_class_missing,
-            token_rotated_at=token_state.rotated_at,
+            # A transient failure to read the Secret keeps the last known rotation time.
+            token_rotated_at=token_state.rotated_at
+            if auth_hash is not None or auth_problem is not None
+            else previous.get("tokenRotatedAt"),
         )
         new = compute_status(owner, spec, obs, previous, self._clock())
         await self._write_status(owner, previous, new)
