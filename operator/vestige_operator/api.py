@@ -455,7 +455,12 @@ class BridgeContainerSpec(SpecModel):
     env: EnvList = _env_field()
     allow_anonymous: bool = Field(
         default=False,
-        description="Serve requests without a bearer token. Off by default: the bridge fails closed.",
+        description=(
+            "Serve requests without a bearer token: the bridge gets no token at all and every "
+            "caller that reaches it is served (the NetworkPolicy is then the only barrier). The "
+            "operator says so in the Ready condition's message and with a Warning event. Vestige "
+            "itself keeps its internal token. Off by default: the bridge fails closed."
+        ),
     )
 
 
@@ -480,8 +485,11 @@ class AuthSpec(SpecModel):
     existing_secret: SecretKeyRef | None = Field(
         default=None,
         description=(
-            "Use this existing Secret's key as the token. When unset the operator creates "
-            "`<name>-auth` (key `token`) once and never overwrites it."
+            "Use this existing Secret's key as the agents' token; the operator never writes that "
+            "Secret (rotate it yourself: the bridge follows the change without a restart) and "
+            "keeps Vestige's internal token in its own Secret `<name>-vestige`. When unset the "
+            "operator creates `<name>-auth` (keys `token` and `vestige-token`) once, and writes it "
+            "again only for a rotation requested with the annotation `vestige.dev/rotate-token`."
         ),
     )
 
@@ -725,6 +733,14 @@ class VestigeMemoryStatus(StatusModel):
         default=None, description="Secret and key holding the bearer token."
     )
     pvc_name: str | None = Field(default=None, description="Name of the data PersistentVolumeClaim.")
+    token_rotated_at: str | None = Field(
+        default=None,
+        description=(
+            "When the operator last rotated the token on request (annotation "
+            "`vestige.dev/rotate-token`); never the token itself (RFC 3339)."
+        ),
+        json_schema_extra={"format": "date-time"},
+    )
     storage: StorageStatus | None = Field(default=None, description="Observed state of the data volume.")
 
     def condition(self, type_: str) -> Condition | None:

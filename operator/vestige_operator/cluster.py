@@ -233,6 +233,28 @@ class Cluster:
             raise _error_from(status, "", data, "create", f"{kind.kind} {meta['namespace']}/{meta['name']}")
         return json.loads(data)
 
+    async def update(self, manifest: JsonDict) -> JsonDict | None:
+        """Replace ``manifest`` (PUT) if its ``metadata.resourceVersion`` is still current; None
+        when it is gone. A concurrent change raises a transient 409 (read again, decide again)."""
+        kind = kind_of(manifest)
+        meta = manifest["metadata"]
+        if not meta.get("resourceVersion"):
+            raise ValueError("update needs metadata.resourceVersion (optimistic concurrency)")
+        status, data = await self._request(
+            "update",
+            kind,
+            "PUT",
+            kind.path(meta["namespace"], meta["name"]),
+            query=[("fieldManager", self._field_manager)],
+            body=manifest,
+            content_type="application/json",
+        )
+        if status == 404:
+            return None
+        if status != 200:
+            raise _error_from(status, "", data, "update", f"{kind.kind} {meta['namespace']}/{meta['name']}")
+        return json.loads(data)
+
     async def get(self, kind: Kind, namespace: str, name: str) -> JsonDict | None:
         """The object, or None when it does not exist."""
         status, data = await self._request("get", kind, "GET", kind.path(namespace, name))

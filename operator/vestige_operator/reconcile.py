@@ -21,12 +21,14 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from vestige_operator import cluster as k8s
+from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec, parse_quantity
 from vestige_operator.children import (
     ANNOTATION_APPLIED_HASH,
@@ -41,15 +43,19 @@ from vestige_operator.children import (
     ingress_host_holder,
     render_children,
     render_secret,
+    render_vestige_secret,
     token_hash,
+    vestige_secret_name,
 )
 from vestige_operator.config import OperatorConfig
 from vestige_operator.status import (
     ChildError,
     Observation,
+    anonymous_event,
     changed_conditions,
     compute_status,
     invalid_status,
+    make_event,
     stalled_event,
     status_patch,
 )
@@ -106,14 +112,21 @@ def trim(body: Mapping[str, Any]) -> dict[str, Any]:
     return compact(out)
 
 
+#: The only annotations of a VestigeMemory the caches keep (the rotation request).
+OWNER_ANNOTATIONS = (tokens.ANNOTATION_ROTATE, tokens.ANNOTATION_ROTATE_GRACE)
+
+
+_OWNER_META = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+
+
 def trim_owner(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
+    kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k in OWNER_ANNOTATIONS}
     return compact(
         {
             "metadata": {
-                k: meta[k]
-                for k in ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
-                if k in meta
+                **{k: meta[k] for k in _OWNER_META if k in meta},
+                **({"annotations": kept} if kept else {}),
             },
             "spec": body.get("spec") or {},
             "status": body.get("status") or {},
@@ -210,6 +223,20 @@ class RetryLater(Exception):
     """A pass ended with transient errors; the scheduler retries it with backoff."""
 
 
+@dataclass(frozen=True, slots=True)
+class TokenOutcome:
+    """What ``_ensure_token`` found or did: the hash of Vestige's internal token (the pod template
+    annotation; None when unavailable), why no token is usable, and when it was last rotated."""
+
+    vestige_hash: str | None
+    problem: str | None = None
+    rotated_at: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
 # -- the reconciler ----------------------------------------------------------------------------
 
 
@@ -222,11 +249,17 @@ class Reconciler:
         config: OperatorConfig,
         *,
         clock: Callable[[], str] = utc_now,
+        now: Callable[[], datetime] = _now,
     ) -> None:
         self.cluster = cluster
         self.config = config
         self.images = Images(vestige=config.default_vestige_image, bridge=config.default_bridge_image)
         self._clock = clock
+        self._now = now
+        #: (owner uid, request id) of rotation requests refused with an Event (existingSecret).
+        self._refused_rotations: set[tuple[str, str]] = set()
+        #: When to look again at a previous token whose grace period ends.
+        self._expiry_timers: dict[Key, asyncio.TimerHandle] = {}
         self._owners: Cache = {}
         self._children: Mapping[str, Cache] = {}
         self._hosts: Mapping[str, Iterable[IngressClaim]] = {}
@@ -278,6 +311,9 @@ class Reconciler:
         handle = self._retries.pop(key, None)
         if handle is not None:
             handle.cancel()
+        timer = self._expiry_timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
         self._failures.pop(key, None)
         if uid is not None:
             self._written.pop(uid, None)
@@ -464,7 +500,9 @@ class Reconciler:
         applied: list[str] = []
         observed: dict[str, Mapping[str, Any] | None] = {}
 
-        auth_hash, auth_problem = await self._ensure_token(owner, spec, cached["Secret"], errors)
+        owner_annotations = meta.get("annotations") or {}
+        token_state = await self._ensure_token(owner, spec, owner_annotations, cached["Secret"], errors)
+        auth_hash, auth_problem = token_state.vestige_hash, token_state.problem
         current_deployment = _named(cached["Deployment"], name)
         if auth_hash is None and auth_problem is None and current_deployment is not None:
             # The token could not be read this time (transient): keep the pod template as it is.
@@ -519,6 +557,10 @@ class Reconciler:
             ignored_env=tuple(ignored_env(spec)),
             ingress_conflict=ingress_conflict,
             storage_class_missing=storage_class_missing,
+            # A transient failure to read the Secret keeps the last known rotation time.
+            token_rotated_at=token_state.rotated_at
+            if auth_hash is not None or auth_problem is not None
+            else previous.get("tokenRotatedAt"),
         )
         new = compute_status(owner, spec, obs, previous, self._clock())
         await self._write_status(owner, previous, new)
@@ -562,43 +604,173 @@ class Reconciler:
         self,
         owner: Owner,
         spec: VestigeMemorySpec,
+        owner_annotations: Mapping[str, str],
         cached_secrets: list[Mapping[str, Any]],
         errors: list[ChildError],
-    ) -> tuple[str | None, str | None]:
-        """(hash of the token, problem). Creates ``<name>-auth`` once; never overwrites a Secret."""
+    ) -> TokenOutcome:
+        """Make sure the agents' token and Vestige's internal token exist; carry out a requested
+        rotation; drop an expired previous token. Creates ``<name>-auth`` (or, with
+        ``existingSecret``, ``<name>-vestige``) once; never writes a user's Secret."""
         name, key = auth_secret_ref(owner.name, spec)
+        request = tokens.rotation_request(owner_annotations)
         try:
             if spec.auth.existing_secret is not None:
                 # Not labelled by the operator, hence not watched: read it (one GET per pass).
                 found = await self.cluster.get(k8s.SECRET, owner.namespace, name)
                 if found is None:
-                    return None, f"Secret {name} (auth.existingSecret) not found"
-                return self._hash_from(trim(found), name, key)
-            cached = _named(cached_secrets, name)
-            if cached is not None:
-                return self._hash_from(cached, name, key)
-            token = secrets.token_urlsafe(32)
-            created = await self.cluster.create(render_secret(owner, token))
-            if created is not None:
-                logger.info("created Secret %s/%s", owner.namespace, name)
-                return token_hash(token.encode()), None
-            # It exists (the cache lags, or someone else made it): use it as it is.
-            found = await self.cluster.get(k8s.SECRET, owner.namespace, name)
-            if found is None:
-                raise k8s.ApiError(0, "Gone", "Secret vanished while reading it", verb="get", target=name)
-            return self._hash_from(trim(found), name, key)
+                    return TokenOutcome(None, f"Secret {name} (auth.existingSecret) not found")
+                if (trim(found).get("tokenHashes") or {}).get(key) is None:
+                    return TokenOutcome(None, f"Secret {name} has no usable key {key!r}")
+                if request is not None:
+                    await self._refuse_rotation(owner, request[0], name)
+                internal = await self._ensure_vestige_secret(owner, cached_secrets)
+                return self._outcome(internal, vestige_secret_name(owner.name), tokens.VESTIGE_TOKEN_KEY)
+            secret = _named(cached_secrets, name)
+            if secret is None:
+                created = await self.cluster.create(
+                    render_secret(owner, secrets.token_urlsafe(32), secrets.token_urlsafe(32))
+                )
+                if created is not None:
+                    logger.info("created Secret %s/%s", owner.namespace, name)
+                    secret = trim(created)
+                else:  # it exists (the cache lags, or someone else made it): use it as it is
+                    found = await self.cluster.get(k8s.SECRET, owner.namespace, name)
+                    if found is None:
+                        raise k8s.ApiError(
+                            0, "Gone", "Secret vanished while reading it", verb="get", target=name
+                        )
+                    secret = trim(found)
+            secret, problem = await self._maintain_secret(owner, secret, request)
+            if problem is not None:
+                return TokenOutcome(None, problem)
+            if (secret.get("tokenHashes") or {}).get(key) is None:
+                return TokenOutcome(None, f"Secret {name} has no usable key {key!r}")
+            self._schedule_expiry(owner, secret)
+            outcome = self._outcome(secret, name, tokens.VESTIGE_TOKEN_KEY)
+            return TokenOutcome(outcome.vestige_hash, outcome.problem, tokens.rotated_at(secret))
         except k8s.ApiError as exc:
             if exc.transient:
                 errors.append(ChildError("Secret", exc.message or str(exc), True))
-                return None, None
-            return None, f"Secret {name}: {exc.message or exc}"
+                return TokenOutcome(None)
+            return TokenOutcome(None, f"Secret {name}: {exc.message or exc}")
 
     @staticmethod
-    def _hash_from(secret: Mapping[str, Any], name: str, key: str) -> tuple[str | None, str | None]:
+    def _outcome(secret: Mapping[str, Any], name: str, key: str) -> TokenOutcome:
         digest = (secret.get("tokenHashes") or {}).get(key)
         if digest is None:
-            return None, f"Secret {name} has no usable key {key!r}"
-        return digest, None
+            return TokenOutcome(None, f"Secret {name} has no usable key {key!r}")
+        return TokenOutcome(digest)
+
+    async def _ensure_vestige_secret(
+        self, owner: Owner, cached_secrets: list[Mapping[str, Any]]
+    ) -> Mapping[str, Any]:
+        """``<name>-vestige`` (Vestige's internal token beside a user's Secret), created once."""
+        name = vestige_secret_name(owner.name)
+        cached = _named(cached_secrets, name)
+        if cached is not None:
+            return cached
+        created = await self.cluster.create(render_vestige_secret(owner, secrets.token_urlsafe(32)))
+        if created is not None:
+            logger.info("created Secret %s/%s", owner.namespace, name)
+            return trim(created)
+        found = await self.cluster.get(k8s.SECRET, owner.namespace, name)
+        if found is None:
+            raise k8s.ApiError(0, "Gone", "Secret vanished while reading it", verb="get", target=name)
+        return trim(found)
+
+    async def _maintain_secret(
+        self,
+        owner: Owner,
+        secret: Mapping[str, Any],
+        request: tuple[str, Any, bool] | None,
+    ) -> tuple[Mapping[str, Any], str | None]:
+        """The only writes of an existing token Secret: add a missing ``vestige-token`` (once),
+        rotate on request, remove an expired previous token. Decided from the cache (hashes and
+        annotations, no values); when a write is due the Secret is read, decided again on the
+        fresh copy and replaced with its resourceVersion as a precondition (a concurrent change
+        is a 409: retried later, so one request rotates exactly once)."""
+        now = self._now()
+        request_id = request[0] if request is not None else None
+
+        def due(obj: Mapping[str, Any]) -> tuple[bool, bool, bool]:
+            hashes = obj.get("tokenHashes") or {}
+            return (
+                hashes.get(tokens.VESTIGE_TOKEN_KEY) is None,
+                tokens.rotation_due(obj, request_id),
+                tokens.previous_expired(obj, now),
+            )
+
+        if not any(due(secret)):
+            return secret, None
+        name = (secret.get("metadata") or {}).get("name", "")
+        if not owned_by(secret, owner.uid):
+            return secret, (
+                f"Secret {name} is not owned by this VestigeMemory, so the operator will not write "
+                f"it (to add {tokens.VESTIGE_TOKEN_KEY!r} or rotate): delete it to have it re-created, "
+                "or use auth.existingSecret"
+            )
+        full = await self.cluster.get(k8s.SECRET, owner.namespace, name)
+        if full is None:
+            raise k8s.ApiError(0, "Gone", "Secret vanished while reading it", verb="get", target=name)
+        add_internal, rotate, expire = due(trim(full))
+        body: dict[str, Any] = dict(full)
+        notes: list[str] = []
+        if add_internal:
+            body = tokens.with_vestige_token(body, secrets.token_urlsafe(32))
+            notes.append(f"added {tokens.VESTIGE_TOKEN_KEY}")
+        event: dict[str, Any] | None = None
+        if rotate and request is not None:
+            _, grace, understood = request
+            body = tokens.rotated(body, request[0], secrets.token_urlsafe(32), now, grace)
+            expires = tokens.format_time(now + grace)
+            notes.append("rotated the token")
+            message = f"token rotated on request; the previous token stays valid until {expires}"
+            if not understood:
+                message += f" (annotation {tokens.ANNOTATION_ROTATE_GRACE} is not a duration: used 10m)"
+            event = make_event(owner, "Normal", "TokenRotated", message, self._clock())
+        elif expire:
+            body = tokens.without_previous(body)
+            notes.append("removed the expired previous token")
+        if not notes:
+            return trim(full), None
+        result = await self.cluster.update(body)
+        if result is None:
+            raise k8s.ApiError(0, "Gone", "Secret vanished while writing it", verb="update", target=name)
+        logger.info("updated Secret %s/%s: %s", owner.namespace, name, ", ".join(notes))
+        if event is not None:
+            await self.cluster.post_event(event)
+        return trim(result), None
+
+    async def _refuse_rotation(self, owner: Owner, request: str, secret: str) -> None:
+        """A rotation request on a resource using a user's Secret: one Warning Event (per request
+        id and operator run), nothing written."""
+        if (owner.uid, request) in self._refused_rotations:
+            return
+        self._refused_rotations.add((owner.uid, request))
+        message = (
+            f"token rotation requested, but the token comes from auth.existingSecret ({secret}), "
+            "which the operator never writes: rotate it in that Secret (the bridge follows it "
+            "without a restart)"
+        )
+        event = make_event(owner, "Warning", "RotationNotApplicable", message, self._clock())
+        await self.cluster.post_event(event)
+
+    def _schedule_expiry(self, owner: Owner, secret: Mapping[str, Any]) -> None:
+        """Ask for a pass when the previous token's grace period ends (it is removed then)."""
+        key = (owner.namespace, owner.name)
+        old = self._expiry_timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        expires = tokens.previous_expires(secret)
+        if expires is None:
+            return
+        delay = max(0.0, (expires - self._now()).total_seconds()) + 0.5
+        loop = asyncio.get_running_loop()
+        self._expiry_timers[key] = loop.call_later(delay, self._expiry_due, key)
+
+    def _expiry_due(self, key: Key) -> None:
+        self._expiry_timers.pop(key, None)
+        self.request(key)
 
     async def _write_status(self, owner: Owner, previous: Mapping[str, Any], new: dict[str, Any]) -> None:
         patch = status_patch(previous, new)
@@ -611,6 +783,9 @@ class Reconciler:
         event = stalled_event(owner, previous, new, self._clock())
         if event is not None:
             await self.cluster.post_event(event)
+        opened = anonymous_event(owner, previous, new, self._clock())
+        if opened is not None:
+            await self.cluster.post_event(opened)
         changed = changed_conditions(previous.get("conditions") or [], new["conditions"])
         logger.info(
             "status of %s/%s: phase %s%s",

@@ -23,6 +23,10 @@ RECONCILING = "Reconciling"
 STALLED = "Stalled"
 STORAGE_READY = "StorageReady"
 CONDITION_TYPES = (READY, RECONCILING, STALLED, STORAGE_READY)
+#: Part of the Ready condition's message while spec.bridge.allowAnonymous is true.
+ANONYMOUS_NOTE = (
+    "OPEN: spec.bridge.allowAnonymous is true, the bridge serves every caller that reaches it without a token"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,7 @@ class Observation:
     ignored_env: tuple[str, ...] = ()
     ingress_conflict: str | None = None
     storage_class_missing: str | None = None
+    token_rotated_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +229,8 @@ def compute_status(
         reconciling = _Cond(True, "Retrying" if transient else "Applying", "; ".join(notes))
         if phase is Phase.READY:
             ready = _Cond(True, ready.reason, ready.message)  # serving while children catch up
+    if spec.bridge.allow_anonymous:
+        ready = _Cond(ready.status, ready.reason, f"{ready.message}; {ANONYMOUS_NOTE}")
     if obs.ignored_env and ready.status:
         ready = _Cond(
             True, ready.reason, f"{ready.message}; ignored operator-managed env: {', '.join(obs.ignored_env)}"
@@ -250,6 +257,8 @@ def compute_status(
         status["url"] = url
     if capacity is not None:
         status["storage"] = {"capacity": capacity}
+    if obs.token_rotated_at is not None:
+        status["tokenRotatedAt"] = obs.token_rotated_at
     return status
 
 
@@ -350,3 +359,50 @@ def stalled_event(
         "source": {"component": FIELD_MANAGER},
         "reportingComponent": FIELD_MANAGER,
     }
+
+
+def make_event(owner: Owner, type_: str, reason: str, message: str, now: str) -> dict[str, Any]:
+    """A core/v1 Event about the VestigeMemory (never carries a token: callers pass fixed text)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": owner.name,
+            "namespace": owner.namespace,
+            "uid": owner.uid,
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+    }
+
+
+def _ready_message(status: Mapping[str, Any] | None) -> str:
+    for cond in (status or {}).get("conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == READY:
+            return str(cond.get("message") or "")
+    return ""
+
+
+def anonymous_event(
+    owner: Owner, previous: Mapping[str, Any] | None, new: Mapping[str, Any], now: str
+) -> dict[str, Any] | None:
+    """A Warning Event when the agent becomes open (allowAnonymous), once per transition."""
+    if ANONYMOUS_NOTE not in _ready_message(new) or ANONYMOUS_NOTE in _ready_message(previous):
+        return None
+    return make_event(
+        owner,
+        "Warning",
+        "AnonymousAccess",
+        "spec.bridge.allowAnonymous is true: the bridge of this agent serves every caller that "
+        "reaches it without a token (only the NetworkPolicy restricts who can)",
+        now,
+    )

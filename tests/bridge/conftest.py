@@ -314,7 +314,12 @@ def start_bridge(
             settings["VESTIGE_SSE_URL"] = upstream.sse_url
     settings.update(env)
     argv = [PYTHON, "-m", "vestige_bridge", "--host", "127.0.0.1", "--port", str(port)]
-    proc = Proc(name, argv, base_env(**settings), tmp / f"{name}.log", port).start().wait_port(30)
+    proc = Proc(name, argv, base_env(**settings), tmp / f"{name}.log", port).start()
+    try:
+        proc.wait_port(30)
+    except BaseException:
+        proc.stop()  # a bridge that did not come up in time is not left running
+        raise
     return Bridge(f"http://127.0.0.1:{port}", proc, token)
 
 

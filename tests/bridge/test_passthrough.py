@@ -94,3 +94,64 @@ def test_mcp_passthrough_when_vestige_is_down(tmp_path: Path) -> None:
         bridge.stop()
     assert error is not None
     assert "Vestige unavailable" in str(error)
+
+
+# -- the REST rules on pass-through arguments (issue 13, item 4) ---------------------------------
+
+REFUSED_CALLS = [
+    # (tool, arguments, the argument the error must name)
+    ("maintain", {"action": "export", "path": "../../etc/passwd"}, "path"),
+    ("maintain", {"action": "export", "path": "/data/vestige/stolen.json"}, "path"),
+    ("maintain", {"action": "export", "path": "sub/dir.json"}, "path"),
+    ("maintain", {"action": "restore", "allowAnyPath": True}, "allowAnyPath"),
+    ("maintain", {"action": "restore", "path": "/tmp/other-agent.db"}, "path"),
+    ("smart_ingest", {"content": "aws key", "allowSecrets": True}, "allowSecrets"),
+    ("smart_ingest", {"items": [{"content": "k", "allowSecrets": True}]}, "items.0.allowSecrets"),
+    ("memory", {"action": "purge", "id": "m1", "confirm": True}, "confirm"),
+    ("memory", {"action": "delete", "id": "m1", "confirm": True}, "confirm"),
+    ("purge", {"id": "m1", "confirm": True}, "confirm"),
+]
+
+
+def test_passthrough_refuses_what_the_rest_api_never_allows(v3_bridge: Bridge, v3_upstream: Upstream) -> None:
+    """Each call breaking a REST rule gets a JSON-RPC error naming the argument; Vestige sees none."""
+
+    async def body(session: ClientSession, init: Any) -> list[tuple[str, Any]]:
+        out = []
+        for tool, arguments, _ in REFUSED_CALLS:
+            try:
+                result = await session.call_tool(tool, arguments)
+            except MCPError as exc:
+                out.append(("error", exc))
+            else:
+                out.append(("result", result))
+        return out
+
+    v3_upstream.calls.clear()
+    outcomes = anyio.run(with_session, v3_bridge, TOKEN, body)
+    for (tool, arguments, argument), (kind, value) in zip(REFUSED_CALLS, outcomes, strict=True):
+        assert kind == "error", f"{tool} {arguments} was forwarded: {value}"
+        assert value.error.code == -32602, (tool, arguments, value.error)
+        assert f"argument '{argument}'" in value.error.message, value.error.message
+        assert value.error.data == {"argument": argument}
+    assert v3_upstream.calls.calls() == []  # nothing reached Vestige
+
+
+def test_passthrough_forwards_what_the_rules_allow(v3_bridge: Bridge, v3_upstream: Upstream) -> None:
+    """The control: the same tools with allowed values reach Vestige unchanged."""
+
+    async def body(session: ClientSession, init: Any) -> list[Any]:
+        return [
+            await session.call_tool("maintain", {"action": "export", "path": "agent-export.json"}),
+            await session.call_tool("smart_ingest", {"content": "plain fact", "allowSecrets": False}),
+            await session.call_tool("memory", {"action": "get", "id": "nope"}),
+        ]
+
+    v3_upstream.calls.clear()
+    results = anyio.run(with_session, v3_bridge, TOKEN, body)
+    assert not results[0].is_error, results[0]
+    assert not results[1].is_error, results[1]
+    calls = v3_upstream.calls.calls()
+    assert [c["tool"] for c in calls] == ["maintain", "smart_ingest", "memory"]
+    assert calls[0]["arguments"] == {"action": "export", "path": "agent-export.json"}
+    assert calls[1]["arguments"] == {"content": "plain fact", "allowSecrets": False}

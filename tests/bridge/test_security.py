@@ -106,8 +106,30 @@ def test_anonymous_only_when_opted_in(tmp_path: Path, v3_upstream: Upstream) -> 
     bridge = start_bridge(tmp_path, v3_upstream, token=None, VESTIGE_ALLOW_ANONYMOUS="true")
     try:
         response = httpx.post(bridge.url + "/search", json={"query": "x"}, timeout=30)
-        assert response.status_code == 200, response.text
+        assert response.status_code == 200, response.text  # upstream it still sends Vestige's token
         assert response.json()["success"] is True
+    finally:
+        bridge.stop()
+    assert "serves EVERY caller without authentication" in bridge.proc.output()
+
+
+def test_anonymous_opt_in_never_overrides_a_configured_token(tmp_path: Path, v3_upstream: Upstream) -> None:
+    """allowAnonymous opens a bridge only when it has no token (the operator then gives it none)."""
+    token_dir = tmp_path / "auth"
+    token_dir.mkdir()
+    (token_dir / "token").write_text(TOKEN)
+    bridge = start_bridge(
+        tmp_path,
+        v3_upstream,
+        token=None,
+        VESTIGE_ALLOW_ANONYMOUS="true",
+        VESTIGE_AUTH_TOKEN_DIR=str(token_dir),
+    )
+    try:
+        assert httpx.post(bridge.url + "/search", json={"query": "x"}, timeout=30).status_code == 401
+        authorized = {"Authorization": f"Bearer {TOKEN}"}
+        response = httpx.post(bridge.url + "/search", json={"query": "x"}, headers=authorized, timeout=30)
+        assert response.status_code == 200
     finally:
         bridge.stop()
 

@@ -796,9 +796,10 @@ def converged(kubectl: Kubectl, chaos: Chaos) -> list[str]:
         secrets = by_instance.get(("secrets", name), [])
         if len(deps) == 1 and len(secrets) == 1:
             template = deps[0]["spec"]["template"]
-            token = base64.b64decode(secrets[0]["data"]["token"])
-            if template["metadata"]["annotations"].get("vestige.dev/auth-token-hash") != token_hash(token):
-                problems.append(f"{name}: pod template token hash does not match its Secret")
+            internal = base64.b64decode(secrets[0]["data"]["vestige-token"])
+            annotations = template["metadata"]["annotations"]
+            if annotations.get("vestige.dev/vestige-token-hash") != token_hash(internal):
+                problems.append(f"{name}: pod template internal-token hash does not match its Secret")
             env = template["spec"]["containers"][0]["env"]
             if spec["vestige"]["env"][0] not in env:
                 problems.append(f"{name}: env {spec['vestige']['env'][0]} not rolled out")

@@ -38,6 +38,7 @@ NEEDED = [
     ("patch", "deployments.apps"),
     ("create", "services"),
     ("create", "secrets"),
+    ("update", "secrets"),  # its own token Secrets only (code-enforced): vestige-token, rotation
     ("create", "persistentvolumeclaims"),
     ("patch", "persistentvolumeclaims"),
     ("create", "networkpolicies.networking.k8s.io"),
@@ -49,7 +50,6 @@ NEEDED = [
 FORBIDDEN = [
     ("delete", "persistentvolumeclaims"),
     ("delete", "secrets"),
-    ("update", "secrets"),
     ("patch", "secrets"),
     ("delete", "vestigememories.vestige.dev"),
     ("patch", "vestigememories.vestige.dev"),

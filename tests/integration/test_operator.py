@@ -417,11 +417,13 @@ def test_token_secret_is_never_overwritten(
     apply_memory(kubectl, namespace, "tok")
     wait_ready(kubectl, namespace, "tok")
     original = token_of(kubectl, namespace, "tok-auth")
-    hash_before = pod_template(kubectl, namespace, "tok")["metadata"]["annotations"][
-        "vestige.dev/auth-token-hash"
-    ]
+    internal = token_of(kubectl, namespace, "tok-auth", "vestige-token")
+    assert internal != original  # Vestige's own token is not the agents' (issue 13, item 3)
+    template_before = pod_template(kubectl, namespace, "tok")
+    generation_before = must_get(kubectl, namespace, "deployment", "tok")["metadata"]["generation"]
 
-    # A user rotates the token: the operator keeps the new value and restarts the pod with it.
+    # A user changes the token by hand: the operator keeps the new value, and the pod is NOT
+    # restarted for it (the bridge follows its mounted token files; issue 16).
     rotated = base64.b64encode(b"rotated-by-a-human-0123456789").decode()
     kubectl(
         "-n",
@@ -433,17 +435,12 @@ def test_token_secret_is_never_overwritten(
         "-p",
         json.dumps({"data": {"token": rotated}}),
     )
-    wait_until(
-        lambda: (
-            pod_template(kubectl, namespace, "tok")["metadata"]["annotations"]["vestige.dev/auth-token-hash"]
-            != hash_before
-        ),
-        20,
-        "the pod template to pick up the rotated token",
-    )
-    time.sleep(operator_process.resync_seconds + 1)
+    time.sleep(operator_process.resync_seconds * 2 + 1)
     assert token_of(kubectl, namespace, "tok-auth") == "rotated-by-a-human-0123456789"
+    assert token_of(kubectl, namespace, "tok-auth", "vestige-token") == internal
     assert original != "rotated-by-a-human-0123456789"
+    assert pod_template(kubectl, namespace, "tok") == template_before
+    assert must_get(kubectl, namespace, "deployment", "tok")["metadata"]["generation"] == generation_before
     wait_settled(kubectl, namespace, "tok")
 
 
@@ -465,9 +462,20 @@ def test_existing_secret_is_used_and_never_touched(
     memory = wait_ready(kubectl, namespace, "byo", timeout=30)
     assert memory["status"]["authSecretRef"] == {"name": "byo-token", "key": "bearer"}
     assert get(kubectl, namespace, "secret", "byo-auth") is None
-    env = pod_template(kubectl, namespace, "byo")["spec"]["containers"][1]["env"]
-    token_env = next(e for e in env if e["name"] == "VESTIGE_AUTH_TOKEN")
-    assert token_env["valueFrom"]["secretKeyRef"] == {"name": "byo-token", "key": "bearer"}
+    template = pod_template(kubectl, namespace, "byo")
+    vestige, bridge = template["spec"]["containers"]
+    # The agents' token reaches the bridge as files from the user's Secret...
+    [volume] = [v for v in template["spec"]["volumes"] if v["name"] == "auth"]
+    assert volume["secret"]["secretName"] == "byo-token"
+    assert volume["secret"]["items"][0] == {"key": "bearer", "path": "token"}
+    assert all(e["name"] != "VESTIGE_AUTH_TOKEN" for e in bridge["env"])
+    # ...and Vestige's internal token lives in the operator's own Secret, never in the user's.
+    internal = {"secretKeyRef": {"name": "byo-vestige", "key": "vestige-token"}}
+    assert next(e for e in vestige["env"] if e["name"] == "VESTIGE_AUTH_TOKEN")["valueFrom"] == internal
+    assert next(e for e in bridge["env"] if e["name"] == "VESTIGE_MCP_TOKEN")["valueFrom"] == internal
+    own = must_get(kubectl, namespace, "secret", "byo-vestige")
+    assert set(own["data"]) == {"vestige-token"}
+    assert own["metadata"]["ownerReferences"][0]["uid"] == memory["metadata"]["uid"]
     after = must_get(kubectl, namespace, "secret", "byo-token")
     assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
     assert "ownerReferences" not in after["metadata"]

@@ -26,6 +26,7 @@ from vestige_operator.children import (
     render_pvc,
     render_secret,
     render_service,
+    render_vestige_secret,
     selector_labels,
     token_hash,
 )
@@ -68,7 +69,7 @@ def test_pod_meets_restricted_pod_security(generation: str) -> None:
         assert key not in pod
     # restricted allows only these volume types
     for volume in pod["volumes"]:
-        assert set(volume) - {"name"} <= {"persistentVolumeClaim", "emptyDir"}
+        assert set(volume) - {"name"} <= {"persistentVolumeClaim", "emptyDir", "secret"}
     assert len(pod["containers"]) == 2
     for c in pod["containers"]:
         sc = c["securityContext"]
@@ -102,7 +103,7 @@ def test_vestige_keeps_stdin_open(generation: str) -> None:
     assert "stdin" not in cs["bridge"]
 
 
-def test_vestige_v3_serves_http_on_loopback_with_the_agents_token() -> None:
+def test_vestige_v3_serves_http_on_loopback_with_its_internal_token() -> None:
     vestige = containers(deployment())["vestige"]
     assert vestige["image"] == IMAGES.vestige
     assert vestige["command"] == ["vestige-mcp"]
@@ -112,8 +113,10 @@ def test_vestige_v3_serves_http_on_loopback_with_the_agents_token() -> None:
     assert env["VESTIGE_HTTP_PORT"] == "3100"
     assert env["VESTIGE_DATA_DIR"] == "/data/vestige"
     assert env["FASTEMBED_CACHE_PATH"].startswith("/data/")  # the model cache lives on the PVC
-    assert env["VESTIGE_AUTH_TOKEN"] == {"secretKeyRef": {"name": "agent-a-auth", "key": "token"}}
+    # Vestige's own token, never the agents' (issue 13, item 3)
+    assert env["VESTIGE_AUTH_TOKEN"] == {"secretKeyRef": {"name": "agent-a-auth", "key": "vestige-token"}}
     assert {"name": "data", "mountPath": "/data"} in vestige["volumeMounts"]
+    assert all(m["name"] != "auth" for m in vestige["volumeMounts"])
     for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
         assert probe not in vestige  # the kubelet cannot reach 127.0.0.1 in the pod
 
@@ -142,7 +145,38 @@ def test_bridge_probes_and_environment() -> None:
     assert env["VESTIGE_MCP_URL"] == "http://127.0.0.1:3100/mcp"
     assert env["VESTIGE_AGENT_ID"] == "custom-agent"
     assert env["VESTIGE_ALLOW_ANONYMOUS"] == "false"
-    assert env["VESTIGE_AUTH_TOKEN"] == {"secretKeyRef": {"name": "agent-a-auth", "key": "token"}}
+    # The agents' token as files the bridge follows (rotation without restart), Vestige's upstream.
+    assert "VESTIGE_AUTH_TOKEN" not in env
+    assert env["VESTIGE_AUTH_TOKEN_DIR"] == "/var/run/vestige/auth"
+    assert {"name": "auth", "mountPath": "/var/run/vestige/auth", "readOnly": True} in bridge["volumeMounts"]
+    assert env["VESTIGE_MCP_TOKEN"] == {"secretKeyRef": {"name": "agent-a-auth", "key": "vestige-token"}}
+
+
+def test_bridge_token_volume_never_holds_the_internal_token() -> None:
+    pod = deployment()["spec"]["template"]["spec"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "auth"]
+    secret = volume["secret"]
+    assert secret["secretName"] == "agent-a-auth"
+    assert secret["items"] == [
+        {"key": "token", "path": "token"},
+        {"key": "token-previous", "path": "token-previous"},
+        {"key": "token-previous-expires", "path": "token-previous-expires"},
+    ]
+    assert secret["optional"] is True  # the rotation keys exist only during a grace period
+    assert secret["defaultMode"] == 0o440
+
+
+def test_anonymous_bridge_gets_no_token_at_all() -> None:
+    d = deployment(spec(bridge={"allowAnonymous": True}))
+    bridge = containers(d)["bridge"]
+    env = env_of(bridge)
+    assert env["VESTIGE_ALLOW_ANONYMOUS"] == "true"
+    assert "VESTIGE_AUTH_TOKEN" not in env
+    assert "VESTIGE_AUTH_TOKEN_DIR" not in env
+    assert all(m["name"] != "auth" for m in bridge["volumeMounts"])
+    assert all(v["name"] != "auth" for v in d["spec"]["template"]["spec"]["volumes"])
+    # Vestige stays protected by its internal token.
+    assert env["VESTIGE_MCP_TOKEN"] == {"secretKeyRef": {"name": "agent-a-auth", "key": "vestige-token"}}
 
 
 def test_service_exposes_only_the_bridge_port() -> None:
@@ -169,7 +203,11 @@ def test_network_policy_admits_only_the_bridge_port() -> None:
 
 
 def all_children(s: VestigeMemorySpec) -> list[dict[str, Any]]:
-    return [render_secret(OWNER, "tok"), *render_children(OWNER, s, IMAGES, HASH).apply]
+    return [
+        render_secret(OWNER, "tok", "internal"),
+        render_vestige_secret(OWNER, "internal"),
+        *render_children(OWNER, s, IMAGES, HASH).apply,
+    ]
 
 
 def test_every_child_carries_the_standard_labels() -> None:
@@ -222,12 +260,17 @@ def test_other_children_are_owned_by_the_memory_as_controller() -> None:
 # -- tokens -------------------------------------------------------------------------------------
 
 
-def test_secret_holds_the_token_and_the_pod_only_its_hash() -> None:
-    secret = render_secret(OWNER, "s3cr3t-token-value")
+def test_secret_holds_both_tokens_and_the_pod_only_a_hash() -> None:
+    secret = render_secret(OWNER, "s3cr3t-token-value", "internal-vestige-value")
     assert secret["metadata"]["name"] == "agent-a-auth"
     assert base64.b64decode(secret["data"]["token"]) == b"s3cr3t-token-value"
-    d = render_deployment(OWNER, spec(), IMAGES, token_hash("s3cr3t-token-value"))
+    assert base64.b64decode(secret["data"]["vestige-token"]) == b"internal-vestige-value"
+    d = render_deployment(OWNER, spec(), IMAGES, token_hash("internal-vestige-value"))
     assert "s3cr3t-token-value" not in json.dumps(d)
+    assert "internal-vestige-value" not in json.dumps(d)
+    assert d["spec"]["template"]["metadata"]["annotations"] == {
+        "vestige.dev/vestige-token-hash": token_hash("internal-vestige-value")
+    }
     assert token_hash("a") != token_hash("b")
     assert token_hash("a") == token_hash(b"a")
 
@@ -235,9 +278,17 @@ def test_secret_holds_the_token_and_the_pod_only_its_hash() -> None:
 def test_existing_secret_is_referenced_not_created() -> None:
     s = spec(auth={"existingSecret": {"name": "mine", "key": "bearer"}})
     assert auth_secret_ref("agent-a", s) == ("mine", "bearer")
-    cs = containers(deployment(s))
-    for c in cs.values():
-        assert env_of(c)["VESTIGE_AUTH_TOKEN"] == {"secretKeyRef": {"name": "mine", "key": "bearer"}}
+    d = deployment(s)
+    cs = containers(d)
+    internal = {"secretKeyRef": {"name": "agent-a-vestige", "key": "vestige-token"}}
+    assert env_of(cs["vestige"])["VESTIGE_AUTH_TOKEN"] == internal  # never the user's Secret
+    assert env_of(cs["bridge"])["VESTIGE_MCP_TOKEN"] == internal
+    [volume] = [v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == "auth"]
+    assert volume["secret"]["secretName"] == "mine"
+    assert volume["secret"]["items"][0] == {"key": "bearer", "path": "token"}
+    vestige_secret = render_vestige_secret(OWNER, "internal")
+    assert vestige_secret["metadata"]["name"] == "agent-a-vestige"
+    assert set(vestige_secret["data"]) == {"vestige-token"}
 
 
 # -- spec knobs ---------------------------------------------------------------------------------
@@ -425,11 +476,15 @@ def test_quantities_compare_by_value_only_where_they_are_quantities() -> None:
 
 
 def test_trim_drops_secret_values_and_managed_fields() -> None:
-    secret = live(render_secret(OWNER, "Zq9-unique-token-value"))
+    secret = live(render_secret(OWNER, "Zq9-unique-token-value", "Yx8-internal-value"))
     trimmed = trim(secret)
     assert "data" not in trimmed
     assert "managedFields" not in trimmed["metadata"]
-    assert trimmed["tokenHashes"] == {"token": token_hash("Zq9-unique-token-value")}
+    assert trimmed["tokenHashes"] == {
+        "token": token_hash("Zq9-unique-token-value"),
+        "vestige-token": token_hash("Yx8-internal-value"),
+    }
+    assert "Yx8-internal" not in json.dumps(trimmed)
     assert "Zq9-unique" not in json.dumps(trimmed)
 
 

@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from vestige_bridge.app import create_app
 
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"vestige-bridge: refusing to start: {exc}", file=sys.stderr)
+        return 2
     uvicorn.run(
         app,
         host=args.host,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -21,7 +22,8 @@ from vestige_bridge.mapping import ENDPOINTS, ArgumentGuard, FieldError, ServerP
 from vestige_bridge.mcp_client import VestigeClient, VestigeError
 from vestige_bridge.metrics import Metrics
 from vestige_bridge.passthrough import build_passthrough
-from vestige_bridge.settings import Settings
+from vestige_bridge.settings import ConfigError, Settings
+from vestige_bridge.tokens import FileTokens, NoTokens, StaticTokens, Tokens, TokenSet
 
 log = logging.getLogger("vestige_bridge")
 
@@ -88,20 +90,61 @@ def envelope(result: types.CallToolResult) -> dict[str, Any]:
     return {"success": True, "data": data, "error": None}
 
 
+def build_tokens(settings: Settings) -> Tokens:
+    """The accepted tokens: a mounted directory (followed while running), a fixed token, or none
+    (anonymous, opted in). A directory without a token at start-up is refused (fail closed)."""
+    if settings.auth_token_dir is not None:
+        tokens = FileTokens(settings.auth_token_dir, settings.auth_reload_seconds)
+        tokens.reload()
+        if tokens.current().current is None:
+            raise ConfigError(
+                f"VESTIGE_AUTH_TOKEN_DIR={settings.auth_token_dir} holds no readable 'token' file; "
+                "the bridge refuses to start without a token"
+            )
+        return tokens
+    if settings.auth_token is not None:
+        return StaticTokens(settings.auth_token.get_secret_value())
+    return NoTokens()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the bridge app; raises ConfigError when it must not start (no token, no opt-in)."""
     settings = settings or Settings()
     settings.check_startable()
+    tokens = build_tokens(settings)
+    if not tokens.enabled:
+        log.warning(
+            "VESTIGE_ALLOW_ANONYMOUS=true and no token: this bridge serves EVERY caller without "
+            "authentication"
+        )
     metrics = Metrics()
+    if isinstance(tokens, FileTokens):
+
+        def tokens_changed(fresh: TokenSet) -> None:
+            metrics.token_reloads.inc()
+            expiry = fresh.previous_expires if fresh.previous else None
+            metrics.previous_token_expiry.set(expiry.timestamp() if expiry is not None else 0)
+
+        tokens_changed(tokens.current())
+        tokens.on_change = tokens_changed
     state = BridgeState(settings, metrics)
     manager, mcp_app = build_passthrough(state.client, settings.max_body_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        watcher = (
+            asyncio.get_running_loop().create_task(tokens.watch(), name="token-watch")
+            if isinstance(tokens, FileTokens)
+            else None
+        )
         async with manager.run():
             try:
                 yield
             finally:
+                if watcher is not None:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await watcher
                 await state.client.close()
 
     app = FastAPI(
@@ -117,6 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.bridge = state
+    app.state.tokens = tokens
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -269,7 +313,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.router.routes.append(Route("/mcp", endpoint=mcp_app, methods=["GET", "POST", "DELETE"]))
     app.add_middleware(
         Guard,
-        token=settings.auth_token.get_secret_value() if settings.auth_token else None,
+        tokens=tokens,
         agent_id=settings.agent_id,
         max_body_bytes=settings.max_body_bytes,
         metrics=metrics,

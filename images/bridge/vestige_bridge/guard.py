@@ -17,6 +17,7 @@ from typing import Any
 from starlette.routing import Match, Router
 
 from vestige_bridge.metrics import Metrics
+from vestige_bridge.tokens import Tokens
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -65,14 +66,14 @@ class Guard:
         self,
         app: ASGIApp,
         *,
-        token: str | None,
+        tokens: Tokens,
         agent_id: str | None,
         max_body_bytes: int,
         metrics: Metrics,
         router: Router,
     ) -> None:
         self.app = app
-        self.token = token
+        self.tokens = tokens
         self.agent_id = agent_id
         self.max_body = max_body_bytes
         self.metrics = metrics
@@ -122,7 +123,7 @@ class Guard:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         path = scope.get("path", "")
         if path not in PUBLIC_PATHS:
-            if self.token is not None and not token_matches(headers.get("authorization"), self.token):
+            if self.tokens.enabled and not self.tokens.accepts(headers.get("authorization")):
                 self.metrics.auth_failures.labels(status="401").inc()
                 await send_json(send, 401, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])
                 return

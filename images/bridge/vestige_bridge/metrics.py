@@ -60,6 +60,17 @@ class Metrics:
             "vestige_bridge_auth_failures_total", "Requests refused with 401 or 403.", ["status"], registry=r
         )
 
+        self.token_reloads = Counter(
+            "vestige_bridge_token_reloads_total",
+            "Changes of the accepted tokens read from VESTIGE_AUTH_TOKEN_DIR (rotations, clean-ups).",
+            registry=r,
+        )
+        self.previous_token_expiry = Gauge(
+            "vestige_bridge_previous_token_expiry_timestamp_seconds",
+            "Unix time until which the previous token is accepted during a rotation (0: none).",
+            registry=r,
+        )
+
     def set_server(self, version: str, generation: str) -> None:
         self.vestige_info.clear()
         self.vestige_info.labels(version=version, generation=generation).set(1)

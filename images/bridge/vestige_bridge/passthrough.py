@@ -5,6 +5,10 @@ answers) whose tools and resources are Vestige's own: ``tools/list``, ``tools/ca
 ``resources/list`` and ``resources/read`` are forwarded unchanged over the bridge's shared
 session. MCP clients (Claude Code, ...) use the agent's memory with the bridge token; they never
 see Vestige's own token, and a Vestige restart is invisible to them (the bridge reconnects).
+A ``tools/call`` is first checked against the REST API's rules (:mod:`vestige_bridge.argrules`:
+file arguments, ``allowAnyPath``/``allowSecrets``, deletion confirmations); a call that breaks
+one is answered with a JSON-RPC ``invalid params`` error naming the argument and never reaches
+Vestige.
 Authentication and the body limit are applied by the bridge's middleware before this app runs.
 """
 
@@ -18,6 +22,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, Streamable
 from mcp.shared.exceptions import MCPError
 
 from vestige_bridge import __version__
+from vestige_bridge.argrules import check_arguments
 from vestige_bridge.mcp_client import VestigeClient, VestigeError
 
 INSTRUCTIONS = (
@@ -40,8 +45,12 @@ def build_passthrough(client: VestigeClient, max_body_bytes: int) -> tuple[Strea
             raise _unavailable(exc) from exc
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        arguments = dict(params.arguments or {})
+        refusal = check_arguments(params.name, arguments)
+        if refusal is not None:
+            raise MCPError(types.INVALID_PARAMS, refusal.message(params.name), {"argument": refusal.argument})
         try:
-            return await client.call_tool(params.name, dict(params.arguments or {}))
+            return await client.call_tool(params.name, arguments)
         except VestigeError as exc:
             raise _unavailable(exc) from exc
 

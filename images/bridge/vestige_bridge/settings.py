@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -29,6 +30,18 @@ class Settings(BaseSettings):
         validation_alias="VESTIGE_AUTH_TOKEN",
         description="Bearer token clients must present (constant-time compared).",
     )
+    auth_token_dir: Path | None = Field(
+        default=None,
+        validation_alias="VESTIGE_AUTH_TOKEN_DIR",
+        description=(
+            "Directory holding the token files (a mounted Secret: token, token-previous, "
+            "token-previous-expires), re-read every VESTIGE_AUTH_RELOAD_SECONDS; wins over "
+            "VESTIGE_AUTH_TOKEN."
+        ),
+    )
+    auth_reload_seconds: float = Field(
+        default=2.0, gt=0, le=300, validation_alias="VESTIGE_AUTH_RELOAD_SECONDS"
+    )
     allow_anonymous: bool = Field(default=False, validation_alias="VESTIGE_ALLOW_ANONYMOUS")
     agent_id: str | None = Field(
         default=None,
@@ -47,7 +60,10 @@ class Settings(BaseSettings):
     mcp_token: SecretStr | None = Field(
         default=None,
         validation_alias="VESTIGE_MCP_TOKEN",
-        description="Bearer token sent to Vestige; defaults to VESTIGE_AUTH_TOKEN.",
+        description=(
+            "Bearer token sent to Vestige (its internal token, never the agents'); defaults to "
+            "VESTIGE_AUTH_TOKEN when that is set."
+        ),
     )
     request_timeout: float = Field(default=30.0, gt=0, le=600, validation_alias="VESTIGE_REQUEST_TIMEOUT")
     connect_timeout: float = Field(default=10.0, gt=0, le=600, validation_alias="VESTIGE_CONNECT_TIMEOUT")
@@ -88,6 +104,13 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("auth_token_dir", mode="before")
+    @classmethod
+    def _blank_dir_is_none(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
     @field_validator("agent_id", mode="before")
     @classmethod
     def _agent_id(cls, value: object) -> object:
@@ -121,9 +144,14 @@ class Settings(BaseSettings):
 
     def check_startable(self) -> None:
         """Raise ConfigError when the bridge must not start (no token, no anonymous opt-in)."""
-        if self.auth_token is None and not self.allow_anonymous:
+        if self.auth_token is None and self.auth_token_dir is None and not self.allow_anonymous:
             raise ConfigError(
-                "VESTIGE_AUTH_TOKEN is not set. The bridge refuses to start without a token; "
-                "set VESTIGE_AUTH_TOKEN, or set VESTIGE_ALLOW_ANONYMOUS=true to serve without "
-                "authentication on purpose."
+                "neither VESTIGE_AUTH_TOKEN nor VESTIGE_AUTH_TOKEN_DIR is set. The bridge refuses "
+                "to start without a token; set one of them, or set VESTIGE_ALLOW_ANONYMOUS=true to "
+                "serve without authentication on purpose."
             )
+
+    @property
+    def anonymous(self) -> bool:
+        """Serving without authentication: opted in and no token configured."""
+        return self.allow_anonymous and self.auth_token is None and self.auth_token_dir is None
