@@ -132,12 +132,48 @@ def _same_quantity(a: Any, b: Any) -> bool:
         return False
 
 
+#: Lists that Kubernetes merges by key (``x-kubernetes-list-type: map``) and the key of their
+#: entries. Another field manager's entry in such a list (``kubectl set env``, a sidecar injector)
+#: survives every server-side apply of the operator, so it must not count as drift.
+_KEYED_LISTS: Mapping[str, Callable[[Mapping[str, Any]], Any]] = {
+    "containers": lambda e: e.get("name"),
+    "initContainers": lambda e: e.get("name"),
+    "env": lambda e: e.get("name"),
+    "volumes": lambda e: e.get("name"),
+    "volumeMounts": lambda e: e.get("mountPath"),
+    "imagePullSecrets": lambda e: e.get("name"),
+    # container ports (containerPort, protocol) and Service ports (port, protocol)
+    "ports": lambda e: (e.get("containerPort", e.get("port")), e.get("protocol") or "TCP"),
+}
+
+
+def _keyed_difference(
+    desired: list[Any], observed: list[Any], path: str, key: Callable[[Mapping[str, Any]], Any]
+) -> str | None:
+    """Every desired entry must be present (by key) and match; extra observed entries are other
+    managers' and ignored. Order is not compared (server-side apply keeps other entries in place)."""
+    by_key: dict[Any, Any] = {}
+    for entry in observed:
+        if isinstance(entry, Mapping):
+            by_key.setdefault(key(entry), entry)
+    for i, d in enumerate(desired):
+        k = key(d)
+        if k not in by_key:
+            return f"{path}/{i}"
+        diff = first_difference(d, by_key[k], f"{path}/{i}")
+        if diff is not None:
+            return diff
+    return None
+
+
 def first_difference(desired: Any, observed: Any, path: str = "") -> str | None:
     """Where ``observed`` fails to contain ``desired`` (None when it does).
 
     Maps: every desired key must match (extra observed keys are server defaults or other
-    managers' fields); lists: same length, element-wise; empty desired values match absent ones
-    (the API server drops them). Quantities under requests/limits compare by value.
+    managers' fields); keyed lists (containers, env, volumes, volumeMounts, ports: see
+    ``_KEYED_LISTS``): every desired entry by its key, other entries ignored; other lists: same
+    length, element-wise; empty desired values match absent ones (the API server drops them).
+    Quantities under requests/limits compare by value.
     """
     if isinstance(desired, Mapping):
         if not isinstance(observed, Mapping):
@@ -152,7 +188,12 @@ def first_difference(desired: Any, observed: Any, path: str = "") -> str | None:
                 return diff
         return None
     if isinstance(desired, list):
-        if not isinstance(observed, list) or len(desired) != len(observed):
+        if not isinstance(observed, list):
+            return path
+        key = _KEYED_LISTS.get(path.rsplit("/", 1)[-1])
+        if key is not None and all(isinstance(d, Mapping) for d in desired):
+            return _keyed_difference(desired, observed, path, key)
+        if len(desired) != len(observed):
             return path
         for i, (d, o) in enumerate(zip(desired, observed, strict=True)):
             diff = first_difference(d, o, f"{path}/{i}")
