@@ -324,7 +324,8 @@ class StorageSpec(SpecModel):
         default=ReclaimPolicy.RETAIN,
         description=(
             "Retain (default): the data volume outlives the VestigeMemory and a new one of the "
-            "same name re-adopts it. Delete: the volume is deleted with the VestigeMemory."
+            "same name and agent id re-adopts it (the claim records its agent id; another agent "
+            "never mounts it). Delete: the volume is deleted with the VestigeMemory."
         ),
     )
 

@@ -21,6 +21,7 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,9 +40,12 @@ from vestige_operator.children import (
     auth_secret_ref,
     ignored_env,
     ingress_host_holder,
+    mounts_claim,
+    pvc_name,
     render_children,
     render_secret,
     token_hash,
+    volume_agent_id,
 )
 from vestige_operator.config import OperatorConfig
 from vestige_operator.status import (
@@ -249,6 +253,62 @@ def utc_now() -> str:
 
 class RetryLater(Exception):
     """A pass ended with transient errors; the scheduler retries it with backoff."""
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeCheck:
+    """Whether the data claim may be applied and mounted for this resource's agent.
+
+    ``problem`` is (reason, message) when it may not: it records another agent's id, or none at
+    all and nothing shows that it was this resource's. ``mountable`` False without a problem: the
+    claim could not be read this time (transient, retried).
+    """
+
+    mountable: bool
+    problem: tuple[str, str] | None = None
+
+
+def volume_check(
+    owner: Owner, agent_id: str, pvc: Mapping[str, Any] | None, deployment: Mapping[str, Any] | None
+) -> VolumeCheck:
+    """May the claim ``pvc`` (None: absent, it will be created and stamped) serve ``agent_id``?
+
+    A claim that records no agent id (created before claims recorded one) is adopted, and stamped
+    by the next apply, only when it is provably this resource's: it carries this resource's owner
+    reference (reclaimPolicy Delete), or this resource's own Deployment already mounts it (it
+    served this resource, whose agent id is immutable). Otherwise it is a retained claim of a
+    deleted resource of the same name, whose agent cannot be known: it is not mounted.
+    """
+    if pvc is None:
+        return VolumeCheck(True)
+    claim = pvc_name(owner.name)
+    recorded = volume_agent_id(pvc)
+    if recorded == agent_id:
+        return VolumeCheck(True)
+    if recorded is not None:
+        return VolumeCheck(
+            False,
+            (
+                "VolumeOwnedByOtherAgent",
+                f"PersistentVolumeClaim {claim} holds the memory of agent {recorded!r}, not {agent_id!r}: "
+                "it is not mounted. Use another name for this VestigeMemory, or set spec.agentId "
+                f"to {recorded!r} if this resource is that agent",
+            ),
+        )
+    if owned_by(pvc, owner.uid) or (
+        deployment is not None and owned_by(deployment, owner.uid) and mounts_claim(deployment, claim)
+    ):
+        return VolumeCheck(True)
+    return VolumeCheck(
+        False,
+        (
+            "VolumeOwnerUnknown",
+            f"PersistentVolumeClaim {claim} records no agent id (created before claims recorded "
+            "one, or not by the operator), so whose memory it holds is unknown: it is not mounted. "
+            "If it is agent "
+            f"{agent_id!r}'s, record that: kubectl annotate pvc {claim} vestige.dev/agent-id={agent_id}",
+        ),
+    )
 
 
 # -- the reconciler ----------------------------------------------------------------------------
@@ -491,6 +551,9 @@ class Reconciler:
         to_apply = desired.apply
         if ingress_conflict is not None:  # never route a URL another resource already routes
             to_apply = tuple(m for m in to_apply if m["kind"] != "Ingress")
+        volume = await self._check_volume(owner, spec, cached, current_deployment, errors)
+        if not volume.mountable:  # never mount one agent's memory for another
+            to_apply = tuple(m for m in to_apply if m["kind"] not in ("PersistentVolumeClaim", "Deployment"))
 
         for manifest in to_apply:
             kind = manifest["kind"]
@@ -525,7 +588,7 @@ class Reconciler:
         storage_class_missing = await self._missing_storage_class(spec, observed.get("PersistentVolumeClaim"))
         obs = Observation(
             generation=generation,
-            pvc=observed.get("PersistentVolumeClaim"),
+            pvc=observed.get("PersistentVolumeClaim") if volume.mountable else None,
             deployment=observed.get("Deployment"),
             missing=missing,
             applied=tuple(applied),
@@ -534,12 +597,34 @@ class Reconciler:
             ignored_env=tuple(ignored_env(spec)),
             ingress_conflict=ingress_conflict,
             storage_class_missing=storage_class_missing,
+            volume_problem=volume.problem,
         )
         new = compute_status(owner, spec, obs, previous, self._clock())
         await self._write_status(owner, previous, new)
         transient = [e for e in errors if e.transient]
         if transient:
             raise RetryLater("; ".join(f"{e.kind}: {e.message}" for e in transient))
+
+    async def _check_volume(
+        self,
+        owner: Owner,
+        spec: VestigeMemorySpec,
+        cached: Mapping[str, list[Mapping[str, Any]]],
+        deployment: Mapping[str, Any] | None,
+        errors: list[ChildError],
+    ) -> VolumeCheck:
+        """``volume_check`` on the cached claim; a claim missing from the cache is read once (it
+        may exist without the operator's labels, or the cache may lag), never applied blind."""
+        name = pvc_name(owner.name)
+        pvc = _named(cached["PersistentVolumeClaim"], name)
+        if pvc is None:
+            try:
+                found = await self.cluster.get(k8s.PVC, owner.namespace, name)
+            except k8s.ApiError as exc:
+                errors.append(ChildError("PersistentVolumeClaim", exc.message or str(exc), exc.transient))
+                return VolumeCheck(False)
+            pvc = trim(found) if found is not None else None
+        return volume_check(owner, spec.effective_agent_id(owner.name), pvc, deployment)
 
     def _ingress_conflict(self, owner: Owner, spec: VestigeMemorySpec) -> str | None:
         """Why this resource may not route its Ingress host and path (None: it may)."""

@@ -55,6 +55,8 @@ class Observation:
     ignored_env: tuple[str, ...] = ()
     ingress_conflict: str | None = None
     storage_class_missing: str | None = None
+    #: (reason, message) when the data claim belongs to another agent or to an unknown one.
+    volume_problem: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +168,16 @@ def compute_status(
             f"StorageClass {obs.storage_class_missing} (storage.storageClassName) does not exist: "
             "create it, or recreate this VestigeMemory with an existing class",
         )
+    if obs.volume_problem is not None:
+        storage_cond = _Cond(False, *obs.volume_problem)
     dep_state, dep_message = _deployment_state(obs.deployment, spec.suspend)
     permanent = [e for e in obs.errors if not e.transient]
     transient = [e for e in obs.errors if e.transient]
 
     stalled: _Cond | None = None
-    if obs.auth_problem is not None:
+    if obs.volume_problem is not None:
+        stalled = _Cond(True, *obs.volume_problem)
+    elif obs.auth_problem is not None:
         stalled = _Cond(True, "AuthSecretUnavailable", obs.auth_problem)
     elif obs.ingress_conflict is not None:
         stalled = _Cond(True, "IngressHostConflict", obs.ingress_conflict)
