@@ -10,6 +10,7 @@ change, so an unchanged world yields an identical status and the reconciler writ
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,37 @@ def _storage(spec: VestigeMemorySpec, pvc: Mapping[str, Any] | None, name: str) 
     return _Cond(False, "Pending", "waiting for a PersistentVolume to bind"), capacity
 
 
+_REQUESTED = re.compile(r"requested (\S+), expansion pending")
+
+
+def _expansion_cancelled(
+    storage: _Cond,
+    spec: VestigeMemorySpec,
+    capacity: str | None,
+    before: Mapping[str, Any] | None,
+    generation: int,
+) -> _Cond:
+    """StorageReady after ``storage.size`` went back down while an expansion was pending (the
+    class refused it or the volume never grew): reason ``ExpansionCancelled``, kept until the
+    next spec change so the status says what happened."""
+    if storage.reason != "Bound" or before is None:
+        return storage
+    if before.get("reason") == "ExpansionCancelled" and before.get("observedGeneration") == generation:
+        return _Cond(True, "ExpansionCancelled", str(before.get("message") or storage.message))
+    match = _REQUESTED.search(str(before.get("message") or ""))
+    if before.get("reason") != "ResizePending" or match is None:
+        return storage
+    abandoned = match.group(1)
+    if not _quantity_lt(spec.storage.size, abandoned):
+        return storage  # the expansion completed
+    return _Cond(
+        True,
+        "ExpansionCancelled",
+        f"bound with {capacity}; the expansion to {abandoned} did not happen and was cancelled: "
+        f"storage.size went back to {spec.storage.size}",
+    )
+
+
 def _quantity_lt(a: str, b: str) -> bool:
     try:
         return parse_quantity(a) < parse_quantity(b)
@@ -168,6 +200,7 @@ def compute_status(
             f"StorageClass {obs.storage_class_missing} (storage.storageClassName) does not exist: "
             "create it, or recreate this VestigeMemory with an existing class",
         )
+    storage_cond = _expansion_cancelled(storage_cond, spec, capacity, prev_conditions.get(STORAGE_READY), gen)
     if obs.volume_problem is not None:
         storage_cond = _Cond(False, *obs.volume_problem)
     dep_state, dep_message = _deployment_state(obs.deployment, spec.suspend)

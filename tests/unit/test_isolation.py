@@ -83,3 +83,32 @@ def test_status_is_stalled_with_the_reason_and_one_event() -> None:
     again = compute_status(OWNER, VestigeMemorySpec(agent_id="b"), obs, status, "2026-01-01T00:01:00Z")
     assert again == status
     assert stalled_event(OWNER, status, again, "2026-01-01T00:01:00Z") is None
+
+
+def _bound(capacity: str, requested: str) -> dict[str, Any]:
+    pvc = render_pvc(OWNER, VestigeMemorySpec(storage={"size": requested}))
+    pvc["status"] = {"phase": "Bound", "capacity": {"storage": capacity}}
+    return pvc
+
+
+def test_a_cancelled_expansion_is_reported_until_the_next_spec_change() -> None:
+    """Issue 13 item 7: storage.size back down to the capacity after an expansion that never came."""
+    now = "2026-01-01T00:00:00Z"
+    grown = VestigeMemorySpec(storage={"size": "3Gi"})
+    pending = compute_status(OWNER, grown, Observation(generation=2, pvc=_bound("1Gi", "3Gi")), None, now)
+    storage = next(c for c in pending["conditions"] if c["type"] == "StorageReady")
+    assert storage["reason"] == "ResizePending"
+
+    back = VestigeMemorySpec(storage={"size": "1Gi"})
+    done = compute_status(OWNER, back, Observation(generation=3, pvc=_bound("1Gi", "1Gi")), pending, now)
+    storage = next(c for c in done["conditions"] if c["type"] == "StorageReady")
+    assert storage["status"] == "True" and storage["reason"] == "ExpansionCancelled"
+    assert "3Gi" in storage["message"] and "1Gi" in storage["message"]
+    again = compute_status(OWNER, back, Observation(generation=3, pvc=_bound("1Gi", "1Gi")), done, now)
+    assert again == done  # stable: nothing to write on the next pass
+    later = compute_status(OWNER, back, Observation(generation=4, pvc=_bound("1Gi", "1Gi")), done, now)
+    assert next(c for c in later["conditions"] if c["type"] == "StorageReady")["reason"] == "Bound"
+
+    # An expansion that completed is not a cancellation.
+    grew = compute_status(OWNER, grown, Observation(generation=3, pvc=_bound("3Gi", "3Gi")), pending, now)
+    assert next(c for c in grew["conditions"] if c["type"] == "StorageReady")["reason"] == "Bound"
