@@ -4,17 +4,25 @@ its own agent (1), other managers' list entries are not drift (5), the operator'
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
+import ssl
+import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import yaml
 
 from tests.integration import operator_fixtures
 from tests.integration.conftest import ROOT, Kubectl
 from tests.integration.helpers import get, must_get, wait_until
 from tests.integration.operator_fixtures import OperatorProcess
+from tests.integration.test_install import cleanup as cleanup  # fixture: removes the install
 
 operator_factory = operator_fixtures.operator_factory
 operator_process = operator_fixtures.operator_process
@@ -220,6 +228,151 @@ def test_another_managers_env_entry_keeps_the_operator_idle(
         if "applying Deployment" in line.get("message", "") and "drift" in line.get("message", "")
     ]
     assert not applies, applies
+
+
+# -- 6. the operator reads only its own Secrets (and existingSecret ones, by name) --------------
+
+
+class RecordingProxy:
+    """A plain-HTTP reverse proxy on 127.0.0.1 in front of the API server (TLS upstream, verified
+    with the cluster CA) that records every request line: what the operator really asks for."""
+
+    def __init__(self, upstream: str, ca_file: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.ca_file = ca_file
+        self.requests: list[tuple[str, str]] = []
+        self.port = operator_fixtures.free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _start(self) -> None:
+        from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+
+        ssl_ctx = ssl.create_default_context(cafile=self.ca_file)
+        self._session = ClientSession(
+            connector=TCPConnector(ssl=ssl_ctx), timeout=ClientTimeout(total=None), auto_decompress=False
+        )
+        hop = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            self.requests.append((request.method, request.path_qs))
+            headers = {k: v for k, v in request.headers.items() if k.lower() not in hop}
+            body = await request.read()
+            async with self._session.request(
+                request.method, self.upstream + request.path_qs, headers=headers, data=body or None
+            ) as upstream:
+                out = web.StreamResponse(
+                    status=upstream.status,
+                    headers={k: v for k, v in upstream.headers.items() if k.lower() not in hop},
+                )
+                await out.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        await self._runner.cleanup()
+        await self._session.close()
+
+    def __enter__(self) -> RecordingProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+def _kubeconfig_via(proxy_url: str, token: str, path: Path) -> str:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": proxy_url}}],
+        "users": [{"name": "vestige-operator", "user": {"token": token}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "vestige-operator"}}],
+        "current-context": "c",
+    }
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+@pytest.mark.usefixtures("cleanup")
+def test_the_operator_reads_only_its_own_secrets(
+    kubectl: Kubectl,
+    kubeconfig: str,
+    operator_factory: operator_fixtures.OperatorFactory,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """Cluster-wide install, run as its ServiceAccount: every Secret list/watch carries the
+    operator's label selector, every other Secret read is a GET of a name a resource gave."""
+    kubectl("apply", "-k", str(ROOT / "manifests"))
+    token = kubectl(
+        "create", "token", "vestige-operator", "-n", "vestige-system", "--duration=1h"
+    ).stdout.strip()
+    admin = yaml.safe_load(Path(kubeconfig).read_text())["clusters"][0]["cluster"]
+    ca_file = tmp_path / "ca.crt"
+    if "certificate-authority-data" in admin:
+        ca_file.write_bytes(base64.b64decode(admin["certificate-authority-data"]))
+    else:
+        ca_file.write_text(Path(admin["certificate-authority"]).read_text())
+    kubectl("-n", namespace, "create", "secret", "generic", "bystander", "--from-literal=password=hunter2")
+    kubectl(
+        "-n", namespace, "create", "secret", "generic", "byo-token", "--from-literal=bearer=mine-1234567890"
+    )
+
+    with RecordingProxy(admin["server"], str(ca_file)) as proxy:
+        sa_kc = _kubeconfig_via(proxy.url, token, tmp_path / "sa.kubeconfig")
+        op = operator_factory(env={"KUBECONFIG": sa_kc, "VESTIGE_VERIFY_RESYNCS": "1"})
+        try:
+            apply_memory(kubectl, namespace, "own")
+            apply_memory(
+                kubectl,
+                namespace,
+                "byo",
+                {"auth": {"existingSecret": {"name": "byo-token", "key": "bearer"}}},
+            )
+            wait_settled(kubectl, namespace, "own")
+            wait_settled(kubectl, namespace, "byo")
+            wait_resyncs(op, 2)  # resync passes and a cache verification (metadata LIST) included
+        finally:
+            kubectl(
+                "-n", namespace, "delete", "vmem", "own", "byo", "--wait=true", "--timeout=60s", check=False
+            )
+            assert op.stop() == 0
+        secret_requests = [(m, p) for m, p in proxy.requests if "/secrets" in urlsplit(p).path]
+
+    assert secret_requests, "the operator sent no Secret request through the proxy"
+    reads_by_name: set[str] = set()
+    for method, path_qs in secret_requests:
+        parts = urlsplit(path_qs)
+        segments = parts.path.rstrip("/").split("/")
+        if segments[-1] == "secrets":  # the collection: list, watch, create
+            if method == "GET":
+                selectors = parse_qs(parts.query).get("labelSelector", [])
+                assert selectors == ["app.kubernetes.io/managed-by=vestige-operator"], path_qs
+            else:
+                assert method == "POST", path_qs
+        else:
+            assert method == "GET", path_qs  # never update, patch or delete a Secret
+            reads_by_name.add(segments[-1])
+    assert "bystander" not in reads_by_name
+    assert reads_by_name <= {"byo-token", "own-auth"}, reads_by_name
+    assert "byo-token" in reads_by_name  # existingSecret: read by name when needed
 
 
 # -- 7. a failed expansion can be undone ---------------------------------------------------------
