@@ -46,6 +46,7 @@ from vestige_operator.children import (
     render_secret,
     token_hash,
     volume_agent_id,
+    with_applied_hash,
 )
 from vestige_operator.config import OperatorConfig
 from vestige_operator.status import (
@@ -266,6 +267,35 @@ class VolumeCheck:
 
     mountable: bool
     problem: tuple[str, str] | None = None
+
+
+def _storage_of(obj: Mapping[str, Any] | None, *path: str) -> Any:
+    node: Any = obj or {}
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
+def keep_unshrinkable_request(manifest: dict[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The claim manifest, keeping the claim's current request where Kubernetes forbids the smaller one.
+
+    After an expansion that did not happen, ``storage.size`` may go back down to the capacity
+    (CEL), but a claim's request may only go back down to *above* its capacity (the API server:
+    "can not be less than status.capacity"). Then the claim keeps the request it has: the volume
+    has the size the spec asks for, and status says so (StorageReady ``ExpansionCancelled``).
+    """
+    want = _storage_of(manifest, "spec", "resources", "requests", "storage")
+    have = _storage_of(current, "spec", "resources", "requests", "storage")
+    capacity = _storage_of(current, "status", "capacity", "storage")
+    if want is None or have is None or capacity is None:
+        return manifest
+    try:
+        if not parse_quantity(want) <= parse_quantity(capacity) < parse_quantity(have):
+            return manifest
+    except ValueError:
+        return manifest
+    spec = {**manifest["spec"], "resources": {**manifest["spec"]["resources"], "requests": {"storage": have}}}
+    return with_applied_hash({**manifest, "spec": spec})
 
 
 def volume_check(
@@ -554,6 +584,11 @@ class Reconciler:
         volume = await self._check_volume(owner, spec, cached, current_deployment, errors)
         if not volume.mountable:  # never mount one agent's memory for another
             to_apply = tuple(m for m in to_apply if m["kind"] not in ("PersistentVolumeClaim", "Deployment"))
+        current_pvc = _named(cached["PersistentVolumeClaim"], pvc_name(name))
+        to_apply = tuple(
+            keep_unshrinkable_request(m, current_pvc) if m["kind"] == "PersistentVolumeClaim" else m
+            for m in to_apply
+        )
 
         for manifest in to_apply:
             kind = manifest["kind"]

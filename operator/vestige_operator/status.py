@@ -116,6 +116,7 @@ def _expansion_cancelled(
     storage: _Cond,
     spec: VestigeMemorySpec,
     capacity: str | None,
+    claim_request: str | None,
     before: Mapping[str, Any] | None,
     generation: int,
 ) -> _Cond:
@@ -132,12 +133,16 @@ def _expansion_cancelled(
     abandoned = match.group(1)
     if not _quantity_lt(spec.storage.size, abandoned):
         return storage  # the expansion completed
-    return _Cond(
-        True,
-        "ExpansionCancelled",
+    message = (
         f"bound with {capacity}; the expansion to {abandoned} did not happen and was cancelled: "
-        f"storage.size went back to {spec.storage.size}",
+        f"storage.size went back to {spec.storage.size}"
     )
+    if claim_request is not None and _quantity_lt(spec.storage.size, claim_request):
+        message += (
+            f"; the claim keeps requesting {claim_request} (Kubernetes lets a claim's request go back "
+            "down only to above its capacity), so the storage may still grow to it later"
+        )
+    return _Cond(True, "ExpansionCancelled", message)
 
 
 def _quantity_lt(a: str, b: str) -> bool:
@@ -200,7 +205,11 @@ def compute_status(
             f"StorageClass {obs.storage_class_missing} (storage.storageClassName) does not exist: "
             "create it, or recreate this VestigeMemory with an existing class",
         )
-    storage_cond = _expansion_cancelled(storage_cond, spec, capacity, prev_conditions.get(STORAGE_READY), gen)
+    claim_spec = (obs.pvc or {}).get("spec") or {}
+    claim_request = ((claim_spec.get("resources") or {}).get("requests") or {}).get("storage")
+    storage_cond = _expansion_cancelled(
+        storage_cond, spec, capacity, claim_request, prev_conditions.get(STORAGE_READY), gen
+    )
     if obs.volume_problem is not None:
         storage_cond = _Cond(False, *obs.volume_problem)
     dep_state, dep_message = _deployment_state(obs.deployment, spec.suspend)

@@ -99,6 +99,11 @@ def wait_resyncs(op: OperatorProcess, count: int) -> list[dict[str, Any]]:
     return resync_lines(op)[max(seen - 1, 0) :]
 
 
+def claim_applies(op: OperatorProcess, ns: str, claim: str) -> list[str]:
+    target = f"applying PersistentVolumeClaim {ns}/{claim}"
+    return [line["message"] for line in op.log_lines() if target in line.get("message", "")]
+
+
 def pods_mounting(kubectl: Kubectl, ns: str, claim: str) -> list[str]:
     pods = json.loads(kubectl("-n", ns, "get", "pods", "-o", "json").stdout)["items"]
     return [
@@ -127,6 +132,7 @@ def test_a_retained_claim_is_never_mounted_for_another_agent(
     kubectl("-n", namespace, "delete", "vmem", "alice", "--wait=true", "--timeout=60s")
     wait_until(lambda: get(kubectl, namespace, "deployment", "alice") is None, 60, "GC of the Deployment")
     wait_until(lambda: not pods_mounting(kubectl, namespace, "alice-data"), 60, "the old pod to go")
+    applied_before = len(claim_applies(operator_process, namespace, "alice-data"))
     apply_memory(kubectl, namespace, "alice", {"agentId": "agent-b"})
     stalled = wait_settled(kubectl, namespace, "alice", phase="Failed")
     cond = condition(stalled, "Stalled")
@@ -141,7 +147,8 @@ def test_a_retained_claim_is_never_mounted_for_another_agent(
     after = must_get(kubectl, namespace, "pvc", "alice-data")
     assert after["metadata"]["uid"] == claim["metadata"]["uid"]
     assert after["metadata"]["annotations"][AGENT_ID] == "agent-a"  # never re-stamped
-    assert after["metadata"]["resourceVersion"] == claim["metadata"]["resourceVersion"]
+    assert after["spec"]["resources"] == claim["spec"]["resources"]
+    assert len(claim_applies(operator_process, namespace, "alice-data")) == applied_before  # not applied
     events = [
         e for e in warning_events(kubectl, namespace, "alice") if e["reason"] == "VolumeOwnedByOtherAgent"
     ]
@@ -461,9 +468,24 @@ def test_an_expansion_the_volume_never_does_is_undone(
     recovered = wait_settled(kubectl, namespace, "grow")
     storage = condition(recovered, "StorageReady")
     assert storage["reason"] == "ExpansionCancelled", storage
-    assert "3Gi" in storage["message"]
+    assert "expansion to 3Gi did not happen" in storage["message"]
+    # Kubernetes refuses a claim request back down to exactly its capacity: the claim keeps
+    # requesting 3Gi (harmless: the volume has the 1Gi the spec asks for), and the status says so.
+    assert "the claim keeps requesting 3Gi" in storage["message"]
     pvc = must_get(kubectl, namespace, "pvc", "grow-data")
-    assert pvc["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "3Gi"
+    assert condition(recovered, "Stalled")["status"] == "False"
+    # Back down to above the capacity is what the claim accepts: it is applied.
+    patch_spec(kubectl, namespace, "grow", {"storage": {"size": "2Gi"}})
+    wait_until(
+        lambda: (
+            must_get(kubectl, namespace, "pvc", "grow-data")["spec"]["resources"]["requests"]["storage"]
+            == "2Gi"
+        ),
+        30,
+        "the claim to request 2Gi",
+    )
+    assert condition(wait_settled(kubectl, namespace, "grow"), "Stalled")["status"] == "False"
 
 
 # -- 8. the platform policy (ValidatingAdmissionPolicy) -----------------------------------------
