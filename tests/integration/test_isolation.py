@@ -258,7 +258,7 @@ class RecordingProxy:
         return f"http://127.0.0.1:{self.port}"
 
     async def _start(self) -> None:
-        from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+        from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
         ssl_ctx = ssl.create_default_context(cafile=self.ca_file)
         self._session = ClientSession(
@@ -278,20 +278,27 @@ class RecordingProxy:
                     headers={k: v for k, v in upstream.headers.items() if k.lower() not in hop},
                 )
                 await out.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await out.write(chunk)
-                await out.write_eof()
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        await out.write(chunk)
+                    await out.write_eof()
+                except (ConnectionError, ClientError):  # a watch the client (or we) closed
+                    pass
                 return out
 
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 
     async def _stop(self) -> None:
+        await self._session.close()  # ends the open watch streams first
         await self._runner.cleanup()
-        await self._session.close()
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     def __enter__(self) -> RecordingProxy:
         self._thread.start()
@@ -302,6 +309,7 @@ class RecordingProxy:
         asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
 
 def _kubeconfig_via(proxy_url: str, token: str, path: Path) -> str:
@@ -363,6 +371,7 @@ def test_the_operator_reads_only_its_own_secrets(
             assert op.stop() == 0
         secret_requests = [(m, p) for m, p in proxy.requests if "/secrets" in urlsplit(p).path]
 
+    print("Secret requests seen:", *sorted(set(secret_requests)), sep="\n  ")
     assert secret_requests, "the operator sent no Secret request through the proxy"
     reads_by_name: set[str] = set()
     for method, path_qs in secret_requests:
