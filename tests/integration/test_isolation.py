@@ -125,8 +125,6 @@ def test_a_retained_claim_is_never_mounted_for_another_agent(
     apply_memory(kubectl, namespace, "alice", {"agentId": "agent-a"})
     wait_settled(kubectl, namespace, "alice")
     claim = must_get(kubectl, namespace, "pvc", "alice-data")
-    assert claim["metadata"]["annotations"][AGENT_ID] == "agent-a"
-    assert claim["metadata"]["labels"][AGENT_ID] == "agent-a"
 
     # Delete (Retain keeps the claim) and create the same name for another agent.
     kubectl("-n", namespace, "delete", "vmem", "alice", "--wait=true", "--timeout=60s")
@@ -146,6 +144,9 @@ def test_a_retained_claim_is_never_mounted_for_another_agent(
     assert not pods_mounting(kubectl, namespace, "alice-data")
     after = must_get(kubectl, namespace, "pvc", "alice-data")
     assert after["metadata"]["uid"] == claim["metadata"]["uid"]
+    # The claim records the agent it was made for (annotation: the record; label: to select by).
+    assert claim["metadata"]["annotations"][AGENT_ID] == "agent-a"
+    assert claim["metadata"]["labels"][AGENT_ID] == "agent-a"
     assert after["metadata"]["annotations"][AGENT_ID] == "agent-a"  # never re-stamped
     assert after["spec"]["resources"] == claim["spec"]["resources"]
     assert len(claim_applies(operator_process, namespace, "alice-data")) == applied_before  # not applied
