@@ -112,3 +112,20 @@ def test_a_cancelled_expansion_is_reported_until_the_next_spec_change() -> None:
     # An expansion that completed is not a cancellation.
     grew = compute_status(OWNER, grown, Observation(generation=3, pvc=_bound("3Gi", "3Gi")), pending, now)
     assert next(c for c in grew["conditions"] if c["type"] == "StorageReady")["reason"] == "Bound"
+
+
+def test_a_claim_request_is_kept_where_kubernetes_forbids_the_smaller_one() -> None:
+    """A claim's request may go back down only to above its capacity (API server validation)."""
+    from vestige_operator.reconcile import keep_unshrinkable_request
+
+    live = _bound("1Gi", "3Gi")  # an expansion to 3Gi that never happened
+    back = render_pvc(OWNER, VestigeMemorySpec(storage={"size": "1Gi"}))
+    kept = keep_unshrinkable_request(back, live)
+    assert kept["spec"]["resources"]["requests"]["storage"] == "3Gi"
+    assert kept["metadata"]["annotations"]["vestige.dev/applied-hash"] != back["metadata"]["annotations"].get(
+        "vestige.dev/applied-hash"
+    )
+    above = render_pvc(OWNER, VestigeMemorySpec(storage={"size": "2Gi"}))
+    assert keep_unshrinkable_request(above, live) is above  # above the capacity: applied as rendered
+    assert keep_unshrinkable_request(back, _bound("1Gi", "1Gi")) is back  # nothing pending
+    assert keep_unshrinkable_request(back, None) is back  # no claim yet
