@@ -584,6 +584,19 @@ class Reconciler:
         volume = await self._check_volume(owner, spec, cached, current_deployment, errors)
         if not volume.mountable:  # never mount one agent's memory for another
             to_apply = tuple(m for m in to_apply if m["kind"] not in ("PersistentVolumeClaim", "Deployment"))
+            if (
+                volume.problem is not None
+                and current_deployment is not None
+                and owned_by(current_deployment, owner.uid)
+            ):
+                # This resource's pod already runs on a claim now recorded for another agent
+                # (someone re-stamped it): scale it to zero rather than keep it mounted.
+                suspended = spec.model_copy(update={"suspend": True})
+                to_apply += tuple(
+                    m
+                    for m in render_children(owner, suspended, self.images, auth_hash).apply
+                    if m["kind"] == "Deployment"
+                )
         current_pvc = _named(cached["PersistentVolumeClaim"], pvc_name(name))
         to_apply = tuple(
             keep_unshrinkable_request(m, current_pvc) if m["kind"] == "PersistentVolumeClaim" else m

@@ -182,6 +182,18 @@ def test_a_claim_without_agent_record_is_adopted_only_when_provably_its_own(
     )
     assert wait_settled(kubectl, namespace, "old")["status"]["phase"] == "Ready"
 
+    # The running agent's claim re-stamped for another agent (someone who may edit PVCs): the
+    # pod that mounts it is scaled to zero, and the resource stalls.
+    kubectl("-n", namespace, "annotate", "--overwrite", "pvc", "old-data", f"{AGENT_ID}=someone-else")
+    stalled = wait_settled(kubectl, namespace, "old", phase="Failed")
+    assert condition(stalled, "Stalled")["reason"] == "VolumeOwnedByOtherAgent"
+    wait_until(
+        lambda: must_get(kubectl, namespace, "deployment", "old")["spec"]["replicas"] == 0,
+        30,
+        "the Deployment on the re-stamped claim to scale to zero",
+    )
+    wait_until(lambda: not pods_mounting(kubectl, namespace, "old-data"), 60, "no pod mounting the claim")
+
     # A retained claim without record and without a resource that provably used it: not mounted.
     orphan = {
         "apiVersion": "v1",
