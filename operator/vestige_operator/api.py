@@ -290,7 +290,9 @@ class StorageSpec(SpecModel):
         default="5Gi",
         description=(
             "Requested size of the data volume (a Kubernetes quantity such as 5Gi). It may grow "
-            "(if the storage class allows volume expansion) but never shrink."
+            "(if the storage class allows volume expansion) but never shrink below the volume's "
+            "actual capacity (status.storage.capacity): an expansion that did not happen can be "
+            "undone by setting the size back."
         ),
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -299,14 +301,6 @@ class StorageSpec(SpecModel):
                         "!isQuantity(string(self)) || quantity(string(self)).isGreaterThan(quantity('0'))"
                     ),
                     "message": "storage.size must be greater than zero",
-                },
-                {
-                    "rule": (
-                        "!isQuantity(string(self)) || !isQuantity(string(oldSelf)) || "
-                        "quantity(string(self)).compareTo(quantity(string(oldSelf))) >= 0"
-                    ),
-                    "message": "storage.size may grow but never shrink",
-                    "reason": "FieldValueForbidden",
                 },
             ]
         },
@@ -324,7 +318,8 @@ class StorageSpec(SpecModel):
         default=ReclaimPolicy.RETAIN,
         description=(
             "Retain (default): the data volume outlives the VestigeMemory and a new one of the "
-            "same name re-adopts it. Delete: the volume is deleted with the VestigeMemory."
+            "same name and agent id re-adopts it (the claim records its agent id; another agent "
+            "never mounts it). Delete: the volume is deleted with the VestigeMemory."
         ),
     )
 

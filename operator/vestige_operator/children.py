@@ -48,6 +48,10 @@ ANNOTATION_APPLIED_HASH = f"{GROUP}/applied-hash"
 #: environment, so a new internal token restarts the pod. The agents' token is NOT hashed here: the
 #: bridge follows it from a mounted volume, so a rotation never restarts the pod.
 ANNOTATION_TOKEN_HASH = f"{GROUP}/vestige-token-hash"
+#: The agent id a data claim was created for (annotation: the record; label: for selection). A
+#: VestigeMemory whose agent id differs never mounts the claim (docs/operator.md, "Data volumes").
+ANNOTATION_AGENT_ID = f"{GROUP}/agent-id"
+LABEL_AGENT_ID = f"{GROUP}/agent-id"
 
 COMPONENT_AUTH = "auth"
 COMPONENT_DATA = "data"
@@ -341,7 +345,8 @@ def render_vestige_secret(owner: Owner, vestige_token: str) -> Manifest:
 
 def render_pvc(owner: Owner, spec: VestigeMemorySpec) -> Manifest:
     """The data volume. ``Retain``: no owner reference, so the garbage collector never deletes it
-    and a new VestigeMemory of the same name re-adopts it. ``Delete``: owned, goes with it."""
+    and a new VestigeMemory of the same name *and agent id* re-adopts it. ``Delete``: owned, goes
+    with it. The claim records its agent id (annotation and label ``vestige.dev/agent-id``)."""
     storage = spec.storage
     pvc_spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
@@ -350,12 +355,27 @@ def render_pvc(owner: Owner, spec: VestigeMemorySpec) -> Manifest:
     if storage.storage_class_name:
         pvc_spec["storageClassName"] = storage.storage_class_name
     owned = ReclaimPolicy(storage.reclaim_policy) is ReclaimPolicy.DELETE
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(owner, pvc_name(owner.name), COMPONENT_DATA, owned=owned),
-        "spec": pvc_spec,
-    }
+    agent_id = spec.effective_agent_id(owner.name)
+    meta = _metadata(
+        owner, pvc_name(owner.name), COMPONENT_DATA, owned=owned, annotations={ANNOTATION_AGENT_ID: agent_id}
+    )
+    meta["labels"][LABEL_AGENT_ID] = agent_id
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": pvc_spec}
+
+
+def volume_agent_id(pvc: Mapping[str, Any]) -> str | None:
+    """The agent id a data claim records (annotation, else label); None for a claim created
+    before claims recorded it."""
+    meta = pvc.get("metadata") or {}
+    return (meta.get("annotations") or {}).get(ANNOTATION_AGENT_ID) or (meta.get("labels") or {}).get(
+        LABEL_AGENT_ID
+    )
+
+
+def mounts_claim(deployment: Mapping[str, Any], claim: str) -> bool:
+    """Whether the Deployment's pod template mounts the PersistentVolumeClaim ``claim``."""
+    volumes = ((deployment.get("spec") or {}).get("template") or {}).get("spec", {}).get("volumes") or []
+    return any((v.get("persistentVolumeClaim") or {}).get("claimName") == claim for v in volumes)
 
 
 # -- Deployment ------------------------------------------------------------------------------

@@ -129,7 +129,37 @@ def _root_validations() -> list[dict[str, Any]]:
             "fieldPath": ".spec.agentId",
             "reason": "FieldValueForbidden",
         },
+        _SIZE_RULE,
     ]
+
+
+def _has_path(root: str, *fields: str) -> str:
+    return " && ".join(f"has({'.'.join((root, *fields[: i + 1]))})" for i in range(len(fields)))
+
+
+_NEW_SIZE = "self.spec.storage.size"
+_OLD_SIZE = "oldSelf.spec.storage.size"
+_CAPACITY = "oldSelf.status.storage.capacity"
+#: storage.size never shrinks, except back down to (not below) the capacity the operator last
+#: observed on the bound claim: an expansion that did not happen can be undone. A root rule,
+#: because a rule on the field cannot see the status. oldSelf.status is the stored status (a
+#: spec update cannot change it); the claim's own validation still refuses anything below its
+#: real capacity, so a forged status shrinks nothing.
+_SIZE_RULE = {
+    "rule": (
+        f"!({_has_path('self', 'spec', 'storage', 'size')}) || "
+        f"!({_has_path('oldSelf', 'spec', 'storage', 'size')}) || "
+        f"!isQuantity(string({_NEW_SIZE})) || !isQuantity(string({_OLD_SIZE})) || "
+        f"quantity(string({_NEW_SIZE})).compareTo(quantity(string({_OLD_SIZE}))) >= 0 || "
+        f"({_has_path('oldSelf', 'status', 'storage', 'capacity')} && "
+        f"isQuantity(string({_CAPACITY})) && "
+        f"quantity(string({_NEW_SIZE})).compareTo(quantity(string({_CAPACITY}))) >= 0)"
+    ),
+    "message": "storage.size may grow, and shrink only back down to the volume's actual capacity "
+    "(status.storage.capacity), never below it",
+    "fieldPath": ".spec.storage.size",
+    "reason": "FieldValueForbidden",
+}
 
 
 def openapi_schema() -> dict[str, Any]:

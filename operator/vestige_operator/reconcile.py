@@ -41,11 +41,15 @@ from vestige_operator.children import (
     auth_secret_ref,
     ignored_env,
     ingress_host_holder,
+    mounts_claim,
+    pvc_name,
     render_children,
     render_secret,
     render_vestige_secret,
     token_hash,
     vestige_secret_name,
+    volume_agent_id,
+    with_applied_hash,
 )
 from vestige_operator.config import OperatorConfig
 from vestige_operator.status import (
@@ -145,12 +149,48 @@ def _same_quantity(a: Any, b: Any) -> bool:
         return False
 
 
+#: Lists that Kubernetes merges by key (``x-kubernetes-list-type: map``) and the key of their
+#: entries. Another field manager's entry in such a list (``kubectl set env``, a sidecar injector)
+#: survives every server-side apply of the operator, so it must not count as drift.
+_KEYED_LISTS: Mapping[str, Callable[[Mapping[str, Any]], Any]] = {
+    "containers": lambda e: e.get("name"),
+    "initContainers": lambda e: e.get("name"),
+    "env": lambda e: e.get("name"),
+    "volumes": lambda e: e.get("name"),
+    "volumeMounts": lambda e: e.get("mountPath"),
+    "imagePullSecrets": lambda e: e.get("name"),
+    # container ports (containerPort, protocol) and Service ports (port, protocol)
+    "ports": lambda e: (e.get("containerPort", e.get("port")), e.get("protocol") or "TCP"),
+}
+
+
+def _keyed_difference(
+    desired: list[Any], observed: list[Any], path: str, key: Callable[[Mapping[str, Any]], Any]
+) -> str | None:
+    """Every desired entry must be present (by key) and match; extra observed entries are other
+    managers' and ignored. Order is not compared (server-side apply keeps other entries in place)."""
+    by_key: dict[Any, Any] = {}
+    for entry in observed:
+        if isinstance(entry, Mapping):
+            by_key.setdefault(key(entry), entry)
+    for i, d in enumerate(desired):
+        k = key(d)
+        if k not in by_key:
+            return f"{path}/{i}"
+        diff = first_difference(d, by_key[k], f"{path}/{i}")
+        if diff is not None:
+            return diff
+    return None
+
+
 def first_difference(desired: Any, observed: Any, path: str = "") -> str | None:
     """Where ``observed`` fails to contain ``desired`` (None when it does).
 
     Maps: every desired key must match (extra observed keys are server defaults or other
-    managers' fields); lists: same length, element-wise; empty desired values match absent ones
-    (the API server drops them). Quantities under requests/limits compare by value.
+    managers' fields); keyed lists (containers, env, volumes, volumeMounts, ports: see
+    ``_KEYED_LISTS``): every desired entry by its key, other entries ignored; other lists: same
+    length, element-wise; empty desired values match absent ones (the API server drops them).
+    Quantities under requests/limits compare by value.
     """
     if isinstance(desired, Mapping):
         if not isinstance(observed, Mapping):
@@ -165,7 +205,12 @@ def first_difference(desired: Any, observed: Any, path: str = "") -> str | None:
                 return diff
         return None
     if isinstance(desired, list):
-        if not isinstance(observed, list) or len(desired) != len(observed):
+        if not isinstance(observed, list):
+            return path
+        key = _KEYED_LISTS.get(path.rsplit("/", 1)[-1])
+        if key is not None and all(isinstance(d, Mapping) for d in desired):
+            return _keyed_difference(desired, observed, path, key)
+        if len(desired) != len(observed):
             return path
         for i, (d, o) in enumerate(zip(desired, observed, strict=True)):
             diff = first_difference(d, o, f"{path}/{i}")
@@ -235,6 +280,91 @@ class TokenOutcome:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeCheck:
+    """Whether the data claim may be applied and mounted for this resource's agent.
+
+    ``problem`` is (reason, message) when it may not: it records another agent's id, or none at
+    all and nothing shows that it was this resource's. ``mountable`` False without a problem: the
+    claim could not be read this time (transient, retried).
+    """
+
+    mountable: bool
+    problem: tuple[str, str] | None = None
+
+
+def _storage_of(obj: Mapping[str, Any] | None, *path: str) -> Any:
+    node: Any = obj or {}
+    for key in path:
+        node = node.get(key) if isinstance(node, Mapping) else None
+    return node
+
+
+def keep_unshrinkable_request(manifest: dict[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The claim manifest, keeping the claim's current request where Kubernetes forbids the smaller one.
+
+    After an expansion that did not happen, ``storage.size`` may go back down to the capacity
+    (CEL), but a claim's request may only go back down to *above* its capacity (the API server:
+    "can not be less than status.capacity"). Then the claim keeps the request it has: the volume
+    has the size the spec asks for, and status says so (StorageReady ``ExpansionCancelled``).
+    """
+    want = _storage_of(manifest, "spec", "resources", "requests", "storage")
+    have = _storage_of(current, "spec", "resources", "requests", "storage")
+    capacity = _storage_of(current, "status", "capacity", "storage")
+    if want is None or have is None or capacity is None:
+        return manifest
+    try:
+        if not parse_quantity(want) <= parse_quantity(capacity) < parse_quantity(have):
+            return manifest
+    except ValueError:
+        return manifest
+    spec = {**manifest["spec"], "resources": {**manifest["spec"]["resources"], "requests": {"storage": have}}}
+    return with_applied_hash({**manifest, "spec": spec})
+
+
+def volume_check(
+    owner: Owner, agent_id: str, pvc: Mapping[str, Any] | None, deployment: Mapping[str, Any] | None
+) -> VolumeCheck:
+    """May the claim ``pvc`` (None: absent, it will be created and stamped) serve ``agent_id``?
+
+    A claim that records no agent id (created before claims recorded one) is adopted, and stamped
+    by the next apply, only when it is provably this resource's: it carries this resource's owner
+    reference (reclaimPolicy Delete), or this resource's own Deployment already mounts it (it
+    served this resource, whose agent id is immutable). Otherwise it is a retained claim of a
+    deleted resource of the same name, whose agent cannot be known: it is not mounted.
+    """
+    if pvc is None:
+        return VolumeCheck(True)
+    claim = pvc_name(owner.name)
+    recorded = volume_agent_id(pvc)
+    if recorded == agent_id:
+        return VolumeCheck(True)
+    if recorded is not None:
+        return VolumeCheck(
+            False,
+            (
+                "VolumeOwnedByOtherAgent",
+                f"PersistentVolumeClaim {claim} holds the memory of agent {recorded!r}, not {agent_id!r}: "
+                "it is not mounted. Use another name for this VestigeMemory, or set spec.agentId "
+                f"to {recorded!r} if this resource is that agent",
+            ),
+        )
+    if owned_by(pvc, owner.uid) or (
+        deployment is not None and owned_by(deployment, owner.uid) and mounts_claim(deployment, claim)
+    ):
+        return VolumeCheck(True)
+    return VolumeCheck(
+        False,
+        (
+            "VolumeOwnerUnknown",
+            f"PersistentVolumeClaim {claim} records no agent id (created before claims recorded "
+            "one, or not by the operator), so whose memory it holds is unknown: it is not mounted. "
+            "If it is agent "
+            f"{agent_id!r}'s, record that: kubectl annotate pvc {claim} vestige.dev/agent-id={agent_id}",
+        ),
+    )
 
 
 # -- the reconciler ----------------------------------------------------------------------------
@@ -514,6 +644,27 @@ class Reconciler:
         to_apply = desired.apply
         if ingress_conflict is not None:  # never route a URL another resource already routes
             to_apply = tuple(m for m in to_apply if m["kind"] != "Ingress")
+        volume = await self._check_volume(owner, spec, cached, current_deployment, errors)
+        if not volume.mountable:  # never mount one agent's memory for another
+            to_apply = tuple(m for m in to_apply if m["kind"] not in ("PersistentVolumeClaim", "Deployment"))
+            if (
+                volume.problem is not None
+                and current_deployment is not None
+                and owned_by(current_deployment, owner.uid)
+            ):
+                # This resource's pod already runs on a claim now recorded for another agent
+                # (someone re-stamped it): scale it to zero rather than keep it mounted.
+                suspended = spec.model_copy(update={"suspend": True})
+                to_apply += tuple(
+                    m
+                    for m in render_children(owner, suspended, self.images, auth_hash).apply
+                    if m["kind"] == "Deployment"
+                )
+        current_pvc = _named(cached["PersistentVolumeClaim"], pvc_name(name))
+        to_apply = tuple(
+            keep_unshrinkable_request(m, current_pvc) if m["kind"] == "PersistentVolumeClaim" else m
+            for m in to_apply
+        )
 
         for manifest in to_apply:
             kind = manifest["kind"]
@@ -548,7 +699,7 @@ class Reconciler:
         storage_class_missing = await self._missing_storage_class(spec, observed.get("PersistentVolumeClaim"))
         obs = Observation(
             generation=generation,
-            pvc=observed.get("PersistentVolumeClaim"),
+            pvc=observed.get("PersistentVolumeClaim") if volume.mountable else None,
             deployment=observed.get("Deployment"),
             missing=missing,
             applied=tuple(applied),
@@ -561,12 +712,34 @@ class Reconciler:
             token_rotated_at=token_state.rotated_at
             if auth_hash is not None or auth_problem is not None
             else previous.get("tokenRotatedAt"),
+            volume_problem=volume.problem,
         )
         new = compute_status(owner, spec, obs, previous, self._clock())
         await self._write_status(owner, previous, new)
         transient = [e for e in errors if e.transient]
         if transient:
             raise RetryLater("; ".join(f"{e.kind}: {e.message}" for e in transient))
+
+    async def _check_volume(
+        self,
+        owner: Owner,
+        spec: VestigeMemorySpec,
+        cached: Mapping[str, list[Mapping[str, Any]]],
+        deployment: Mapping[str, Any] | None,
+        errors: list[ChildError],
+    ) -> VolumeCheck:
+        """``volume_check`` on the cached claim; a claim missing from the cache is read once (it
+        may exist without the operator's labels, or the cache may lag), never applied blind."""
+        name = pvc_name(owner.name)
+        pvc = _named(cached["PersistentVolumeClaim"], name)
+        if pvc is None:
+            try:
+                found = await self.cluster.get(k8s.PVC, owner.namespace, name)
+            except k8s.ApiError as exc:
+                errors.append(ChildError("PersistentVolumeClaim", exc.message or str(exc), exc.transient))
+                return VolumeCheck(False)
+            pvc = trim(found) if found is not None else None
+        return volume_check(owner, spec.effective_agent_id(owner.name), pvc, deployment)
 
     def _ingress_conflict(self, owner: Owner, spec: VestigeMemorySpec) -> str | None:
         """Why this resource may not route its Ingress host and path (None: it may)."""

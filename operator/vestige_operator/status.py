@@ -10,6 +10,7 @@ change, so an unchanged world yields an identical status and the reconciler writ
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +61,8 @@ class Observation:
     ingress_conflict: str | None = None
     storage_class_missing: str | None = None
     token_rotated_at: str | None = None
+    #: (reason, message) when the data claim belongs to another agent or to an unknown one.
+    volume_problem: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +112,42 @@ def _storage(spec: VestigeMemorySpec, pvc: Mapping[str, Any] | None, name: str) 
     if phase == "Lost":
         return _Cond(False, "Lost", "the bound PersistentVolume no longer exists"), capacity
     return _Cond(False, "Pending", "waiting for a PersistentVolume to bind"), capacity
+
+
+_REQUESTED = re.compile(r"requested (\S+), expansion pending")
+
+
+def _expansion_cancelled(
+    storage: _Cond,
+    spec: VestigeMemorySpec,
+    capacity: str | None,
+    claim_request: str | None,
+    before: Mapping[str, Any] | None,
+    generation: int,
+) -> _Cond:
+    """StorageReady after ``storage.size`` went back down while an expansion was pending (the
+    class refused it or the volume never grew): reason ``ExpansionCancelled``, kept until the
+    next spec change so the status says what happened."""
+    if storage.reason != "Bound" or before is None:
+        return storage
+    if before.get("reason") == "ExpansionCancelled" and before.get("observedGeneration") == generation:
+        return _Cond(True, "ExpansionCancelled", str(before.get("message") or storage.message))
+    match = _REQUESTED.search(str(before.get("message") or ""))
+    if before.get("reason") != "ResizePending" or match is None:
+        return storage
+    abandoned = match.group(1)
+    if not _quantity_lt(spec.storage.size, abandoned):
+        return storage  # the expansion completed
+    message = (
+        f"bound with {capacity}; the expansion to {abandoned} did not happen and was cancelled: "
+        f"storage.size went back to {spec.storage.size}"
+    )
+    if claim_request is not None and _quantity_lt(spec.storage.size, claim_request):
+        message += (
+            f"; the claim keeps requesting {claim_request} (Kubernetes lets a claim's request go back "
+            "down only to above its capacity), so the storage may still grow to it later"
+        )
+    return _Cond(True, "ExpansionCancelled", message)
 
 
 def _quantity_lt(a: str, b: str) -> bool:
@@ -171,12 +210,21 @@ def compute_status(
             f"StorageClass {obs.storage_class_missing} (storage.storageClassName) does not exist: "
             "create it, or recreate this VestigeMemory with an existing class",
         )
+    claim_spec = (obs.pvc or {}).get("spec") or {}
+    claim_request = ((claim_spec.get("resources") or {}).get("requests") or {}).get("storage")
+    storage_cond = _expansion_cancelled(
+        storage_cond, spec, capacity, claim_request, prev_conditions.get(STORAGE_READY), gen
+    )
+    if obs.volume_problem is not None:
+        storage_cond = _Cond(False, *obs.volume_problem)
     dep_state, dep_message = _deployment_state(obs.deployment, spec.suspend)
     permanent = [e for e in obs.errors if not e.transient]
     transient = [e for e in obs.errors if e.transient]
 
     stalled: _Cond | None = None
-    if obs.auth_problem is not None:
+    if obs.volume_problem is not None:
+        stalled = _Cond(True, *obs.volume_problem)
+    elif obs.auth_problem is not None:
         stalled = _Cond(True, "AuthSecretUnavailable", obs.auth_problem)
     elif obs.ingress_conflict is not None:
         stalled = _Cond(True, "IngressHostConflict", obs.ingress_conflict)

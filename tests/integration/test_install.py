@@ -39,6 +39,11 @@ NEEDED = [
     ("create", "services"),
     ("create", "secrets"),
     ("update", "secrets"),  # its own token Secrets only (code-enforced): vestige-token, rotation
+    # Secrets: list/watch for the label-selected watch of its own token Secrets, get for
+    # auth.existingSecret by name. RBAC cannot narrow these by label (docs/operator.md).
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("get", "secrets"),
     ("create", "persistentvolumeclaims"),
     ("patch", "persistentvolumeclaims"),
     ("create", "networkpolicies.networking.k8s.io"),
@@ -118,6 +123,9 @@ def test_namespaced_overlay_grants_rights_only_where_it_watches(kubectl: Kubectl
         assert can(kubectl, verb, resource, WATCHED), f"cannot {verb} {resource} in {WATCHED}"
         assert not can(kubectl, verb, resource, namespace), f"can {verb} {resource} in unwatched {namespace}"
     assert not can(kubectl, "list", "vestigememories.vestige.dev", None)
+    # No Secret outside the watched namespaces: not listable cluster-wide, not readable by name.
+    assert not can(kubectl, "list", "secrets", None)
+    assert not can(kubectl, "get", "secrets", "kube-system")
     for verb, resource in FORBIDDEN:
         assert not can(kubectl, verb, resource, WATCHED), f"may {verb} {resource}"
     kubectl("delete", "rolebinding", "vestige-operator", "-n", WATCHED)

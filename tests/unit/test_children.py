@@ -461,9 +461,14 @@ def test_drift_and_changes_are_detected() -> None:
     scaled = live(dep)
     scaled["spec"]["replicas"] = 3
     assert apply_reason(dep, scaled) == "drift at /spec/replicas"
+    # Another manager's port survives every apply (server-side apply never removes it): not drift.
     extra_port = live(svc)
     extra_port["spec"]["ports"].append({"name": "vestige", "port": 3100})
-    assert apply_reason(svc, extra_port) is not None
+    assert apply_reason(svc, extra_port) is None
+    # Our own port changed is drift.
+    moved = live(svc)
+    moved["spec"]["ports"][0]["targetPort"] = 3100
+    assert apply_reason(svc, moved) == "drift at /spec/ports/0/targetPort"
     new_spec = render_children(OWNER, spec(storage={"size": "9Gi"}), IMAGES, HASH).apply[0]
     assert apply_reason(new_spec, live(pvc)) == "rendering changed"
     assert apply_reason(netpol, live(netpol)) is None

@@ -198,11 +198,14 @@ def test_cel_rules_are_where_they_belong(schema: dict[str, Any]) -> None:
     nodes = dict(_walk(schema))
     size_rules = _rules(nodes[".spec.storage.size"])
     assert any("isGreaterThan(quantity('0'))" in r for r in size_rules)
-    assert any("compareTo(quantity(string(oldSelf))) >= 0" in r for r in size_rules)
     assert any("oldSelf.storageClassName" in r for r in _rules(nodes[".spec.storage"]))
-    (root_rule,) = schema["x-kubernetes-validations"]
+    (root_rule, size_rule) = schema["x-kubernetes-validations"]
     assert root_rule["fieldPath"] == ".spec.agentId"
     assert "oldSelf.metadata.name" in root_rule["rule"]
+    # never shrink, except back down to the observed capacity: a root rule, as it reads the status
+    assert size_rule["fieldPath"] == ".spec.storage.size"
+    assert "compareTo(quantity(string(oldSelf.spec.storage.size))) >= 0" in size_rule["rule"]
+    assert "compareTo(quantity(string(oldSelf.status.storage.capacity))) >= 0" in size_rule["rule"]
     for path, node in _walk(schema):
         for rule in node.get("x-kubernetes-validations", []):
             assert rule.get("message"), f"{path}: rule without message"
