@@ -4,6 +4,7 @@ through restarts and re-creation, and keeps its data, token and port to itself."
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -280,3 +281,15 @@ def test_agents_come_back_after_containerd_restarts(agents: Agents, shape_agents
     for agent in shape_agents.values():
         agent.wait_ready()
     found_after(shape_agents["v3"].client, "owl", "containerd restart: the owl stays awake")
+
+
+def test_a_pod_routes_only_into_the_node(shape_agents: dict[str, Agent]) -> None:
+    """A pod's default route ends at the bridge's gateway address inside the node's namespace,
+    which has no way further (tests/node/test_network.py reads that namespace's routes)."""
+    gateway = str(next(ipaddress.ip_network(node.POD_CIDR).hosts()))
+    out = shape_agents["v3"].exec("bridge", "cat", "/proc/net/route").stdout
+    routes = [line.split() for line in out.splitlines()[1:] if line.strip()]
+    default = [r for r in routes if r[1] == "00000000"]
+    assert len(default) == 1, out
+    gw = ipaddress.IPv4Address(bytes.fromhex(default[0][2])[::-1])
+    assert str(gw) == gateway, f"default route via {gw}, not the bridge {gateway}"
