@@ -1,6 +1,7 @@
 // Test helpers: real processes on 127.0.0.1 (the v3 stand-in, the bridge, OpenClaw), stopped by pid.
 import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, openSync, readFileSync, closeSync } from "node:fs";
+import { get } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -94,15 +95,37 @@ export async function waitFor(proc, probe, { timeoutMs = 60_000, what = "ready" 
   throw new Error(`${proc.name} not ${what} after ${timeoutMs} ms:\n${proc.output().slice(-3000)}`);
 }
 
+/** waitFor, stopping the process when it never gets ready (no leaked servers). */
+async function startedOrStopped(proc, probe, what) {
+  try {
+    await waitFor(proc, probe, { what });
+  } catch (error) {
+    await proc.stop();
+    throw error;
+  }
+}
+
+/** GET /livez on a connection of its own, closed afterwards (holds no slot of the bridge). */
+function livez(url) {
+  return new Promise((resolve) => {
+    const req = get(`${url}/livez`, { agent: false, timeout: 2000 }, (res) => {
+      res.resume();
+      resolve(res.statusCode === 200);
+    });
+    req.on("error", () => resolve(false));
+    req.on("timeout", () => req.destroy());
+  });
+}
+
 /** The v3 stand-in Vestige (tests/bridge/standin.py) over Streamable HTTP with Vestige's HTTP rules. */
-export async function startStandin(dir, name = "standin") {
+export async function startStandin(dir, name = "standin", extraArgs = []) {
   const port = await freePort();
   const callLog = join(dir, `${name}-calls.jsonl`);
   const argv = [python(), "-m", "tests.bridge.standin", "--generation", "v3", "--port", String(port)];
-  argv.push("--token", UPSTREAM_TOKEN, "--call-log", callLog);
+  argv.push("--token", UPSTREAM_TOKEN, "--call-log", callLog, ...extraArgs);
   const env = cleanEnv({ PYTHONPATH: REPO_ROOT, PYTHONUNBUFFERED: "1" });
   const proc = new Proc(name, argv, { env, dir });
-  await waitFor(proc, () => proc.output().includes("listening"), { what: "listening" });
+  await startedOrStopped(proc, () => proc.output().includes("listening"), "listening");
   return {
     proc,
     mcpUrl: `http://127.0.0.1:${port}/mcp`,
@@ -134,7 +157,7 @@ export async function startBridge(dir, mcpUrl, { name = "bridge", env = {} } = {
   const argv = [python(), "-m", "vestige_bridge", "--host", "127.0.0.1", "--port", String(port)];
   const proc = new Proc(name, argv, { env: cleanEnv(settings), dir });
   const url = `http://127.0.0.1:${port}`;
-  await waitFor(proc, async () => (await fetch(`${url}/livez`)).ok, { what: "serving /livez" });
+  await startedOrStopped(proc, () => livez(url), "serving /livez");
   return { proc, url };
 }
 
