@@ -1,5 +1,6 @@
 // The plugin loaded the way OpenClaw loads it: the `openclaw` package's own CLI validates the
-// config against the manifest, and its Gateway discovers the plugin (plugins.load.paths), imports
+// config against the manifest, and its Gateway discovers the plugin (plugins.load.paths pointing at
+// the unpacked `npm pack` tarball), imports
 // dist/index.js, registers the tool factories and builds each tool with the runtime context of
 // the agent named in a `POST /tools/invoke` request. Offline: loopback only, update checks and
 // the remote model catalog off, only this plugin allowed.
@@ -8,7 +9,7 @@
 // machine's Node is older.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 
@@ -46,6 +47,29 @@ let dir;
 let env;
 let configPath;
 let logFile;
+let pluginDir; // the packed tarball, unpacked: what `openclaw plugins install <tgz>` gets
+
+/**
+ * `npm pack` the plugin and unpack the tarball; its runtime dependency (typebox) and the host's
+ * SDK (the peer openclaw) are linked from this package's node_modules, as an install provides them.
+ */
+function unpackTarball() {
+  const packed = spawnSync("npm", ["pack", "--json", "--pack-destination", dir], {
+    cwd: PLUGIN_ROOT,
+    encoding: "utf8",
+    env: cleanEnv({ npm_config_offline: "true" }),
+  });
+  assert.equal(packed.status, 0, packed.stderr);
+  const tarball = join(dir, JSON.parse(packed.stdout)[0].filename);
+  const untar = spawnSync("tar", ["-xzf", tarball, "-C", dir], { encoding: "utf8" });
+  assert.equal(untar.status, 0, untar.stderr);
+  const root = join(dir, "package");
+  mkdirSync(join(root, "node_modules"));
+  for (const dep of ["typebox", "openclaw"]) {
+    symlinkSync(join(PLUGIN_ROOT, "node_modules", dep), join(root, "node_modules", dep), "dir");
+  }
+  return root;
+}
 
 function writeConfig(pluginConfig, extra = {}) {
   const config = {
@@ -61,7 +85,7 @@ function writeConfig(pluginConfig, extra = {}) {
     logging: { file: logFile },
     plugins: {
       allow: [manifest.id],
-      load: { paths: [PLUGIN_ROOT] },
+      load: { paths: [pluginDir] },
       entries: { [manifest.id]: { enabled: true, config: pluginConfig } },
     },
     ...extra,
@@ -90,10 +114,11 @@ before(() => {
     OPENCLAW_SKIP_CRON: "1",
     NO_COLOR: "1",
   });
+  pluginDir = unpackTarball();
 });
 
 after(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  if (dir && !process.env.VESTIGE_TEST_KEEP_TMP) rmSync(dir, { recursive: true, force: true });
 });
 
 describe("OpenClaw's config validation against the manifest", { skip }, () => {
@@ -130,11 +155,17 @@ describe("the Gateway loads the plugin and runs its tools for an agent", { skip 
   let gatewayUrl;
 
   async function invoke(tool, agentId, args) {
-    const response = await fetch(`${gatewayUrl}/tools/invoke`, {
-      method: "POST",
-      headers: { authorization: `Bearer ${GATEWAY_TOKEN}`, "content-type": "application/json" },
-      body: JSON.stringify({ tool, agentId, args }),
-    });
+    let response;
+    try {
+      response = await fetch(`${gatewayUrl}/tools/invoke`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${GATEWAY_TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ tool, agentId, args }),
+      });
+    } catch (error) {
+      const running = gateway?.running ? "running" : "exited";
+      throw new Error(`POST /tools/invoke ${tool} failed (${error.cause?.code ?? error}); gateway ${running}:\n${gateway?.output().slice(-4000)}`);
+    }
     return { status: response.status, body: await response.json() };
   }
 
