@@ -49,6 +49,12 @@ export function resolveConfig(raw: Record<string, unknown> | undefined): Vestige
     throw new ConfigError(`${CONFIG_PATH}.serverUrl must be an http(s) URL, not ${url.protocol}`);
   }
   const authToken = cfg.authToken;
+  if (authToken !== null && typeof authToken === "object") {
+    throw new ConfigError(
+      `${CONFIG_PATH}.authToken is a SecretRef that was not resolved: check that its source ` +
+        "(for example the environment variable it names) is available to OpenClaw.",
+    );
+  }
   if (authToken !== undefined && (typeof authToken !== "string" || authToken.trim() === "")) {
     throw new ConfigError(`${CONFIG_PATH}.authToken must be a non-empty string when set.`);
   }

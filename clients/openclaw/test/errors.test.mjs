@@ -209,6 +209,15 @@ describe("configuration", () => {
     });
   });
 
+  test("an unresolved SecretRef for authToken says so (and is never sent)", async () => {
+    const ref = { source: "env", provider: "default", id: "VESTIGE_BRIDGE_TOKEN" };
+    await expectToolError(run(toolsFor({ serverUrl: bridge.url, authToken: ref }), "vestige_search", { query: "x" }), {
+      status: 0,
+      kind: "config",
+      patterns: [/authToken is a SecretRef that was not resolved/],
+    });
+  });
+
   test("a bad timeoutMs or agentId is refused with the key's name", async () => {
     await expectToolError(run(toolsFor({ serverUrl: bridge.url, timeoutMs: 5 }), "vestige_search", { query: "x" }), {
       status: 0,

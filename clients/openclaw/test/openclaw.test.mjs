@@ -146,6 +146,16 @@ describe("OpenClaw's config validation against the manifest", { skip }, () => {
     assert.equal(code, 0, output);
     assert.match(output, /Config valid/);
   });
+
+  test("authToken may be a SecretRef; a malformed one is rejected", () => {
+    writeConfig({ serverUrl: "http://127.0.0.1:9", authToken: { source: "env", provider: "default", id: "T_OKEN" } });
+    let result = openclaw("config", "validate");
+    assert.equal(result.code, 0, result.output);
+    writeConfig({ serverUrl: "http://127.0.0.1:9", authToken: { source: "env", id: "T_OKEN", extra: 1 } });
+    result = openclaw("config", "validate");
+    assert.notEqual(result.code, 0, result.output);
+    assert.match(result.output, /authToken/);
+  });
 });
 
 describe("the Gateway loads the plugin and runs its tools for an agent", { skip }, () => {
@@ -176,14 +186,23 @@ describe("the Gateway loads the plugin and runs its tools for an agent", { skip 
     bridge = await startBridge(dir, standin.mcpUrl);
     const port = await freePort();
     gatewayUrl = `http://127.0.0.1:${port}`;
-    writeConfig({ serverUrl: bridge.url, authToken: BRIDGE_TOKEN, timeoutMs: 20_000 });
+    // The token as a SecretRef to an environment variable (configContracts.secretInputs), as a
+    // pod would get it from the agent's Secret; OpenClaw resolves it before the plugin sees it.
+    const authToken = { source: "env", provider: "default", id: "VESTIGE_BRIDGE_TOKEN" };
+    writeConfig({ serverUrl: bridge.url, authToken, timeoutMs: 20_000 });
     const argv = [NODE, OPENCLAW, "gateway", "run", "--port", String(port), "--bind", "loopback"];
-    gateway = new Proc("openclaw-gateway", argv, { env, cwd: dir, dir });
-    // Ready when the plugin's tool answers for this agent.
+    const gatewayEnv = { ...env, VESTIGE_BRIDGE_TOKEN: BRIDGE_TOKEN };
+    gateway = new Proc("openclaw-gateway", argv, { env: gatewayEnv, cwd: dir, dir });
+    // Ready when its startup is over (channels and sidecars start after the HTTP listener) and the
+    // plugin's tool answers for this agent.
+    await waitFor(gateway, () => /\[gateway\] ready\b/.test(gateway.output()), {
+      timeoutMs: 300_000,
+      what: "ready",
+    });
     await waitFor(
       gateway,
       async () => (await invoke("vestige_search", AGENT, { query: "warm-up" })).body.ok === true,
-      { timeoutMs: 240_000, what: "serving vestige_search" },
+      { timeoutMs: 60_000, what: "serving vestige_search" },
     );
   });
 
