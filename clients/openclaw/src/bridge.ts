@@ -165,6 +165,16 @@ export function describeNetworkError(
     return new VestigeToolError(`The call to Vestige (POST ${ctx.endpoint}) was cancelled.`, 0, "cancelled");
   }
   const code = errorCode(error);
+  const cause = String((error as { cause?: { message?: unknown } })?.cause?.message ?? "");
+  if (/redirect/i.test(cause)) {
+    return new VestigeToolError(
+      `The server at ${ctx.serverUrl} answered POST ${ctx.endpoint} with a redirect; the plugin does ` +
+        "not follow redirects (the token must not go elsewhere). Set plugins.entries.vestige.config.serverUrl " +
+        "to the final URL (for example https:// instead of http://).",
+      0,
+      "redirect",
+    );
+  }
   switch (code) {
     case "ECONNREFUSED":
       return new VestigeToolError(

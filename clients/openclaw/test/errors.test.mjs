@@ -199,6 +199,29 @@ describe("not a bridge", () => {
   });
 });
 
+describe("redirects", () => {
+  test("a redirect is not followed (the token stays put); the error names the fix", async () => {
+    let followed = false;
+    const server = createServer((req, res) => {
+      if (req.url.startsWith("/elsewhere")) followed = true;
+      res.writeHead(308, { location: "/elsewhere/search" });
+      res.end();
+    });
+    await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+    try {
+      const tools = toolsFor({ serverUrl: `http://127.0.0.1:${server.address().port}`, authToken: BRIDGE_TOKEN });
+      await expectToolError(run(tools, "vestige_search", { query: "x" }), {
+        status: 0,
+        kind: "redirect",
+        patterns: [/answered POST \/search with a redirect/, /serverUrl/],
+      });
+      assert.equal(followed, false);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
+
 describe("configuration", () => {
   test("no serverUrl: the tool says which key to set", async () => {
     const tools = toolsFor({});
