@@ -17,5 +17,13 @@ if [ "$(id -u)" = 0 ]; then
 fi
 ruff check .
 ruff format --check .
+# OpenClaw plugin (clients/openclaw): dependencies from the npm registry, tsc build, node's test
+# runner against real bridges (needs the venv above for `python -m vestige_bridge`). Offline after npm ci.
+(
+  cd clients/openclaw
+  npm ci --no-audit --no-fund --loglevel=error
+  npm run --silent build
+  VESTIGE_PYTHON="$(command -v python)" node --test test/*.test.mjs
+)
 # pytest exits 5 when it collected nothing: that is a failure here like any other non-zero exit.
 exec python -m pytest tests "$@"
