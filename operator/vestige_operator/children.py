@@ -77,6 +77,7 @@ RESERVED_VESTIGE_ENV = frozenset(
         "VESTIGE_DATA_DIR",
         "FASTEMBED_CACHE_PATH",
         "HOME",
+        "XDG_DATA_HOME",
     }
 )
 RESERVED_BRIDGE_ENV = frozenset(
@@ -405,6 +406,10 @@ def render_vestige_container(owner: Owner, spec: VestigeMemorySpec, images: Imag
             "--data-dir",
             VESTIGE_V1_DATABASE,
         ]
+        # 1.x/2.x write `backup`/`export` files under the parent of their XDG data dir
+        # ($XDG_DATA_HOME, else $HOME/.local/share): on the volume beside the database, not in
+        # the emptyDir HOME that is lost with the pod (<VESTIGE_DATA_DIR>/backups, /exports).
+        env.append({"name": "XDG_DATA_HOME", "value": VESTIGE_DATA_DIR})
     else:
         command = ["vestige-mcp"]
         args = ["--http", "--http-port", str(VESTIGE_PORT)]

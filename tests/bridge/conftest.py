@@ -75,16 +75,23 @@ class Proc:
     env: dict[str, str]
     log: Path
     port: int | None = None
+    keep_stdin: bool = False
+    """Give the process an open stdin pipe (Kubernetes `stdin: true`): Vestige exits at stdin EOF."""
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         fh = self.log.open("ab")
+        stdin = subprocess.PIPE if self.keep_stdin else subprocess.DEVNULL
         self.popen = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, stdin=stdin
         )
         fh.close()
         return self
+
+    def close_stdin(self) -> None:
+        if self.popen is not None and self.popen.stdin is not None:
+            self.popen.stdin.close()
 
     def wait_port(self, timeout: float = 30.0) -> Proc:
         assert self.port is not None
@@ -114,6 +121,9 @@ class Proc:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=10)
+        finally:
+            if p.stdin is not None:
+                p.stdin.close()
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -175,7 +185,8 @@ def start_standin_http(
     argv += ["--token", UPSTREAM_TOKEN, "--call-log", str(calls.path)]
     if version:
         argv += ["--server-version", version]
-    proc = Proc(name, argv, base_env(), tmp / f"{name}.log", port).start().wait_port()
+    # stdin stays open like `stdin: true` in the pod: the stand-in, like Vestige 3.x, exits at EOF
+    proc = Proc(name, argv, base_env(), tmp / f"{name}.log", port, keep_stdin=True).start().wait_port()
     return Upstream(generation, f"http://127.0.0.1:{port}/mcp", calls, [proc], token=UPSTREAM_TOKEN)
 
 

@@ -263,10 +263,13 @@ def test_intention_features_of_v3_only(backend: Backend) -> None:
 
 
 def test_maintenance(backend: Backend) -> None:
+    remember(backend, "a memory to count")
     stats = ok(backend.get("/stats"))
     assert stats["totalNodes"] >= 1
     health = ok(backend.get("/health_check"))
-    ok(backend.post("/backup"))
+    backup = ok(backend.post("/backup"))
+    # the answer names the file Vestige wrote (data.path, from Vestige's own answer)
+    assert backend.http.post("/backup").json()["data"]["path"] == backup["path"]
     ok(
         backend.post(
             "/export", {"format": "jsonl", "tags": ["prefs"], "since": "2026-01-02", "filename": "dump.jsonl"}
@@ -399,4 +402,6 @@ def test_unsupported_version_is_501_naming_it(v4: Bridge, method: str, path: str
         response = http.request(method.upper(), path, json=body)
         assert response.status_code == 501, response.text
         assert "Vestige 4.0.0" in response.json()["error"]
+        assert "no search and no SQLite store" in response.json()["error"]
+        assert "use Vestige 3.1.1" in response.json()["error"]
         assert http.get("/health").json()["tool_generation"] == "unsupported"

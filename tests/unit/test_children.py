@@ -118,6 +118,8 @@ def test_vestige_v1_runs_behind_a_loopback_gateway_never_supergateway() -> None:
     assert args[args.index("--") + 1 :] == ["vestige-mcp", "--data-dir", "/data/vestige/vestige.db"]
     assert "supergateway" not in json.dumps(d)
     assert "VESTIGE_HTTP_BIND" not in env_of(vestige)
+    # backups/exports of 1.x/2.x land beside the database on the volume, not in the emptyDir HOME
+    assert env_of(vestige)["XDG_DATA_HOME"] == "/data/vestige"
 
 
 def test_bridge_probes_and_environment() -> None:

@@ -119,8 +119,20 @@ def _put(args: dict[str, Any], key: str, value: Any) -> None:
         args[key] = value
 
 
+PINNED_VERSION = "3.1.1"
+"""The Vestige the project pins (images/vestige/Dockerfile); what a 4.x user is told to run."""
+
+
 def _generation(endpoint: str, profile: ServerProfile) -> Literal["v1", "v3"]:
     if profile.generation == "unsupported":
+        major = major_version(profile.version)
+        if major is not None and major >= 4:
+            raise unsupported(
+                endpoint,
+                profile,
+                f"Vestige {major}.x has no search and no SQLite store (recall only by exact handle), "
+                f"so the bridge cannot map its tools; use Vestige {PINNED_VERSION}, the pinned default",
+            )
         raise unsupported(endpoint, profile, "this bridge maps only the v1 (1.x/2.x) and v3 (3.x) tool sets")
     return profile.generation
 
@@ -204,12 +216,11 @@ def map_memory(req: models.MemoryRequest, profile: ServerProfile) -> ToolCall:
         raise FieldError("content", "action 'edit' needs the new content")
     _require(endpoint, profile, "memory", action)
     args: dict[str, Any] = {"action": action, "id": req.memory_id}
-    if gen == "v3":
-        if action in ("delete", "purge"):
-            args["confirm"] = True  # the REST call is the explicit confirmation
-            _put(args, "reason", req.reason)
-        elif action == "edit":
-            args["content"] = req.content
+    if action == "edit":  # 3.x, and 2.x whose memory tool lists 'edit'
+        args["content"] = req.content
+    elif gen == "v3" and action in ("delete", "purge"):
+        args["confirm"] = True  # the REST call is the explicit confirmation
+        _put(args, "reason", req.reason)
     return ToolCall("memory", args)
 
 
@@ -302,8 +313,11 @@ def map_stats(_: None, profile: ServerProfile) -> ToolCall:
         if not profile.supports_action("memory_status", "stats", "view"):
             raise unsupported(endpoint, profile, "its memory_status tool has no 'stats' view")
         return ToolCall("memory_status", {"view": "stats"})
-    _require(endpoint, profile, "stats")
-    return ToolCall("stats", {})
+    if profile.has("stats"):
+        return ToolCall("stats", {})
+    if profile.has("system_status"):  # 1.7+ (2.x) folded stats and health_check into it
+        return ToolCall("system_status", {})
+    raise unsupported(endpoint, profile, "it has neither a 'stats' nor a 'system_status' tool")
 
 
 def map_health_check(_: None, profile: ServerProfile) -> ToolCall:
