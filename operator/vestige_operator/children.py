@@ -61,6 +61,10 @@ DATA_MOUNT = "/data"
 VESTIGE_DATA_DIR = f"{DATA_MOUNT}/vestige"
 #: Vestige 1.x takes the database file, not its directory.
 VESTIGE_V1_DATABASE = f"{VESTIGE_DATA_DIR}/vestige.db"
+#: mcp-proxy starts Vestige once; when Vestige dies it stays up and answers every call with an
+#: empty tool error, for ever. Run through this shell, Vestige's exit ends mcp-proxy too, so the
+#: container exits and the kubelet restarts both (seen with the real 1.3.0/2.0.0, tests/bridge).
+V1_END_GATEWAY_WITH_VESTIGE = '"$@"; kill -TERM "$PPID"'
 EMBEDDING_CACHE = f"{DATA_MOUNT}/fastembed-cache"
 RUN_AS = 1000
 #: The containers' only writable scratch space (an emptyDir: the root filesystem is read-only).
@@ -402,6 +406,10 @@ def render_vestige_container(owner: Owner, spec: VestigeMemorySpec, images: Imag
             str(VESTIGE_PORT),
             "--pass-environment",
             "--",
+            "sh",
+            "-c",
+            V1_END_GATEWAY_WITH_VESTIGE,
+            "vestige",
             "vestige-mcp",
             "--data-dir",
             VESTIGE_V1_DATABASE,

@@ -115,7 +115,16 @@ def test_vestige_v1_runs_behind_a_loopback_gateway_never_supergateway() -> None:
     args = vestige["args"]
     assert args[args.index("--host") + 1] == "127.0.0.1"
     assert args[args.index("--port") + 1] == "3100"
-    assert args[args.index("--") + 1 :] == ["vestige-mcp", "--data-dir", "/data/vestige/vestige.db"]
+    # Vestige runs under a shell that ends mcp-proxy when Vestige exits (the container restarts)
+    assert args[args.index("--") + 1 :] == [
+        "sh",
+        "-c",
+        '"$@"; kill -TERM "$PPID"',
+        "vestige",
+        "vestige-mcp",
+        "--data-dir",
+        "/data/vestige/vestige.db",
+    ]
     assert "supergateway" not in json.dumps(d)
     assert "VESTIGE_HTTP_BIND" not in env_of(vestige)
     # backups/exports of 1.x/2.x land beside the database on the volume, not in the emptyDir HOME
