@@ -93,7 +93,9 @@ class Proc:
         if self.popen is not None and self.popen.stdin is not None:
             self.popen.stdin.close()
 
-    def wait_port(self, timeout: float = 30.0) -> Proc:
+    def wait_port(self, timeout: float = 120.0) -> Proc:
+        """Wait until the port accepts connections (generous: importing the SDK alone takes a
+        minute on this 2-core machine when other test suites run)."""
         assert self.port is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -263,7 +265,7 @@ def start_v1_behind_mcp_proxy(tmp: Path, exe: Path, name: str = "mcp-proxy") -> 
         *standin_stdio_argv(),
     ]
     env = base_env(STANDIN_CALL_LOG=str(calls.path))
-    proc = Proc(name, argv, env, tmp / f"{name}.log", port).start().wait_port(60)
+    proc = Proc(name, argv, env, tmp / f"{name}.log", port).start().wait_port()
     base = f"http://127.0.0.1:{port}"
     return Upstream("v1", f"{base}/mcp", calls, [proc], sse_url=f"{base}/sse")
 
@@ -276,7 +278,7 @@ def start_v1_behind_supergateway(tmp: Path, entry: Path, name: str = "supergatew
     argv += ["--outputTransport", "streamableHttp", "--streamableHttpPath", "/mcp", "--stateful"]
     argv += ["--sessionTimeout", "600000", "--healthEndpoint", "/healthz", "--logLevel", "info"]
     env = base_env(STANDIN_CALL_LOG=str(calls.path))
-    proc = Proc(name, argv, env, tmp / f"{name}.log", port).start().wait_port(60)
+    proc = Proc(name, argv, env, tmp / f"{name}.log", port).start().wait_port()
     return Upstream("v1", f"http://127.0.0.1:{port}/mcp", calls, [proc])
 
 
@@ -325,7 +327,7 @@ def start_bridge(
             settings["VESTIGE_SSE_URL"] = upstream.sse_url
     settings.update(env)
     argv = [PYTHON, "-m", "vestige_bridge", "--host", "127.0.0.1", "--port", str(port)]
-    proc = Proc(name, argv, base_env(**settings), tmp / f"{name}.log", port).start().wait_port(30)
+    proc = Proc(name, argv, base_env(**settings), tmp / f"{name}.log", port).start().wait_port()
     return Bridge(f"http://127.0.0.1:{port}", proc, token)
 
 
