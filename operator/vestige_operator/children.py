@@ -61,10 +61,12 @@ DATA_MOUNT = "/data"
 VESTIGE_DATA_DIR = f"{DATA_MOUNT}/vestige"
 #: Vestige 1.x takes the database file, not its directory.
 VESTIGE_V1_DATABASE = f"{VESTIGE_DATA_DIR}/vestige.db"
-#: mcp-proxy starts Vestige once; when Vestige dies it stays up and answers every call with an
-#: empty tool error, for ever. Run through this shell, Vestige's exit ends mcp-proxy too, so the
-#: container exits and the kubelet restarts both (seen with the real 1.3.0/2.0.0, tests/bridge).
-V1_END_GATEWAY_WITH_VESTIGE = '"$@"; kill -TERM "$PPID"'
+#: The shell Vestige 1.x/2.x runs under, behind mcp-proxy (both seen with the real 1.3.0/2.0.0,
+#: tests/bridge/test_real.py): they open `--data-dir` (the database file) without creating its
+#: directory, which a fresh volume lacks (`XDG_DATA_HOME` is that directory, see below); and
+#: mcp-proxy starts Vestige once and, when Vestige dies, stays up answering every call with an
+#: empty tool error for ever: Vestige's exit ends mcp-proxy too, so the kubelet restarts both.
+V1_END_GATEWAY_WITH_VESTIGE = 'mkdir -p "$XDG_DATA_HOME" && "$@"; kill -TERM "$PPID"'
 EMBEDDING_CACHE = f"{DATA_MOUNT}/fastembed-cache"
 RUN_AS = 1000
 #: The containers' only writable scratch space (an emptyDir: the root filesystem is read-only).

@@ -196,6 +196,12 @@ class Vestige:
     def __init__(self, generation: str, call_log: Path | None) -> None:
         self.generation = generation
         self.tools = load_tools(generation)
+        if generation == "v1":
+            # 1.3.0 deserializes `nodeType` (serde camelCase), not the advertised `node_type`
+            for tool in self.tools:
+                if tool["name"] in ("ingest", "smart_ingest"):
+                    props = tool["inputSchema"].setdefault("properties", {})
+                    props["nodeType"] = {"type": "string"}
         self.validators = {
             t["name"]: jsonschema.Draft202012Validator(strict(t["inputSchema"])) for t in self.tools
         }
@@ -238,7 +244,9 @@ class Vestige:
                 if node["content"] == a["content"]:
                     node["tags"] = sorted(set(node["tags"]) | set(a.get("tags", [])))
                     return {"success": True, "decision": "update", "nodeId": node["id"]}
-        node = self.store.add(a["content"], a.get("node_type", "fact"), a.get("tags", []), a.get("source"))
+        # 1.3.0 reads only nodeType (its advertised node_type is ignored); 3.x reads node_type
+        kind = a.get("nodeType", "fact") if self.generation == "v1" else a.get("node_type", "fact")
+        node = self.store.add(a["content"], kind, a.get("tags", []), a.get("source"))
         return {"success": True, "decision": "create", "nodeId": node["id"]}
 
     def _search(self, a: dict[str, Any]) -> dict[str, Any]:

@@ -102,8 +102,8 @@ def test_ingest_then_search_finds_it(backend: Backend) -> None:
     }
     if backend.generation == "v3":
         assert (tool, args) == ("smart_ingest", {**expected, "forceCreate": True})
-    else:
-        assert (tool, args) == ("ingest", expected)
+    else:  # 1.x reads nodeType although it advertises node_type
+        assert (tool, args) == ("ingest", {**expected, "nodeType": "fact"})
 
     found = ok(backend.post("/search", {"query": "oolong", "limit": 5, "threshold": 0.3, "mode": "hybrid"}))
     assert [r["id"] for r in found["results"]] == [node]
@@ -125,13 +125,20 @@ def test_search_keyword_mode_and_details(backend: Backend) -> None:
 
 def test_smart_ingest(backend: Backend) -> None:
     first = ok(backend.post("/smart_ingest", {"content": "Bob uses vim", "node_type": "note"}))
-    assert backend.arrived() == ("smart_ingest", {"content": "Bob uses vim", "node_type": "note"})
+    v1 = backend.generation == "v1"
+    note = {"nodeType": "note"} if v1 else {}
+    assert backend.arrived() == ("smart_ingest", {"content": "Bob uses vim", "node_type": "note", **note})
     again = ok(backend.post("/smart_ingest", {"content": "Bob uses vim", "node_type": "note"}))
     assert again["decision"] == "update" and again["nodeId"] == first["nodeId"]
     ok(backend.post("/smart_ingest", {"content": "Bob uses vim", "force_create": True}))
     assert backend.arrived() == (
         "smart_ingest",
-        {"content": "Bob uses vim", "node_type": "fact", "forceCreate": True},
+        {
+            "content": "Bob uses vim",
+            "node_type": "fact",
+            "forceCreate": True,
+            **({"nodeType": "fact"} if v1 else {}),
+        },
     )
 
 

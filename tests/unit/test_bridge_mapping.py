@@ -44,6 +44,8 @@ def profile(generation: str, version: str | None = None) -> ServerProfile:
 
 PROFILES = {"v1": profile("v1"), "v3": profile("v3")}
 STRICT = {gen: {name: strict(schema) for name, schema in reference(gen).items()} for gen in FILES}
+for _tool in ("ingest", "smart_ingest"):  # what 1.3.0 actually deserializes (see mapping._ingest_args)
+    STRICT["v1"][_tool]["properties"]["nodeType"] = {"type": "string"}
 
 
 def valid(generation: str, call: ToolCall) -> ToolCall:
@@ -103,18 +105,17 @@ def test_search() -> None:
 
 def test_ingest_and_smart_ingest() -> None:
     body = models.IngestRequest(content="c", tags=["a"], context="ctx")
-    assert mapped("ingest", body, "v1") == ToolCall(
-        "ingest", {"content": "c", "node_type": "fact", "tags": ["a"], "source": "ctx"}
+    assert mapped("ingest", body, "v1") == ToolCall(  # 1.x reads nodeType (see mapping)
+        "ingest", {"content": "c", "node_type": "fact", "nodeType": "fact", "tags": ["a"], "source": "ctx"}
     )
     assert mapped("ingest", body, "v3") == ToolCall(
         "smart_ingest",
         {"content": "c", "node_type": "fact", "tags": ["a"], "source": "ctx", "forceCreate": True},
     )
     smart = models.SmartIngestRequest(content="c", source="s", context="ignored", force_create=True)
-    for gen in ("v1", "v3"):
-        assert mapped("smart_ingest", smart, gen) == ToolCall(
-            "smart_ingest", {"content": "c", "node_type": "fact", "source": "s", "forceCreate": True}
-        )
+    expected = {"content": "c", "node_type": "fact", "source": "s", "forceCreate": True}
+    assert mapped("smart_ingest", smart, "v3") == ToolCall("smart_ingest", expected)
+    assert mapped("smart_ingest", smart, "v1") == ToolCall("smart_ingest", {**expected, "nodeType": "fact"})
 
 
 def test_ingest_without_ingest_tool_uses_smart_ingest() -> None:

@@ -115,11 +115,12 @@ def test_vestige_v1_runs_behind_a_loopback_gateway_never_supergateway() -> None:
     args = vestige["args"]
     assert args[args.index("--host") + 1] == "127.0.0.1"
     assert args[args.index("--port") + 1] == "3100"
-    # Vestige runs under a shell that ends mcp-proxy when Vestige exits (the container restarts)
+    # Vestige runs under a shell that creates the database's directory on a fresh volume and ends
+    # mcp-proxy when Vestige exits (the container restarts)
     assert args[args.index("--") + 1 :] == [
         "sh",
         "-c",
-        '"$@"; kill -TERM "$PPID"',
+        'mkdir -p "$XDG_DATA_HOME" && "$@"; kill -TERM "$PPID"',
         "vestige",
         "vestige-mcp",
         "--data-dir",

@@ -154,8 +154,13 @@ def map_search(req: models.SearchRequest, profile: ServerProfile) -> ToolCall:
     return ToolCall("search", args)
 
 
-def _ingest_args(req: models.IngestRequest) -> dict[str, Any]:
+def _ingest_args(req: models.IngestRequest, profile: ServerProfile) -> dict[str, Any]:
     args: dict[str, Any] = {"content": req.content, "node_type": req.node_type}
+    if major_version(profile.version) == 1:
+        # 1.x advertises `node_type` but deserializes `nodeType` (serde camelCase, no alias:
+        # upstream tools/ingest.rs, smart_ingest.rs), so `node_type` alone is silently dropped and
+        # every memory becomes a "fact". 2.x added the alias. Send both.
+        args["nodeType"] = req.node_type
     _put(args, "tags", list(req.tags))
     _put(args, "source", req.source if req.source is not None else req.context)
     return args
@@ -164,7 +169,7 @@ def _ingest_args(req: models.IngestRequest) -> dict[str, Any]:
 def map_ingest(req: models.IngestRequest, profile: ServerProfile) -> ToolCall:
     endpoint = "POST /ingest"
     gen = _generation(endpoint, profile)
-    args = _ingest_args(req)
+    args = _ingest_args(req, profile)
     if gen == "v1" and profile.has("ingest"):
         return ToolCall("ingest", args)
     # 3.x (and late 2.x) folded ingest into smart_ingest: forceCreate keeps "always a new memory".
@@ -176,7 +181,7 @@ def map_smart_ingest(req: models.SmartIngestRequest, profile: ServerProfile) -> 
     endpoint = "POST /smart_ingest"
     _generation(endpoint, profile)
     _require(endpoint, profile, "smart_ingest")
-    args = _ingest_args(req)
+    args = _ingest_args(req, profile)
     if req.force_create:
         args["forceCreate"] = True
     return ToolCall("smart_ingest", args)
