@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The test command (README; .ci/run calls exactly this). Installs what is missing, builds and
-# caches the control plane and the test tools helm and kstatus (~/.cache/vestige-operator),
-# runs ruff and the whole test suite.
+# caches the control plane, the real Vestige 1.3.0/2.0.0 (only where its vendored sources are, else
+# its tests skip and say so), the images and the test tools helm and kstatus
+# (~/.cache/vestige-operator), runs ruff, the OpenClaw plugin's tests and the whole pytest suite.
 # Extra arguments go to pytest (e.g. `bash tests/run.sh --slow -k faults`).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 python -m tests.cluster build >/dev/null
+python -m tests.vestige build --if-vendored >/dev/null
 # The real node's images (tests/cluster/images.py): under a second from the cache; a cold build
 # (debootstrap, pip, the real Vestige) takes minutes. Only where buildah and debootstrap exist.
 if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then

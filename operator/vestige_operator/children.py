@@ -72,6 +72,12 @@ DATA_MOUNT = "/data"
 VESTIGE_DATA_DIR = f"{DATA_MOUNT}/vestige"
 #: Vestige 1.x takes the database file, not its directory.
 VESTIGE_V1_DATABASE = f"{VESTIGE_DATA_DIR}/vestige.db"
+#: The shell Vestige 1.x/2.x runs under, behind mcp-proxy (both seen with the real 1.3.0/2.0.0,
+#: tests/bridge/test_real.py): they open `--data-dir` (the database file) without creating its
+#: directory, which a fresh volume lacks (`XDG_DATA_HOME` is that directory, see below); and
+#: mcp-proxy starts Vestige once and, when Vestige dies, stays up answering every call with an
+#: empty tool error for ever: Vestige's exit ends mcp-proxy too, so the kubelet restarts both.
+V1_END_GATEWAY_WITH_VESTIGE = 'mkdir -p "$XDG_DATA_HOME" && "$@"; kill -TERM "$PPID"'
 EMBEDDING_CACHE = f"{DATA_MOUNT}/fastembed-cache"
 RUN_AS = 1000
 #: The containers' only writable scratch space (an emptyDir: the root filesystem is read-only).
@@ -88,6 +94,7 @@ RESERVED_VESTIGE_ENV = frozenset(
         "VESTIGE_DATA_DIR",
         "FASTEMBED_CACHE_PATH",
         "HOME",
+        "XDG_DATA_HOME",
     }
 )
 RESERVED_BRIDGE_ENV = frozenset(
@@ -465,10 +472,18 @@ def render_vestige_container(owner: Owner, spec: VestigeMemorySpec, images: Imag
             str(VESTIGE_PORT),
             "--pass-environment",
             "--",
+            "sh",
+            "-c",
+            V1_END_GATEWAY_WITH_VESTIGE,
+            "vestige",
             "vestige-mcp",
             "--data-dir",
             VESTIGE_V1_DATABASE,
         ]
+        # 1.x/2.x write `backup`/`export` files under the parent of their XDG data dir
+        # ($XDG_DATA_HOME, else $HOME/.local/share): on the volume beside the database, not in
+        # the emptyDir HOME that is lost with the pod (<VESTIGE_DATA_DIR>/backups, /exports).
+        env.append({"name": "XDG_DATA_HOME", "value": VESTIGE_DATA_DIR})
     else:
         command = ["vestige-mcp"]
         args = ["--http", "--http-port", str(VESTIGE_PORT)]

@@ -1,13 +1,16 @@
 """Bridge overhead: latency (p50/p99) and requests/s of the bridge's ``POST /search`` against the
 same tool call made directly over MCP (an ``mcp`` SDK ``ClientSession``), in the same run, at 1 and
-16 concurrent clients, against the MCP stand-in (tests/bridge/standin.py).
+16 concurrent clients, against the MCP stand-in (tests/bridge/standin.py) or the real Vestige.
 
-Upstream: the v1 stand-in over stdio behind supergateway (npm, Streamable HTTP, stateful) when
-node and supergateway are installed (tests/bridge installs it under ~/.cache/vestige-operator/npm),
-else the v3 stand-in serving Streamable HTTP itself. Everything listens on 127.0.0.1; request
-counts are bounded; direct and bridge rounds alternate so load changes hit both alike.
+Upstream (``--upstream``): ``standin`` = the v1 stand-in over stdio behind supergateway (npm,
+Streamable HTTP, stateful) when node and supergateway are installed (tests/bridge installs it
+under ~/.cache/vestige-operator/npm), else the v3 stand-in serving Streamable HTTP itself;
+``real-1.3.0`` / ``real-2.0.0`` = the real Vestige (built by tests.vestige) behind PyPI mcp-proxy
+in the v1 pod's shape (tests/bridge/real.py), where "direct" is the same MCP call through the same
+gateway. Everything listens on 127.0.0.1; request counts are bounded; direct and bridge rounds
+alternate so load changes hit both alike.
 
-    .venv/bin/python -m tests.bench.bench_bridge [--requests 400] [--rounds 3]
+    .venv/bin/python -m tests.bench.bench_bridge [--upstream real-1.3.0] [--requests 400] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ LIMITS = {
     "direct": "the stand-in (a Python MCP server, one process per session behind supergateway) and "
     "supergateway's stdio relay: one session serializes on one stdio pipe, so concurrency adds "
     "queueing, not throughput, on 2 cores",
+    "direct_real": "real Vestige 1.3.0/2.0.0 runs: the debug build (tests.vestige) answering over "
+    "one stdio pipe behind mcp-proxy (Python, one shared stdio session, JSON answers); 1.x/2.x "
+    "serialize tool calls on one storage mutex, and each search also writes (strengthen on access)",
     "bridge": "one more HTTP hop and a Python process (uvicorn + FastAPI request parsing, "
     "pydantic validation, REST→MCP mapping and schema check, the MCP client round trip over "
     "the shared session, JSON envelope): CPU per request in the bridge process "
@@ -61,8 +67,20 @@ def supergateway_entry() -> Path | None:
     return entry if entry.exists() and shutil.which("node") else None
 
 
-def start_upstream(tmp: Path) -> tuple[str, str, str | None, list[Proc]]:
+def start_upstream(tmp: Path, upstream: str = "standin") -> tuple[str, str, str | None, list[Proc]]:
     """(transport description, MCP URL, upstream token, processes)."""
+    if upstream.startswith("real-"):
+        from tests.bridge.conftest import _ensure_mcp_proxy
+        from tests.bridge.real import start_real
+
+        version = upstream.removeprefix("real-")
+        real = start_real(tmp, _ensure_mcp_proxy(), version, name=f"vestige-{version}")
+        return (
+            f"real Vestige {version} (debug build, keyword-only) over stdio behind mcp-proxy",
+            real.mcp_url,
+            None,
+            real.procs,
+        )
     port = free_port()
     entry = supergateway_entry()
     if entry is not None:
@@ -88,7 +106,7 @@ def start_upstream(tmp: Path) -> tuple[str, str, str | None, list[Proc]]:
         )
     argv = [PYTHON, "-m", "tests.bridge.standin", "--generation", "v3", "--port", str(port)]
     argv += ["--token", UPSTREAM_TOKEN]
-    proc = Proc("standin", argv, base_env(), tmp / "standin.log", port).start().wait_port(30)
+    proc = Proc("standin", argv, base_env(), tmp / "standin.log", port, keep_stdin=True).start().wait_port(30)
     return "direct Streamable HTTP (v3 stand-in)", f"http://127.0.0.1:{port}/mcp", UPSTREAM_TOKEN, [proc]
 
 
@@ -152,7 +170,7 @@ def summary(latencies: list[float], elapsed: float) -> JsonDict:
 
 
 async def bench(args: argparse.Namespace, tmp: Path) -> JsonDict:
-    transport, mcp_url, upstream_token, upstreams = start_upstream(tmp)
+    transport, mcp_url, upstream_token, upstreams = start_upstream(tmp, args.upstream)
     bridge_url, bridge = start_bridge(tmp, mcp_url, upstream_token, args.bridge_extra_path)
     try:
         async with (
@@ -252,7 +270,15 @@ def main() -> None:
         default=None,
         help="directory prepended to the bridge's PYTHONPATH (an experiment: uvloop + httptools)",
     )
-    parser.add_argument("--key", default="search", help="result key in bridge.json (keeps experiments apart)")
+    parser.add_argument(
+        "--upstream",
+        choices=("standin", "real-1.3.0", "real-2.0.0"),
+        default="standin",
+        help="what the bridge fronts (real-*: the real Vestige behind mcp-proxy)",
+    )
+    parser.add_argument(
+        "--key", default=None, help="result key in bridge.json (default: search / <upstream>-search)"
+    )
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--load-wait", type=float, default=300)
     args = parser.parse_args()
@@ -263,7 +289,9 @@ def main() -> None:
     result = asyncio.run(bench(args, tmp))
     run = {**env, **result, "load_after": load_average()}
     run["bridge_extra_path"] = args.bridge_extra_path
-    path = write_result("bridge", args.key, run, LIMITS)
+    run["upstream"] = args.upstream
+    key = args.key or ("search" if args.upstream == "standin" else f"{args.upstream}-search")
+    path = write_result("bridge", key, run, LIMITS)
     print(f"-> {path}", flush=True)
     report.write()
     shutil.rmtree(tmp, ignore_errors=True)

@@ -75,18 +75,27 @@ class Proc:
     env: dict[str, str]
     log: Path
     port: int | None = None
+    keep_stdin: bool = False
+    """Give the process an open stdin pipe (Kubernetes `stdin: true`): Vestige exits at stdin EOF."""
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Proc:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         fh = self.log.open("ab")
+        stdin = subprocess.PIPE if self.keep_stdin else subprocess.DEVNULL
         self.popen = subprocess.Popen(
-            self.argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT, stdin=stdin
         )
         fh.close()
         return self
 
-    def wait_port(self, timeout: float = 30.0) -> Proc:
+    def close_stdin(self) -> None:
+        if self.popen is not None and self.popen.stdin is not None:
+            self.popen.stdin.close()
+
+    def wait_port(self, timeout: float = 120.0) -> Proc:
+        """Wait until the port accepts connections (generous: importing the SDK alone takes a
+        minute on this 2-core machine when other test suites run)."""
         assert self.port is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -114,6 +123,9 @@ class Proc:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait(timeout=10)
+        finally:
+            if p.stdin is not None:
+                p.stdin.close()
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -175,7 +187,8 @@ def start_standin_http(
     argv += ["--token", UPSTREAM_TOKEN, "--call-log", str(calls.path)]
     if version:
         argv += ["--server-version", version]
-    proc = Proc(name, argv, base_env(), tmp / f"{name}.log", port).start().wait_port()
+    # stdin stays open like `stdin: true` in the pod: the stand-in, like Vestige 3.x, exits at EOF
+    proc = Proc(name, argv, base_env(), tmp / f"{name}.log", port, keep_stdin=True).start().wait_port()
     return Upstream(generation, f"http://127.0.0.1:{port}/mcp", calls, [proc], token=UPSTREAM_TOKEN)
 
 
@@ -252,7 +265,7 @@ def start_v1_behind_mcp_proxy(tmp: Path, exe: Path, name: str = "mcp-proxy") -> 
         *standin_stdio_argv(),
     ]
     env = base_env(STANDIN_CALL_LOG=str(calls.path))
-    proc = Proc(name, argv, env, tmp / f"{name}.log", port).start().wait_port(60)
+    proc = Proc(name, argv, env, tmp / f"{name}.log", port).start().wait_port()
     base = f"http://127.0.0.1:{port}"
     return Upstream("v1", f"{base}/mcp", calls, [proc], sse_url=f"{base}/sse")
 
@@ -265,7 +278,7 @@ def start_v1_behind_supergateway(tmp: Path, entry: Path, name: str = "supergatew
     argv += ["--outputTransport", "streamableHttp", "--streamableHttpPath", "/mcp", "--stateful"]
     argv += ["--sessionTimeout", "600000", "--healthEndpoint", "/healthz", "--logLevel", "info"]
     env = base_env(STANDIN_CALL_LOG=str(calls.path))
-    proc = Proc(name, argv, env, tmp / f"{name}.log", port).start().wait_port(60)
+    proc = Proc(name, argv, env, tmp / f"{name}.log", port).start().wait_port()
     return Upstream("v1", f"http://127.0.0.1:{port}/mcp", calls, [proc])
 
 
@@ -316,7 +329,7 @@ def start_bridge(
     argv = [PYTHON, "-m", "vestige_bridge", "--host", "127.0.0.1", "--port", str(port)]
     proc = Proc(name, argv, base_env(**settings), tmp / f"{name}.log", port).start()
     try:
-        proc.wait_port(30)
+        proc.wait_port()
     except BaseException:
         proc.stop()  # a bridge that did not come up in time is not left running
         raise

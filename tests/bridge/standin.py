@@ -10,10 +10,15 @@ Every call is appended to a JSON-lines call log (``--call-log`` / ``STANDIN_CALL
 ``{"tool", "arguments", "valid", "error"}`` so tests can assert what arrived.
 
 Transports: ``--stdio`` (v1, behind a gateway such as mcp-proxy or supergateway) or Streamable
-HTTP on ``127.0.0.1:--port``. For v3 over HTTP the server also applies Vestige's own HTTP rules:
-bearer token, ``Accept`` listing JSON and event-stream (406), ``MCP-Protocol-Version`` equal to
-the negotiated version on every request after initialize (400), ``POST``/``DELETE`` only (405),
-256 KB body limit (413), Origin allow-list (403), and plain-JSON answers.
+HTTP on ``VESTIGE_HTTP_BIND`` (default 127.0.0.1) ``:--port``. For v3 over HTTP the server also
+applies Vestige 3.x's own HTTP rules, in upstream's order (``crates/vestige-mcp/src/protocol/
+http.rs``): ``POST``/``DELETE`` only (405), 256 KB body limit (413), Origin allow-list (403),
+``Accept`` covering both JSON and event-stream, wildcards included (406), bearer token (401
+missing, 403 wrong), a UUID ``Mcp-Session-Id`` on every request after initialize (400 missing,
+404 unknown), ``MCP-Protocol-Version`` equal to the negotiated version (400), plain-JSON answers.
+
+Process behaviour as upstream's ``main.rs``: with HTTP on, the stdio loop is still the process's
+main task, so the stand-in exits when its stdin reaches EOF (a pod needs ``stdin: true``).
 
 Run: ``python -m tests.bridge.standin --generation v3 --port 9000 --token T --call-log calls.jsonl``
 """
@@ -27,6 +32,7 @@ import json
 import os
 import sqlite3
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from datetime import UTC, datetime
@@ -216,6 +222,12 @@ class Vestige:
     def __init__(self, generation: str, call_log: Path | None, data_dir: Path | None = None) -> None:
         self.generation = generation
         self.tools = load_tools(generation)
+        if generation == "v1":
+            # 1.3.0 deserializes `nodeType` (serde camelCase), not the advertised `node_type`
+            for tool in self.tools:
+                if tool["name"] in ("ingest", "smart_ingest"):
+                    props = tool["inputSchema"].setdefault("properties", {})
+                    props["nodeType"] = {"type": "string"}
         self.validators = {
             t["name"]: jsonschema.Draft202012Validator(strict(t["inputSchema"])) for t in self.tools
         }
@@ -259,7 +271,9 @@ class Vestige:
                 if node["content"] == a["content"]:
                     node["tags"] = sorted(set(node["tags"]) | set(a.get("tags", [])))
                     return {"success": True, "decision": "update", "nodeId": node["id"]}
-        node = self.store.add(a["content"], a.get("node_type", "fact"), a.get("tags", []), a.get("source"))
+        # 1.3.0 reads only nodeType (its advertised node_type is ignored); 3.x reads node_type
+        kind = a.get("nodeType", "fact") if self.generation == "v1" else a.get("node_type", "fact")
+        node = self.store.add(a["content"], kind, a.get("tags", []), a.get("source"))
         return {"success": True, "decision": "create", "nodeId": node["id"]}
 
     def _search(self, a: dict[str, Any]) -> dict[str, Any]:
@@ -481,14 +495,54 @@ async def _reply(send: Send, status: int, message: str) -> None:
     await send({"type": "http.response.body", "body": body.encode()})
 
 
+def accepts_json_and_sse(accept: str) -> bool:
+    """Vestige's Accept rule: both JSON and event-stream, `*/*`, `application/*`, `text/*` count."""
+    json_ok = sse_ok = False
+    for part in accept.split(","):
+        mime = part.split(";", 1)[0].strip().lower()
+        json_ok |= mime in ("application/json", "application/*", "*/*")
+        sse_ok |= mime in ("text/event-stream", "text/*", "*/*")
+    return json_ok and sse_ok
+
+
+def session_id(headers: dict[str, str]) -> str | None:
+    """The Mcp-Session-Id header if it is a UUID (Vestige refuses anything else)."""
+    value = headers.get("mcp-session-id")
+    if value is None:
+        return None
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return None
+    return value
+
+
 class VestigeHttpRules:
     """ASGI middleware with Vestige 3.x's native HTTP rules in front of the SDK's transport."""
 
-    def __init__(self, app: ASGIApp, token: str | None, path: str = "/mcp") -> None:
+    def __init__(self, app: ASGIApp, token: str | None, port: int, path: str = "/mcp") -> None:
         self.app = app
         self.token = token
         self.path = path
         self.negotiated: dict[str, str] = {}
+        configured = [o.strip() for o in os.environ.get("VESTIGE_HTTP_ALLOWED_ORIGINS", "").split(",")]
+        self.origins = [o for o in configured if o] or [
+            f"http://127.0.0.1:{port}",
+            f"http://localhost:{port}",
+        ]
+
+    def _auth(self, headers: dict[str, str]) -> tuple[int, str] | None:
+        if self.token is None:
+            return None
+        header = headers.get("authorization")
+        if header is None:
+            return 401, "Missing Authorization header"
+        scheme, sep, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not sep:
+            return 401, "Invalid Authorization scheme (expected Bearer)"
+        if not hmac.compare_digest(token.lstrip().encode(), self.token.encode()):
+            return 403, "Invalid auth token"
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -501,31 +555,46 @@ class VestigeHttpRules:
         if scope["method"] not in ("POST", "DELETE"):
             await _reply(send, 405, "method not allowed")
             return
-        origin = headers.get("origin")
-        if origin and not origin.startswith(("http://localhost", "http://127.0.0.1")):
-            await _reply(send, 403, "origin not allowed")
-            return
-        if self.token is not None:
-            supplied = headers.get("authorization", "")
-            if not hmac.compare_digest(supplied.encode(), f"Bearer {self.token}".encode()):
-                await _reply(send, 401, "unauthorized")
-                return
-        accept = headers.get("accept", "")
-        if scope["method"] == "POST" and not ("application/json" in accept and "text/event-stream" in accept):
-            await _reply(send, 406, "Accept must list application/json and text/event-stream")
-            return
-        body = await self._read_body(receive, send)
+        body = await self._read_body(receive, send)  # the body extractor runs before the handler
         if body is None:
             return
-        session = headers.get("mcp-session-id")
-        init_version: str | None = None
-        if session is None:
-            init_version = self._initialize_version(body)
-        else:
-            expected = self.negotiated.get(session)
-            if expected is not None and headers.get("mcp-protocol-version") != expected:
-                await _reply(send, 400, f"MCP-Protocol-Version header must be {expected}")
+        origin = headers.get("origin")
+        if origin is not None and origin not in self.origins:
+            await _reply(send, 403, "Origin not allowed")
+            return
+        if scope["method"] == "POST" and not accepts_json_and_sse(headers.get("accept", "")):
+            await _reply(send, 406, "Accept must include application/json and text/event-stream")
+            return
+        refused = self._auth(headers)
+        if refused is not None:
+            await _reply(send, *refused)
+            return
+        init_version = self._initialize_version(body) if scope["method"] == "POST" else None
+        session: str | None = None
+        if init_version is None:
+            session = session_id(headers)
+            if session is None:
+                await _reply(send, 400, "Missing or invalid Mcp-Session-Id header")
                 return
+            expected = self.negotiated.get(session)
+            if expected is None:
+                await _reply(send, 404, "Session not found or expired")
+                return
+            version = headers.get("mcp-protocol-version")
+            if version is None:
+                await _reply(send, 400, "MCP-Protocol-Version header required")
+                return
+            if version != expected:
+                await _reply(send, 400, "MCP-Protocol-Version mismatch")
+                return
+            if scope["method"] == "DELETE":
+                self.negotiated.pop(session, None)
+        # The SDK transport below wants the literal media types; Vestige's wildcards passed above.
+        scope = {
+            **scope,
+            "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"accept"]
+            + [(b"accept", b"application/json, text/event-stream")],
+        }
 
         async def replay() -> Message:
             nonlocal body
@@ -569,7 +638,7 @@ class VestigeHttpRules:
         return requested if requested in SUPPORTED_PROTOCOLS else LATEST_PROTOCOL
 
 
-def http_app(server: Server[Any], token: str | None, rules: bool) -> ASGIApp:
+def http_app(server: Server[Any], token: str | None, rules: bool, port: int = 0) -> ASGIApp:
     """ASGI app: the SDK's Streamable HTTP transport, wrapped in Vestige's rules for v3."""
     manager = StreamableHTTPSessionManager(app=server, json_response=True, stateless=False)
 
@@ -587,7 +656,7 @@ def http_app(server: Server[Any], token: str | None, rules: bool) -> ASGIApp:
 
     if not rules:
         return transport
-    wrapped = VestigeHttpRules(transport, token)
+    wrapped = VestigeHttpRules(transport, token, port)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -613,6 +682,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--generation", choices=sorted(TOOL_FILES), required=True)
     parser.add_argument("--stdio", action="store_true", help="serve over stdio instead of HTTP")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--bind",
+        default=os.environ.get("VESTIGE_HTTP_BIND") or "127.0.0.1",
+        help="listen address (Vestige's VESTIGE_HTTP_BIND; default 127.0.0.1)",
+    )
     parser.add_argument("--token", default=os.environ.get("STANDIN_TOKEN"))
     parser.add_argument("--call-log", default=os.environ.get("STANDIN_CALL_LOG"))
     parser.add_argument(
@@ -637,9 +711,28 @@ def main(argv: list[str] | None = None) -> None:
         return
     import uvicorn
 
-    app = http_app(server, args.token, rules=args.generation == "v3" and not args.no_http_rules)
-    print(f"standin {args.generation} listening on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
+    rules = args.generation == "v3" and not args.no_http_rules
+    app = http_app(server, args.token, rules=rules, port=args.port)
+    print(f"standin {args.generation} listening on {args.bind}:{args.port}", file=sys.stderr, flush=True)
+    http = uvicorn.Server(
+        uvicorn.Config(app, host=args.bind, port=args.port, log_level="warning", lifespan="on")
+    )
+    threading.Thread(target=_exit_at_stdin_eof, args=(http,), name="stdin", daemon=True).start()
+    http.run()
+
+
+def _exit_at_stdin_eof(http: Any) -> None:
+    """Vestige 3.x's main task is its stdio loop; HTTP is a task beside it: stdin EOF ends both.
+
+    (Upstream also serves MCP on those stdin lines; the stand-in only reads them to see EOF.)
+    """
+    try:
+        while sys.stdin.buffer.read1(65536):
+            pass
+    except (OSError, ValueError):
+        pass
+    print("standin: stdin reached EOF, shutting down (as Vestige 3.x does)", file=sys.stderr, flush=True)
+    http.should_exit = True
 
 
 if __name__ == "__main__":

@@ -102,8 +102,8 @@ def test_ingest_then_search_finds_it(backend: Backend) -> None:
     }
     if backend.generation == "v3":
         assert (tool, args) == ("smart_ingest", {**expected, "forceCreate": True})
-    else:
-        assert (tool, args) == ("ingest", expected)
+    else:  # 1.x reads nodeType although it advertises node_type
+        assert (tool, args) == ("ingest", {**expected, "nodeType": "fact"})
 
     found = ok(backend.post("/search", {"query": "oolong", "limit": 5, "threshold": 0.3, "mode": "hybrid"}))
     assert [r["id"] for r in found["results"]] == [node]
@@ -125,13 +125,20 @@ def test_search_keyword_mode_and_details(backend: Backend) -> None:
 
 def test_smart_ingest(backend: Backend) -> None:
     first = ok(backend.post("/smart_ingest", {"content": "Bob uses vim", "node_type": "note"}))
-    assert backend.arrived() == ("smart_ingest", {"content": "Bob uses vim", "node_type": "note"})
+    v1 = backend.generation == "v1"
+    note = {"nodeType": "note"} if v1 else {}
+    assert backend.arrived() == ("smart_ingest", {"content": "Bob uses vim", "node_type": "note", **note})
     again = ok(backend.post("/smart_ingest", {"content": "Bob uses vim", "node_type": "note"}))
     assert again["decision"] == "update" and again["nodeId"] == first["nodeId"]
     ok(backend.post("/smart_ingest", {"content": "Bob uses vim", "force_create": True}))
     assert backend.arrived() == (
         "smart_ingest",
-        {"content": "Bob uses vim", "node_type": "fact", "forceCreate": True},
+        {
+            "content": "Bob uses vim",
+            "node_type": "fact",
+            "forceCreate": True,
+            **({"nodeType": "fact"} if v1 else {}),
+        },
     )
 
 
@@ -263,10 +270,13 @@ def test_intention_features_of_v3_only(backend: Backend) -> None:
 
 
 def test_maintenance(backend: Backend) -> None:
+    remember(backend, "a memory to count")
     stats = ok(backend.get("/stats"))
     assert stats["totalNodes"] >= 1
     health = ok(backend.get("/health_check"))
-    ok(backend.post("/backup"))
+    backup = ok(backend.post("/backup"))
+    # the answer names the file Vestige wrote (data.path, from Vestige's own answer)
+    assert backend.http.post("/backup").json()["data"]["path"] == backup["path"]
     ok(
         backend.post(
             "/export", {"format": "jsonl", "tags": ["prefs"], "since": "2026-01-02", "filename": "dump.jsonl"}
@@ -399,4 +409,6 @@ def test_unsupported_version_is_501_naming_it(v4: Bridge, method: str, path: str
         response = http.request(method.upper(), path, json=body)
         assert response.status_code == 501, response.text
         assert "Vestige 4.0.0" in response.json()["error"]
+        assert "no search and no SQLite store" in response.json()["error"]
+        assert "use Vestige 3.1.1" in response.json()["error"]
         assert http.get("/health").json()["tool_generation"] == "unsupported"

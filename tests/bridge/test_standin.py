@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.bridge.conftest import UPSTREAM_TOKEN, Upstream
+from tests.bridge.conftest import (
+    PYTHON,
+    UPSTREAM_TOKEN,
+    Proc,
+    Upstream,
+    base_env,
+    free_port,
+    listening_address,
+    start_standin_http,
+)
 
 ACCEPT = "application/json, text/event-stream"
 
@@ -53,9 +65,52 @@ def test_vestige_http_rules(v3_upstream: Upstream) -> None:
         assert http.post(url, json=tools, headers={"Accept": "application/json"}).status_code == 406
         assert http.post(url, json=tools, headers={"Origin": "http://evil.example"}).status_code == 403
         assert http.post(url, content=b"{" + b" " * 300_000 + b"}").status_code == 413
-    for token in (None, "wrong"):
+        # after initialize every request needs a known UUID session id
+        assert http.post(url, json=tools).status_code == 400
+        assert http.post(url, json=tools, headers={"mcp-session-id": "not-a-uuid"}).status_code == 400
+        unknown = {"mcp-session-id": str(uuid.uuid4()), "mcp-protocol-version": "2025-06-18"}
+        assert http.post(url, json=tools, headers=unknown).status_code == 404
+        # Vestige's Accept rule takes wildcards (curl's */*)
+        wildcard = {"mcp-session-id": session, "mcp-protocol-version": "2025-06-18", "Accept": "*/*"}
+        assert http.post(url, json=tools, headers=wildcard).status_code == 200
+    # no token: 401; a wrong one: 403 (upstream's validate_auth)
+    for token, status in ((None, 401), ("wrong", 403)):
         headers = {"Accept": ACCEPT} | ({"Authorization": f"Bearer {token}"} if token else {})
-        assert httpx.post(url, json=rpc("ping"), headers=headers, timeout=30).status_code == 401
+        assert httpx.post(url, json=rpc("ping"), headers=headers, timeout=30).status_code == status
+
+
+def test_exits_when_stdin_reaches_eof_even_with_http_on(tmp_path: Path) -> None:
+    """Vestige 3.x's main task is the stdio loop (HTTP is a task beside it): stdin EOF ends it."""
+    upstream = start_standin_http(tmp_path, "v3")
+    proc = upstream.procs[0]
+    try:
+        assert proc.popen is not None and proc.popen.poll() is None
+        proc.close_stdin()
+        assert proc.popen.wait(timeout=30) == 0
+        assert "stdin reached EOF" in proc.output()
+    finally:
+        upstream.stop()
+
+
+def test_binds_only_vestige_http_bind(tmp_path: Path) -> None:
+    port = free_port()
+    argv = [PYTHON, "-m", "tests.bridge.standin", "--generation", "v3", "--port", str(port)]
+    env = base_env(VESTIGE_HTTP_BIND="127.0.0.2")  # another loopback address
+    proc = Proc("standin-bind", argv, env, tmp_path / "standin.log", keep_stdin=True).start()
+    try:
+        deadline = time.monotonic() + 30
+        while listening_address(port) is None and time.monotonic() < deadline:
+            assert proc.popen is not None and proc.popen.poll() is None, proc.output()
+            time.sleep(0.1)
+        assert listening_address(port) == "127.0.0.2"
+    finally:
+        proc.stop()
+    proc = Proc("standin-default", argv, base_env(), tmp_path / "default.log", port, keep_stdin=True)
+    proc.start().wait_port()
+    try:
+        assert listening_address(port) == "127.0.0.1"
+    finally:
+        proc.stop()
 
 
 def test_strict_schemas_reject_unknown_arguments(v3_upstream: Upstream) -> None:

@@ -44,6 +44,8 @@ def profile(generation: str, version: str | None = None) -> ServerProfile:
 
 PROFILES = {"v1": profile("v1"), "v3": profile("v3")}
 STRICT = {gen: {name: strict(schema) for name, schema in reference(gen).items()} for gen in FILES}
+for _tool in ("ingest", "smart_ingest"):  # what 1.3.0 actually deserializes (see mapping._ingest_args)
+    STRICT["v1"][_tool]["properties"]["nodeType"] = {"type": "string"}
 
 
 def valid(generation: str, call: ToolCall) -> ToolCall:
@@ -103,18 +105,17 @@ def test_search() -> None:
 
 def test_ingest_and_smart_ingest() -> None:
     body = models.IngestRequest(content="c", tags=["a"], context="ctx")
-    assert mapped("ingest", body, "v1") == ToolCall(
-        "ingest", {"content": "c", "node_type": "fact", "tags": ["a"], "source": "ctx"}
+    assert mapped("ingest", body, "v1") == ToolCall(  # 1.x reads nodeType (see mapping)
+        "ingest", {"content": "c", "node_type": "fact", "nodeType": "fact", "tags": ["a"], "source": "ctx"}
     )
     assert mapped("ingest", body, "v3") == ToolCall(
         "smart_ingest",
         {"content": "c", "node_type": "fact", "tags": ["a"], "source": "ctx", "forceCreate": True},
     )
     smart = models.SmartIngestRequest(content="c", source="s", context="ignored", force_create=True)
-    for gen in ("v1", "v3"):
-        assert mapped("smart_ingest", smart, gen) == ToolCall(
-            "smart_ingest", {"content": "c", "node_type": "fact", "source": "s", "forceCreate": True}
-        )
+    expected = {"content": "c", "node_type": "fact", "source": "s", "forceCreate": True}
+    assert mapped("smart_ingest", smart, "v3") == ToolCall("smart_ingest", expected)
+    assert mapped("smart_ingest", smart, "v1") == ToolCall("smart_ingest", {**expected, "nodeType": "fact"})
 
 
 def test_ingest_without_ingest_tool_uses_smart_ingest() -> None:
@@ -280,11 +281,14 @@ def test_maintenance() -> None:
         ENDPOINTS["export"](models.ExportRequest(format="portable"), PROFILES["v1"])
 
 
-def test_health_check_on_2x_uses_system_status() -> None:
+def test_health_check_and_stats_on_2x_use_system_status() -> None:
     tools = {"search": {}, "smart_ingest": {}, "memory": {}, "system_status": {"type": "object"}}
-    p = ServerProfile(name="vestige", version="2.1.21", protocol_version="2025-11-25", tools=tools)
+    p = ServerProfile(name="vestige", version="2.0.0", protocol_version="2025-11-25", tools=tools)
     assert ENDPOINTS["health_check"](None, p) == ToolCall("system_status", {})
-    with pytest.raises(Unsupported, match="no 'stats' tool"):
+    assert ENDPOINTS["stats"](None, p) == ToolCall("system_status", {})
+    tools.pop("system_status")
+    p = ServerProfile(name="vestige", version="2.0.0", protocol_version="2025-11-25", tools=tools)
+    with pytest.raises(Unsupported, match="neither a 'stats' nor a 'system_status' tool"):
         ENDPOINTS["stats"](None, p)
 
 
@@ -317,8 +321,11 @@ def test_unsupported_generation_refuses_everything() -> None:
     }
     assert set(bodies) == set(ENDPOINTS)
     for endpoint, body in bodies.items():
-        with pytest.raises(Unsupported, match=r"Vestige 4\.2\.0"):
+        with pytest.raises(Unsupported, match=r"Vestige 4\.2\.0") as info:
             ENDPOINTS[endpoint](body, p)
+        message = str(info.value)
+        assert "4.x has no search and no SQLite store" in message
+        assert "use Vestige 3.1.1" in message
 
 
 # ----------------------------------------------------------------------------- the guard
@@ -364,3 +371,27 @@ def test_compact_catalog_of_3x_maps_the_same() -> None:
         guard.check(call)
         assert call == ENDPOINTS[endpoint](body, PROFILES["v3"])
         valid("v3", call)
+
+
+def test_memory_edit_and_promote_on_2x_use_the_unified_memory_tool() -> None:
+    """2.0.0 lists `memory` with get|delete|state|promote|demote|edit and no `promote_memory`."""
+    memory = {
+        "type": "object",
+        "properties": {
+            "action": {"type": "string", "enum": ["get", "delete", "state", "promote", "demote", "edit"]},
+            "id": {"type": "string"},
+            "content": {"type": "string"},
+            "reason": {"type": "string"},
+        },
+        "required": ["action", "id"],
+    }
+    tools = {"search": {}, "smart_ingest": {}, "memory": memory, "system_status": {}}
+    p = ServerProfile(name="vestige", version="2.0.0", protocol_version="2025-11-25", tools=tools)
+    edit = models.MemoryRequest(action="edit", memory_id="m", content="new")
+    assert ENDPOINTS["memory"](edit, p) == ToolCall("memory", {"action": "edit", "id": "m", "content": "new"})
+    promote = models.FeedbackRequest(memory_id="m", reason="r")
+    assert ENDPOINTS["promote"](promote, p) == ToolCall(
+        "memory", {"action": "promote", "id": "m", "reason": "r"}
+    )
+    with pytest.raises(Unsupported, match="no action 'purge'"):
+        ENDPOINTS["memory"](models.MemoryRequest(action="purge", memory_id="m"), p)

@@ -128,9 +128,21 @@ def test_vestige_v1_runs_behind_a_loopback_gateway_never_supergateway() -> None:
     args = vestige["args"]
     assert args[args.index("--host") + 1] == "127.0.0.1"
     assert args[args.index("--port") + 1] == "3100"
-    assert args[args.index("--") + 1 :] == ["vestige-mcp", "--data-dir", "/data/vestige/vestige.db"]
+    # Vestige runs under a shell that creates the database's directory on a fresh volume and ends
+    # mcp-proxy when Vestige exits (the container restarts)
+    assert args[args.index("--") + 1 :] == [
+        "sh",
+        "-c",
+        'mkdir -p "$XDG_DATA_HOME" && "$@"; kill -TERM "$PPID"',
+        "vestige",
+        "vestige-mcp",
+        "--data-dir",
+        "/data/vestige/vestige.db",
+    ]
     assert "supergateway" not in json.dumps(d)
     assert "VESTIGE_HTTP_BIND" not in env_of(vestige)
+    # backups/exports of 1.x/2.x land beside the database on the volume, not in the emptyDir HOME
+    assert env_of(vestige)["XDG_DATA_HOME"] == "/data/vestige"
 
 
 def test_bridge_probes_and_environment() -> None:

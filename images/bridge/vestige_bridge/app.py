@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -78,12 +79,35 @@ def _field_of(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(kept) or "body"
 
 
-def envelope(result: types.CallToolResult) -> dict[str, Any]:
-    """The predecessor's response shape for one tool result."""
+FILE_KEYS = ("path", "backupPath", "exportPath", "file")
+"""Where Vestige's backup/export answers name the file they wrote (1.x/2.x: ``path``)."""
+
+
+def written_file(result: types.CallToolResult) -> str | None:
+    """The file a backup/export answer names, from its structured content or its JSON text."""
+    candidates: list[Any] = [result.structured_content]
+    for item in result.content:
+        if isinstance(item, types.TextContent):
+            try:
+                candidates.append(json.loads(item.text))
+            except ValueError:
+                continue
+    for candidate in candidates:
+        if isinstance(candidate, dict):
+            for key in FILE_KEYS:
+                if isinstance(candidate.get(key), str) and candidate[key]:
+                    return str(candidate[key])
+    return None
+
+
+def envelope(result: types.CallToolResult, names_file: bool = False) -> dict[str, Any]:
+    """The predecessor's response shape for one tool result (`names_file`: add `data.path`)."""
     content = [item.model_dump(by_alias=True, mode="json", exclude_none=True) for item in result.content]
     data: dict[str, Any] = {"content": content}
     if result.structured_content is not None:
         data["structuredContent"] = result.structured_content
+    if names_file and not result.is_error:
+        data["path"] = written_file(result)
     if result.is_error:
         text = "\n".join(c.get("text", "") for c in content if c.get("type") == "text").strip()
         return {"success": False, "data": data, "error": text or "Vestige reported a tool error"}
@@ -201,7 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return call
 
         _, result = await state.client.call_mapped(build)
-        return JSONResponse(envelope(result))
+        return JSONResponse(envelope(result, names_file=endpoint in ("backup", "export")))
 
     tool_responses: dict[int | str, dict[str, Any]] = {200: {"model": models.Envelope}, **ERRORS}
 

@@ -119,8 +119,20 @@ def _put(args: dict[str, Any], key: str, value: Any) -> None:
         args[key] = value
 
 
+PINNED_VERSION = "3.1.1"
+"""The Vestige the project pins (images/vestige/Dockerfile); what a 4.x user is told to run."""
+
+
 def _generation(endpoint: str, profile: ServerProfile) -> Literal["v1", "v3"]:
     if profile.generation == "unsupported":
+        major = major_version(profile.version)
+        if major is not None and major >= 4:
+            raise unsupported(
+                endpoint,
+                profile,
+                f"Vestige {major}.x has no search and no SQLite store (recall only by exact handle), "
+                f"so the bridge cannot map its tools; use Vestige {PINNED_VERSION}, the pinned default",
+            )
         raise unsupported(endpoint, profile, "this bridge maps only the v1 (1.x/2.x) and v3 (3.x) tool sets")
     return profile.generation
 
@@ -142,8 +154,13 @@ def map_search(req: models.SearchRequest, profile: ServerProfile) -> ToolCall:
     return ToolCall("search", args)
 
 
-def _ingest_args(req: models.IngestRequest) -> dict[str, Any]:
+def _ingest_args(req: models.IngestRequest, profile: ServerProfile) -> dict[str, Any]:
     args: dict[str, Any] = {"content": req.content, "node_type": req.node_type}
+    if major_version(profile.version) == 1:
+        # 1.x advertises `node_type` but deserializes `nodeType` (serde camelCase, no alias:
+        # upstream tools/ingest.rs, smart_ingest.rs), so `node_type` alone is silently dropped and
+        # every memory becomes a "fact". 2.x added the alias. Send both.
+        args["nodeType"] = req.node_type
     _put(args, "tags", list(req.tags))
     _put(args, "source", req.source if req.source is not None else req.context)
     return args
@@ -152,7 +169,7 @@ def _ingest_args(req: models.IngestRequest) -> dict[str, Any]:
 def map_ingest(req: models.IngestRequest, profile: ServerProfile) -> ToolCall:
     endpoint = "POST /ingest"
     gen = _generation(endpoint, profile)
-    args = _ingest_args(req)
+    args = _ingest_args(req, profile)
     if gen == "v1" and profile.has("ingest"):
         return ToolCall("ingest", args)
     # 3.x (and late 2.x) folded ingest into smart_ingest: forceCreate keeps "always a new memory".
@@ -164,7 +181,7 @@ def map_smart_ingest(req: models.SmartIngestRequest, profile: ServerProfile) -> 
     endpoint = "POST /smart_ingest"
     _generation(endpoint, profile)
     _require(endpoint, profile, "smart_ingest")
-    args = _ingest_args(req)
+    args = _ingest_args(req, profile)
     if req.force_create:
         args["forceCreate"] = True
     return ToolCall("smart_ingest", args)
@@ -204,12 +221,11 @@ def map_memory(req: models.MemoryRequest, profile: ServerProfile) -> ToolCall:
         raise FieldError("content", "action 'edit' needs the new content")
     _require(endpoint, profile, "memory", action)
     args: dict[str, Any] = {"action": action, "id": req.memory_id}
-    if gen == "v3":
-        if action in ("delete", "purge"):
-            args["confirm"] = True  # the REST call is the explicit confirmation
-            _put(args, "reason", req.reason)
-        elif action == "edit":
-            args["content"] = req.content
+    if action == "edit":  # 3.x, and 2.x whose memory tool lists 'edit'
+        args["content"] = req.content
+    elif gen == "v3" and action in ("delete", "purge"):
+        args["confirm"] = True  # the REST call is the explicit confirmation
+        _put(args, "reason", req.reason)
     return ToolCall("memory", args)
 
 
@@ -302,8 +318,11 @@ def map_stats(_: None, profile: ServerProfile) -> ToolCall:
         if not profile.supports_action("memory_status", "stats", "view"):
             raise unsupported(endpoint, profile, "its memory_status tool has no 'stats' view")
         return ToolCall("memory_status", {"view": "stats"})
-    _require(endpoint, profile, "stats")
-    return ToolCall("stats", {})
+    if profile.has("stats"):
+        return ToolCall("stats", {})
+    if profile.has("system_status"):  # 1.7+ (2.x) folded stats and health_check into it
+        return ToolCall("system_status", {})
+    raise unsupported(endpoint, profile, "it has neither a 'stats' nor a 'system_status' tool")
 
 
 def map_health_check(_: None, profile: ServerProfile) -> ToolCall:

@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -39,8 +42,6 @@ from vestige_bridge.settings import Settings
 log = logging.getLogger("vestige_bridge.mcp")
 
 T = TypeVar("T")
-Call = Callable[[ClientSession, ServerProfile], Awaitable[T]]
-"""One request: gets the live session and what the server reported at connect time."""
 CLIENT_INFO = types.Implementation(name="vestige-bridge", version=__version__)
 
 
@@ -103,6 +104,108 @@ class VestigeError(Exception):
     """Vestige could not be reached or did not speak MCP as expected (HTTP 502)."""
 
 
+FAST_IDS = itertools.count(1 << 40)
+"""JSON-RPC ids of the direct tools/call path: far above the SDK session's own counter."""
+
+
+class _SessionHeaders:
+    """Records the Mcp-Session-Id the server assigned (an httpx2 response hook)."""
+
+    def __init__(self) -> None:
+        self.session_id: str | None = None
+
+    async def __call__(self, response: httpx2.Response) -> None:
+        sid = response.headers.get("mcp-session-id")
+        if sid and response.request.method == "POST" and response.status_code < 400:
+            self.session_id = sid
+
+
+class DirectToolCalls:
+    """``tools/call`` as one Streamable HTTP POST on the SDK session's own HTTP client.
+
+    The SDK's client sends each request through memory streams, a task group and a spawned task,
+    and validates every JSON-RPC message twice with pydantic: per call that costs more CPU than
+    the rest of the bridge. After the SDK has initialized the session (handshake, protocol
+    version, session id), tool calls go out directly with the same headers the SDK would send
+    (session id, negotiated protocol version, Accept, token) and their answer (JSON, or an SSE
+    stream up to the response event) is parsed here. Everything else stays on the SDK session.
+    """
+
+    def __init__(self, http: httpx2.AsyncClient, url: str, ids: _SessionHeaders, protocol: str) -> None:
+        self.http = http
+        self.url = url
+        self.ids = ids
+        self.protocol = protocol
+
+    async def call_tool(self, name: str, arguments: dict[str, Any], limit: float) -> types.CallToolResult:
+        request_id = next(FAST_IDS)
+        body = {
+            "jsonrpc": "2.0",
+            "id": request_id,
+            "method": "tools/call",
+            "params": {"name": name, "arguments": arguments},
+        }
+        headers = {
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+            "mcp-protocol-version": self.protocol,
+        }
+        if self.ids.session_id:
+            headers["mcp-session-id"] = self.ids.session_id
+        try:
+            request = self.http.build_request(
+                "POST", self.url, content=json.dumps(body).encode(), headers=headers, timeout=limit
+            )
+            response = await self.http.send(request, stream=True)
+        except httpx2.ConnectError as exc:  # nothing was sent
+            raise SessionLost(describe(exc)) from exc
+        except httpx2.HTTPError as exc:
+            raise VestigeError(f"connection to Vestige failed during the call: {describe(exc)}") from exc
+        try:
+            message = await self._answer(response, request_id)
+        except httpx2.HTTPError as exc:
+            raise VestigeError(f"connection to Vestige failed during the call: {describe(exc)}") from exc
+        finally:
+            await response.aclose()
+        if "error" in message:
+            error = message["error"] if isinstance(message["error"], dict) else {}
+            raise MCPError(int(error.get("code", types.INTERNAL_ERROR)), str(error.get("message", "")))
+        return types.CallToolResult.model_validate(message.get("result"))
+
+    async def _answer(self, response: httpx2.Response, request_id: int) -> dict[str, Any]:
+        status = response.status_code
+        if status == 404:
+            raise SessionLost(f"HTTP 404 from {response.request.url}: session terminated")
+        kind = response.headers.get("content-type", "").lower()
+        if status >= 400:
+            if kind.startswith("application/json"):
+                with contextlib.suppress(ValueError):
+                    message = json.loads(await response.aread())
+                    if isinstance(message, dict) and "error" in message:
+                        return {"error": message["error"]}
+            if status == 400:  # some servers answer an expired session with a bare 400
+                raise SessionLost(f"HTTP 400 from {response.request.url}")
+            raise VestigeError(f"HTTP {status} from {response.request.url}")
+        if kind.startswith("application/json"):
+            message = json.loads(await response.aread())
+            if isinstance(message, dict) and message.get("id") == request_id:
+                return message
+            raise VestigeError("Vestige answered tools/call with an unexpected JSON body")
+        if kind.startswith("text/event-stream"):
+            data: list[str] = []
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif not line and data:  # end of one event
+                    with contextlib.suppress(ValueError):
+                        message = json.loads("\n".join(data))
+                        if isinstance(message, dict) and message.get("id") == request_id:
+                            return message
+                    data = []
+            raise VestigeError("Vestige's event stream ended without the tools/call response")
+        raise VestigeError(f"Vestige answered tools/call with content type {kind!r}")
+
+
 class SessionLost(VestigeError):
     """The session is gone but the request was not processed: safe to re-initialize and retry."""
 
@@ -149,6 +252,20 @@ def session_lost(exc: MCPError) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Link:
+    """What one request gets: the live SDK session, what the server reported at connect time,
+    and the direct tools/call path on the same session (None over SSE)."""
+
+    session: ClientSession
+    profile: ServerProfile
+    direct: DirectToolCalls | None = None
+
+
+Call = Callable[[Link], Awaitable[T]]
+"""One request, run on the live connection."""
+
+
 class _Connection:
     """One initialized MCP session, owned by its runner task."""
 
@@ -156,6 +273,9 @@ class _Connection:
         self.settings = settings
         self.transport = transport
         self.session: ClientSession | None = None
+        self.direct: DirectToolCalls | None = None
+        self._http: httpx2.AsyncClient | None = None
+        self._ids = _SessionHeaders()
         self.profile: ServerProfile | None = None
         self.instructions: str | None = None
         self.capabilities: types.ServerCapabilities | None = None
@@ -192,10 +312,11 @@ class _Connection:
                 sse_read_timeout=max(300.0, timeout),
             )
         http = httpx2.AsyncClient(
-            event_hooks={"response": [_drain_post_on_close]},
+            event_hooks={"response": [_drain_post_on_close, self._ids]},
             headers=self._headers(),
             timeout=httpx2.Timeout(timeout, connect=self.settings.connect_timeout, read=max(300.0, timeout)),
         )
+        self._http = http
         return _closing(http, streamable_http_client(self.settings.mcp_url, http_client=http))
 
     async def _run(self) -> None:
@@ -215,6 +336,10 @@ class _Connection:
                     )
                     self.instructions = init.instructions
                     self.capabilities = init.capabilities
+                    if self._http is not None:
+                        self.direct = DirectToolCalls(
+                            self._http, self.settings.mcp_url, self._ids, init.protocol_version
+                        )
                     self.session = session
                     self._ready.set()
                     await self._stop.wait()
@@ -226,6 +351,7 @@ class _Connection:
                 raise
         finally:
             self.session = None
+            self.direct = None
             self.closed.set()
             self._ready.set()
             for scope in list(self._calls):
@@ -236,12 +362,13 @@ class _Connection:
         session, profile = self.session, self.profile
         if session is None or profile is None or self.closed.is_set():
             raise SessionLost("session closed")
+        link = Link(session, profile, self.direct)
         outcome: dict[str, Any] = {}
         # Run in the caller's task; the runner cancels `scope` when the session ends.
         with anyio.move_on_after(limit) as deadline, anyio.CancelScope() as scope:
             self._calls.add(scope)
             try:
-                outcome["value"] = await call(session, profile)
+                outcome["value"] = await call(link)
             except Exception as exc:
                 outcome["error"] = exc
             finally:
@@ -408,10 +535,14 @@ class VestigeClient:
         timeout = self.settings.request_timeout
         made: list[ToolCall] = []
 
-        async def call(session: ClientSession, profile: ServerProfile) -> types.CallToolResult:
-            tool_call = build(profile)
+        async def call(link: Link) -> types.CallToolResult:
+            tool_call = build(link.profile)
             made.append(tool_call)
-            return await session.call_tool(tool_call.tool, tool_call.arguments, read_timeout_seconds=timeout)
+            if link.direct is not None:
+                return await link.direct.call_tool(tool_call.tool, tool_call.arguments, timeout)
+            return await link.session.call_tool(
+                tool_call.tool, tool_call.arguments, read_timeout_seconds=timeout
+            )
 
         try:
             result = await self.run(call, timeout)
@@ -426,8 +557,8 @@ class VestigeClient:
     async def check(self, limit: float) -> ServerProfile:
         """Deep health check: a ``tools/list`` round trip on the (re)connected session."""
 
-        async def call(session: ClientSession, _: ServerProfile) -> types.ListToolsResult:
-            return await session.list_tools()
+        async def call(link: Link) -> types.ListToolsResult:
+            return await link.session.list_tools()
 
         with anyio.fail_after(limit + self.settings.connect_timeout):
             await self.run(call, limit)

@@ -182,6 +182,13 @@ class ExportRequest(Body):
 class ToolData(BaseModel):
     content: list[dict[str, Any]] = Field(description="MCP content items returned by the Vestige tool.")
     structuredContent: dict[str, Any] | list[Any] | None = None
+    path: str | None = Field(
+        default=None,
+        description=(
+            "/backup and /export: the file Vestige wrote, as Vestige sees it (in the pod: on the "
+            "agent's data volume under /data)."
+        ),
+    )
 
 
 class Envelope(BaseModel):

@@ -40,7 +40,7 @@ def build_passthrough(client: VestigeClient, max_body_bytes: int) -> tuple[Strea
 
     async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         try:
-            return await client.run(lambda s, _: s.list_tools(params=params))
+            return await client.run(lambda link: link.session.list_tools(params=params))
         except VestigeError as exc:
             raise _unavailable(exc) from exc
 
@@ -61,13 +61,13 @@ def build_passthrough(client: VestigeClient, max_body_bytes: int) -> tuple[Strea
             conn = await client.connection()
             if conn.capabilities is None or conn.capabilities.resources is None:
                 return types.ListResourcesResult(resources=[])
-            return await client.run(lambda s, _: s.list_resources(params=params))
+            return await client.run(lambda link: link.session.list_resources(params=params))
         except VestigeError as exc:
             raise _unavailable(exc) from exc
 
     async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         try:
-            return await client.run(lambda s, _: s.read_resource(params.uri))
+            return await client.run(lambda link: link.session.read_resource(params.uri))
         except VestigeError as exc:
             raise _unavailable(exc) from exc
 
