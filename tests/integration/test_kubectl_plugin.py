@@ -3,8 +3,8 @@
 Every command runs as the installed executable in a subprocess, as a user would run it (through
 ``kubectl`` itself in ``test_kubectl_finds_the_plugin``). Pods do not run on the kwok node, so
 ``connect`` and ``logs`` are tested here up to the pod (errors, command construction, Ctrl-C);
-``run_connect`` is the helper a real-node test uses to call the bridge through the forward
-(``test_connect_reaches_the_bridge_on_a_real_node`` skips until such a node exists).
+``run_connect`` is the helper the real-node tests use to call a running bridge through the
+forward (``tests/node/test_day_two.py``: connect, logs, rotate-token in a real pod).
 """
 
 from __future__ import annotations
@@ -803,69 +803,6 @@ def run_connect(
     text = "".join(lines)
     config = json.loads(text.split("OpenClaw plugin config:\n", 1)[1])
     return ConnectSession(proc, config["serverUrl"], config, text)
-
-
-def real_node(kubectl: Kubectl) -> str | None:
-    """A Ready node that is not kwok's (the real kubelet node), or None."""
-    nodes = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"]
-    for node in nodes:
-        if (node["metadata"].get("annotations") or {}).get("kwok.x-k8s.io/node") == "fake":
-            continue
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", [])):
-            return str(node["metadata"]["name"])
-    return None
-
-
-def test_connect_reaches_the_bridge_on_a_real_node(
-    vestige: Any, kubectl: Kubectl, kubeconfig: str, namespace: str, operator_factory: Any
-) -> None:
-    """connect + a call through the forward + logs, on a real pod. Needs the real node and the
-    images (VESTIGE_TEST_VESTIGE_IMAGE, VESTIGE_TEST_BRIDGE_IMAGE)."""
-    node = real_node(kubectl)
-    images = os.environ.get("VESTIGE_TEST_VESTIGE_IMAGE"), os.environ.get("VESTIGE_TEST_BRIDGE_IMAGE")
-    if node is None or not all(images):
-        pytest.skip("needs a real kubelet node and VESTIGE_TEST_VESTIGE_IMAGE / VESTIGE_TEST_BRIDGE_IMAGE")
-    import httpx
-
-    operator_factory(namespace)
-    apply_memory(
-        kubectl,
-        namespace,
-        "live",
-        {
-            "vestige": {"image": images[0], "imagePullPolicy": "IfNotPresent"},
-            "bridge": {"image": images[1], "imagePullPolicy": "IfNotPresent"},
-            "pod": {
-                "nodeSelector": {"kubernetes.io/hostname": node},
-                "tolerations": [{"operator": "Exists"}],
-            },
-        },
-    )
-    wait_phase(kubectl, namespace, "live", timeout=600)
-    session = run_connect(plugin_env(kubeconfig), "live", namespace)
-    try:
-        token = vestige("token", "live", "-n", namespace).stdout.strip()
-        assert session.config["authToken"] == token
-        health = httpx.get(f"{session.url}/health", headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        assert health.status_code == 200, health.text
-        assert httpx.get(f"{session.url}/health", timeout=30).status_code == 401
-    finally:
-        code = session.interrupt()
-    assert code == 0
-    assert "port-forward stopped" in (session.proc.stderr.read() if session.proc.stderr else "")
-    logs = vestige("logs", "live", "-n", namespace, "-c", "bridge", "--tail", "50").stdout
-    assert logs.strip()
-    # -f streams until Ctrl-C, which ends it with exit 0.
-    follow = subprocess.Popen(
-        [str(PLUGIN), "logs", "live", "-n", namespace, "-c", "bridge", "-f", "--tail", "1"],
-        env=plugin_env(kubeconfig),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert follow.stdout is not None and follow.stdout.readline()
-    follow.send_signal(signal.SIGINT)
-    assert follow.wait(timeout=30) == 0
 
 
 # -- connect's process handling (a stand-in for `kubectl port-forward`) -------------------------
