@@ -12,7 +12,7 @@ from vestige_backup import store
 from tests.backup import stores
 
 
-def _live_store(data_dir: Path, rows: int = 50):  # noqa: ANN202
+def _live_store(data_dir: Path, rows: int = 50) -> sqlite3.Connection:
     """A store with committed rows still in the WAL (no checkpoint), connection kept open."""
     con = stores.create(data_dir / "vestige.db")
     con.execute("PRAGMA wal_autocheckpoint = 0")
