@@ -113,7 +113,15 @@ def trim_owner(body: Mapping[str, Any]) -> dict[str, Any]:
         {
             "metadata": {
                 k: meta[k]
-                for k in ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+                for k in (
+                    "name",
+                    "namespace",
+                    "uid",
+                    "generation",
+                    "resourceVersion",
+                    "deletionTimestamp",
+                    "creationTimestamp",
+                )
                 if k in meta
             },
             "spec": body.get("spec") or {},

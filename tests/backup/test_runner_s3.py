@@ -51,15 +51,24 @@ def test_consistent_backup_while_200_memories_are_ingested(
     data = tmp_path / "vestige"
     stores.create(data / "vestige.db").close()
     writers = 8
-    connections = [stores.connect(data / "vestige.db") for _ in range(writers)]
+    local = threading.local()
+    connections: list = []
     done: list[tuple[float, str]] = []
     lock = threading.Lock()
 
     def write(i: int) -> None:
-        con = connections[i % writers]
+        con = getattr(local, "con", None)
+        if con is None:  # one connection per writer thread, as concurrent clients would have
+            con = local.con = stores.connect(data / "vestige.db")
+            with lock:
+                connections.append(con)
         node = stores.ingest(con, f"memory {i} about topic {i % 7}")
         with lock:
             done.append((time.monotonic(), node))
+
+    def paced(i: int) -> None:
+        time.sleep(0.05)  # spread the second half over the runner's start and snapshot
+        write(i)
 
     key = "ns/agent/agent-20260101000000.tar.gz"
     result_file = tmp_path / "result.json"
@@ -73,7 +82,7 @@ def test_consistent_backup_while_200_memories_are_ingested(
                  "VESTIGE_BACKUP_RESULT_FILE": str(result_file)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        list(pool.map(write, range(100, 200)))  # the next 100 while the backup runs
+        list(pool.map(paced, range(100, 200)))  # the next 100 while the backup runs
         out, err = proc.communicate(timeout=300)
     for con in connections:
         con.close()

@@ -17,6 +17,7 @@ from vestige_backup.errors import ObjectStoreError, scrub
 SNAPSHOT_SUFFIX = ".tar.gz"
 CHECKSUM_SUFFIX = ".sha256"
 METADATA_SHA256 = "sha256"
+CHECKING_BUCKET = "checking the bucket"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ class Store:
             code = str(err.get("Code", "")) or str(
                 exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             )
-            if code in ("NoSuchBucket",):
+            if code == "NoSuchBucket" or (code in ("404", "NotFound") and doing == CHECKING_BUCKET):
                 text = f"{doing}: {where}: the bucket does not exist (NoSuchBucket)"
             elif code in (
                 "InvalidAccessKeyId",
@@ -108,7 +109,7 @@ class Store:
     def upload(self, path: Path, key: str, sha256: str, metadata: dict[str, str]) -> int:
         """Upload the snapshot with its checksum (object metadata and a ``.sha256`` sidecar) and
         check what the server stored; its size."""
-        self._call("checking the bucket", self.client.head_bucket, Bucket=self.target.bucket)
+        self._call(CHECKING_BUCKET, self.client.head_bucket, Bucket=self.target.bucket)
         extra = {
             "Metadata": {METADATA_SHA256: sha256, **metadata},
             "ContentType": "application/gzip",
