@@ -173,3 +173,13 @@ def test_restore_key_xor_latest(source: dict[str, Any], ok: bool) -> None:
     else:
         with pytest.raises(ValidationError):
             VestigeMemorySpec.model_validate(body)
+
+
+def test_examples_are_valid() -> None:
+    from vestige_operator.api import VestigeBackupSpec as BackupSpec
+
+    restore = yaml.safe_load((ROOT / "manifests" / "examples" / "restore.yaml").read_text())
+    spec = VestigeMemorySpec.model_validate(restore["spec"])
+    assert spec.restore is not None and spec.restore.from_backup.latest is True
+    now = yaml.safe_load((ROOT / "manifests" / "examples" / "backup-now.yaml").read_text())
+    assert now["kind"] == "VestigeBackup" and BackupSpec.model_validate(now["spec"]).memory == "my-agent"
