@@ -76,6 +76,8 @@ class BackupController:
         self.deployments: Cache = {}
         self.restore_problems: dict[Key, str] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
+        #: Newest cron time a run was created for, per memory (the objects may lag or be pruned).
+        self._scheduled: dict[Key, datetime] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.passes = 0
 
@@ -174,10 +176,15 @@ class BackupController:
                 {"key": result.get("key"), "size": result.get("size"), "sha256": result.get("sha256")}
             )
         done = await self.cluster.patch_status(
-            namespace, meta["name"], meta["uid"], patch, kind=k8s.VESTIGE_BACKUP
+            namespace,
+            meta["name"],
+            meta["uid"],
+            patch,
+            kind=k8s.VESTIGE_BACKUP,
+            resource_version=meta.get("resourceVersion"),
         )
         if done is None:
-            return
+            return  # deleted, or changed since this pass read it (a later pass decides again)
         logger.info("VestigeBackup %s/%s %s: %s", namespace, meta["name"], patch["phase"], message)
         if not ok and memory is not None:
             await self.cluster.post_event(
@@ -229,6 +236,17 @@ class BackupController:
             return False
         obj = pending[0]
         meta = _meta(obj)
+        for waiting in pending[1:]:  # queued behind the first one: Pending, not silent
+            if _phase(waiting) is None:
+                wmeta = _meta(waiting)
+                await self.cluster.patch_status(
+                    memory.namespace,
+                    wmeta["name"],
+                    wmeta["uid"],
+                    {"phase": str(BackupPhase.PENDING), "message": f"waiting for {meta['name']}"},
+                    kind=k8s.VESTIGE_BACKUP,
+                    resource_version=wmeta.get("resourceVersion"),
+                )
         if spec.backup is None:
             await self._finish(
                 memory.namespace, obj, False, {}, "the VestigeMemory has no spec.backup", memory
@@ -245,9 +263,16 @@ class BackupController:
             "vestigeVersion": b.vestige_version(spec, self.images),
             "message": "the backup Job runs",
         }
-        await self.cluster.patch_status(
-            memory.namespace, meta["name"], meta["uid"], patch, kind=k8s.VESTIGE_BACKUP
+        done = await self.cluster.patch_status(
+            memory.namespace,
+            meta["name"],
+            meta["uid"],
+            patch,
+            kind=k8s.VESTIGE_BACKUP,
+            resource_version=meta.get("resourceVersion"),
         )
+        if done is None:
+            return True
         logger.info("VestigeBackup %s/%s started (Job %s)", memory.namespace, meta["name"], patch["job"])
         return True
 
@@ -261,13 +286,16 @@ class BackupController:
     ) -> bool:
         if spec.backup is None or not spec.backup.schedule or spec.backup.suspend:
             return False
-        baseline = b.last_scheduled(backups) or b.parse_time(created) or now
+        key = (memory.namespace, memory.name)
+        known = [t for t in (b.last_scheduled(backups), self._scheduled.get(key)) if t is not None]
+        baseline = max(known) if known else (b.parse_time(created) or now)
         due = b.due_run(spec.backup.schedule, baseline, now)
         if due is None or b.active(backups):
             return False  # nothing due, or a backup of this memory is still active (one at a time)
         manifest = b.backup_manifest(memory, b.scheduled_name(memory.name, due), due)
         if await self.cluster.create(manifest) is not None:
             logger.info("scheduled VestigeBackup %s/%s", memory.namespace, manifest["metadata"]["name"])
+        self._scheduled[key] = due  # also when it existed: the cache lags behind the create
         return True
 
     async def _retention(
@@ -398,6 +426,7 @@ def trim_backup(body: Mapping[str, Any]) -> dict[str, Any]:
                 "name",
                 "namespace",
                 "uid",
+                "resourceVersion",
                 "creationTimestamp",
                 "labels",
                 "annotations",

@@ -261,10 +261,20 @@ class Cluster:
         return True
 
     async def patch_status(
-        self, namespace: str, name: str, uid: str, patch: JsonDict, kind: Kind = VESTIGE_MEMORY
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        patch: JsonDict,
+        kind: Kind = VESTIGE_MEMORY,
+        resource_version: str | None = None,
     ) -> JsonDict | None:
-        """JSON-merge-patch the status of a VestigeMemory (or ``kind``); None when gone or replaced."""
-        body = {"metadata": {"uid": uid}, "status": patch}  # a uid in the patch acts as a precondition
+        """JSON-merge-patch the status of a VestigeMemory (or ``kind``); None when gone or replaced
+        (or, with ``resource_version``, changed since that version)."""
+        meta: JsonDict = {"uid": uid}  # a uid in the patch acts as a precondition
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version  # so does a resourceVersion
+        body = {"metadata": meta, "status": patch}
         status, data = await self._request(
             "patch_status",
             kind,
