@@ -92,12 +92,13 @@ def store_files(data_dir: Path) -> list[StoreFile]:
 
 
 def holds_store(data_dir: Path) -> bool:
-    """Whether ``data_dir`` holds a Vestige store (a non-empty SQLite database)."""
+    """Whether ``data_dir`` holds a Vestige store: a non-empty SQLite database, or the WAL of a
+    database being created (a write-ahead log alone still holds commits)."""
     if not data_dir.is_dir():
         return False
-    return any(f.sqlite and (data_dir / f.path).stat().st_size > 0 for f in store_files(data_dir)) or any(
-        (data_dir / n).exists() for n in ("vestige.db-wal",)
-    )
+    if any(f.sqlite and (data_dir / f.path).stat().st_size > 0 for f in store_files(data_dir)):
+        return True
+    return any(p.name.endswith("-wal") and p.stat().st_size > 0 for p in data_dir.iterdir() if p.is_file())
 
 
 def _backup_sqlite(source: Path, target: Path) -> None:
