@@ -4,6 +4,7 @@
 # Extra arguments go to pytest (e.g. `bash tests/run.sh --slow -k faults`).
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 python -m tests.cluster build >/dev/null
+python -m tests.s3.build >/dev/null   # versitygw for the backup tests (cached like the cluster)
 ruff check .
 ruff format --check .
 # pytest exits 5 when it collected nothing: that is a failure here like any other non-zero exit.
