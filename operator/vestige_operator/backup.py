@@ -580,6 +580,23 @@ def job_outcome(
     return JobOutcome(False, result or {}, f"the runner reported no result ({reason or 'no message'})")
 
 
+#: Waiting reasons of a runner container that no amount of waiting fixes without a change.
+STUCK_REASONS = frozenset({"CreateContainerConfigError", "InvalidImageName", "CreateContainerError"})
+
+
+def stuck_reason(pods: Iterable[Mapping[str, Any]], container: str) -> str | None:
+    """Why the runner container of a Job that has not finished cannot start (e.g. the credentials
+    Secret or one of its keys is missing), so the run can fail now instead of at its deadline."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if status.get("name") == container and waiting.get("reason") in STUCK_REASONS:
+                return (
+                    f"the {container} container cannot start: {waiting.get('message') or waiting['reason']}"
+                )
+    return None
+
+
 def restore_refusal(pods: Iterable[Mapping[str, Any]]) -> str | None:
     """Why the restore init container refused to run (exit 3), from the agent's pods; else None."""
     for pod in pods:

@@ -211,7 +211,13 @@ class BackupController:
                 continue
             outcome = await self._outcome(memory.namespace, job, "backup")
             if outcome is None:
-                continue
+                pods = await self.cluster.list_objects(
+                    k8s.POD, memory.namespace, f"job-name={_meta(job)['name']}"
+                )
+                stuck = b.stuck_reason(pods, "backup")
+                if stuck is None:
+                    continue
+                outcome = b.JobOutcome(False, {}, stuck)
             await self._finish(
                 memory.namespace, obj, outcome.succeeded, outcome.result, outcome.message, memory
             )

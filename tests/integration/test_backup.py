@@ -396,6 +396,43 @@ def test_operator_runs_a_backup_reports_failure_once_and_recovers(
         lambda: (_condition(kubectl, namespace, "agent") or {}).get("status") == "True", what="recovered"
     )
 
+    # 4. a runner that cannot start (here: the kubelet reports the Secret missing) fails the run
+    #    at once instead of at the Job's deadline.
+    kubectl("-n", namespace, "apply", "-f", "-", input=_vbak("agent-manual-4", "agent"))
+    wait_until(
+        lambda: (
+            (get(kubectl, namespace, "vestigebackup", "agent-manual-4") or {}).get("status", {}).get("phase")
+            == "Running"
+        ),
+        timeout=60,
+        what="agent-manual-4 Running",
+    )
+    job = must_get(kubectl, namespace, "vestigebackup", "agent-manual-4")["status"]["job"]
+    pod = _job_pod(kubectl, namespace, job)
+    waiting = {"reason": "CreateContainerConfigError", "message": 'secret "s3-creds" not found'}
+    status = {
+        "status": {
+            "containerStatuses": [
+                {"name": "backup", "image": "bridge", "imageID": "", "ready": False, "restartCount": 0,
+                 "state": {"waiting": waiting}}
+            ]
+        }
+    }  # fmt: skip
+    kubectl(
+        "-n", namespace, "patch", "pod", pod["metadata"]["name"], "--subresource=status", "--type=merge",
+        "-p", json.dumps(status),
+    )  # fmt: skip
+    failed = wait_until(
+        lambda: (
+            (o := must_get(kubectl, namespace, "vestigebackup", "agent-manual-4")["status"])["phase"]
+            == "Failed"
+            and o
+        ),
+        timeout=60,
+        what="agent-manual-4 Failed",
+    )
+    assert failed["message"] == 'the backup container cannot start: secret "s3-creds" not found'
+
     # Credentials never appear in status, events or the operator's log.
     texts = [
         kubectl("-n", namespace, "get", "vestigebackups,vestigememories,events,jobs", "-o", "json").stdout,

@@ -276,3 +276,31 @@ def test_restore_refusal_from_the_agent_pod() -> None:
     msg = json.dumps({"ok": False, "refused": True, "message": "already holds a store"})
     assert backup.restore_refusal([_pod(msg, 3, init=True, name="restore")]) == "already holds a store"
     assert backup.restore_refusal([_pod(msg, 1, init=True, name="restore")]) is None
+
+
+def test_a_runner_that_cannot_start_fails_now() -> None:
+    waiting = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "backup",
+                    "state": {
+                        "waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": 'secret "s3" not found',
+                        }
+                    },
+                }
+            ]
+        }
+    }
+    assert (
+        backup.stuck_reason([waiting], "backup") == 'the backup container cannot start: secret "s3" not found'
+    )
+    pulling = {
+        "status": {
+            "containerStatuses": [{"name": "backup", "state": {"waiting": {"reason": "ErrImagePull"}}}]
+        }
+    }
+    assert backup.stuck_reason([pulling], "backup") is None  # may still succeed
+    assert backup.stuck_reason([], "backup") is None
