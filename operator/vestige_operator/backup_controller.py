@@ -22,7 +22,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,6 +38,7 @@ logger = logging.getLogger("vestige_operator.backup")
 Key = tuple[str, str]
 Cache = Mapping[Key, Iterable[Mapping[str, Any]]]
 DEFAULT_INTERVAL_SECONDS = 10.0
+MISSING_MEMORY_GRACE = timedelta(seconds=60)
 
 
 def _now() -> datetime:
@@ -138,7 +139,9 @@ class BackupController:
         now = self.clock()
         if body is None or _meta(body).get("deletionTimestamp"):
             for obj in backups:
-                if _phase(obj) in (None, BackupPhase.PENDING):
+                created = b.parse_time(_meta(obj).get("creationTimestamp")) or now
+                # A grace period: a VestigeBackup created with its memory may be seen first.
+                if _phase(obj) in (None, BackupPhase.PENDING) and now - created > MISSING_MEMORY_GRACE:
                     await self._finish(namespace, obj, False, {}, f"VestigeMemory {name} not found", None)
             return
         meta = _meta(body)
