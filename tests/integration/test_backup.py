@@ -512,3 +512,22 @@ def test_restore_refusal_stalls_the_memory(
     assert wait_until(
         lambda: _events(kubectl, namespace, "restored", "RestoreRefused"), what="the Warning event"
     )
+
+
+@pytest.mark.usefixtures("crd_installed")
+def test_backup_of_a_missing_memory_fails_after_the_grace(
+    kubectl: Kubectl, namespace: str, kubeconfig: str
+) -> None:
+    kubectl("-n", namespace, "apply", "-f", "-", input=_vbak("ghost-1", "ghost"))
+    h = Harness(kubectl, namespace, kubeconfig)
+    try:
+        h.run("ghost")
+        assert "phase" not in (h.backups("ghost")["ghost-1"].get("status") or {}), (
+            "not failed within the grace"
+        )
+        h.now += timedelta(minutes=2)
+        h.run("ghost")
+        status = h.backups("ghost")["ghost-1"]["status"]
+        assert status["phase"] == "Failed" and status["message"] == "VestigeMemory ghost not found"
+    finally:
+        h.close()
