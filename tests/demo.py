@@ -99,9 +99,10 @@ def _start_operator(kubeconfig: str, images: dict[str, str] | None = None) -> in
 def up() -> None:
     st = cluster.up()
     kc = st.kubeconfig
-    crd = ROOT / "crds" / "vestige.dev_vestigememories.yaml"
-    _kubectl(kc, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
-    _kubectl(kc, "wait", "--for=condition=Established", "crd/vestigememories.vestige.dev", "--timeout=60s")
+    for crd in sorted((ROOT / "crds").glob("vestige.dev_*.yaml")):  # VestigeMemory, VestigeBackup
+        _kubectl(kc, "apply", "--server-side", "--force-conflicts", "-f", str(crd))
+    for name in ("vestigememories.vestige.dev", "vestigebackups.vestige.dev"):
+        _kubectl(kc, "wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
     ns = {
         "apiVersion": "v1",
         "kind": "Namespace",

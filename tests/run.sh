@@ -13,6 +13,7 @@ if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
     python -m tests.cluster images >/dev/null
 fi
 python -m tests.tools build >/dev/null  # helm and the kstatus helper (Go module proxy, cached)
+python -m tests.s3.build >/dev/null   # versitygw for the backup tests (cached like the cluster)
 # As root (CI, the dev machines) the real node must run: its absence fails the run, not a skip.
 if [ "$(id -u)" = 0 ]; then
     export VESTIGE_REQUIRE_REAL_NODE=1

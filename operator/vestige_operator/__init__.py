@@ -8,3 +8,7 @@ KIND = "VestigeMemory"
 PLURAL = "vestigememories"
 SINGULAR = "vestigememory"
 FIELD_MANAGER = "vestige-operator"
+
+BACKUP_KIND = "VestigeBackup"
+BACKUP_PLURAL = "vestigebackups"
+BACKUP_SINGULAR = "vestigebackup"

@@ -634,6 +634,286 @@ class PodTemplateOptions(SpecModel):
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Backups and restore (spec.backup, spec.restore, VestigeBackup): see docs/backup.md
+# --------------------------------------------------------------------------------------------
+
+#: S3 bucket names (3-63 characters, lowercase letters, digits, dots and hyphens).
+S3_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+#: A cron schedule of five fields (minute hour day-of-month month day-of-week), always UTC.
+CRON_PATTERN = r"^\S+( \S+){4}$"
+#: A duration of whole minutes, hours, days or weeks (``30d``, ``12h``).
+MAX_AGE_PATTERN = r"^[1-9][0-9]{0,5}(m|h|d|w)$"
+#: ``namespace/name`` of a VestigeMemory.
+SOURCE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z]([-a-z0-9]*[a-z0-9])?$"
+#: An object key below a prefix (no leading slash, no ``..`` segment, no control characters).
+OBJECT_KEY_PATTERN = r"^[^/\x00-\x1f][^\x00-\x1f]*$"
+_MAX_AGE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def max_age_seconds(value: str) -> int:
+    """Seconds of a ``maxAge`` duration (``"30d"`` -> 2592000)."""
+    if not re.match(MAX_AGE_PATTERN, value):
+        raise ValueError(f"not a duration like 30d, 12h, 90m or 4w: {value!r}")
+    return int(value[:-1]) * _MAX_AGE_UNITS[value[-1]]
+
+
+def _check_cron(value: str) -> str:
+    from datetime import UTC, datetime
+
+    from cronsim import CronSim, CronSimError
+
+    if not re.match(CRON_PATTERN, value):
+        raise ValueError(f"schedule must have five fields (minute hour day month weekday): {value!r}")
+    try:
+        CronSim(value, datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as err:
+        raise ValueError(f"not a cron schedule: {value!r}: {err}") from None
+    return value
+
+
+def _check_max_age(value: str) -> str:
+    max_age_seconds(value)
+    return value
+
+
+def _check_key(value: str) -> str:
+    if any(part == ".." for part in value.split("/")):
+        raise ValueError(f"key may not contain '..' segments: {value!r}")
+    return value
+
+
+class SecretRef(SpecModel):
+    """A Secret in the same namespace."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN, description="Name of the Secret."
+    )
+
+
+class CASecretRef(SpecModel):
+    """A Secret holding a PEM CA bundle."""
+
+    name: str = Field(
+        min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN, description="Name of the Secret."
+    )
+    key: str = Field(
+        default="ca.crt",
+        min_length=1,
+        max_length=253,
+        pattern=DATA_KEY_PATTERN,
+        description="Key of the Secret holding the PEM CA bundle.",
+    )
+
+
+class S3Destination(SpecModel):
+    """An S3-compatible bucket (AWS S3, MinIO, Ceph RGW, versitygw, ...)."""
+
+    endpoint: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description=(
+            "URL of the S3 API, e.g. https://s3.eu-west-1.amazonaws.com or http://minio.storage.svc:9000; "
+            "AWS S3 of region when unset."
+        ),
+    )
+    bucket: str = Field(
+        max_length=63, pattern=S3_BUCKET_PATTERN, description="Bucket the snapshots are written to."
+    )
+    prefix: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=r"^([^/\x00-\x1f][^\x00-\x1f]*/)?$",
+        description=(
+            "Key prefix of the snapshots (ends with /). Default `<namespace>/<name>/` of the memory "
+            "that is backed up (for restore: of spec.restore.fromBackup.source)."
+        ),
+    )
+    region: str = Field(
+        default="us-east-1",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z0-9-]+$",
+        description="Region of the bucket (signing region for S3-compatible servers).",
+    )
+    credentials_secret: SecretRef = Field(
+        description=(
+            "Secret with the keys `accessKeyId` and `secretAccessKey`. Mounted only into the backup "
+            "Job's pod and the restore init container, never into the bridge or Vestige containers."
+        )
+    )
+    ca_secret: CASecretRef | None = Field(
+        default=None,
+        description="Secret with a PEM CA bundle to verify the endpoint's TLS certificate (private CAs).",
+    )
+    force_path_style: bool = Field(
+        default=False,
+        description="Address the bucket as <endpoint>/<bucket> instead of <bucket>.<endpoint> "
+        "(most self-hosted servers need true).",
+    )
+
+
+class BackupDestination(SpecModel):
+    """Where snapshots are stored."""
+
+    s3: S3Destination = Field(description="An S3-compatible bucket.")
+
+
+class BackupRetention(SpecModel):
+    """Which snapshots (and VestigeBackup objects) are kept. The newest Completed one is always kept."""
+
+    keep_last: int | None = Field(
+        default=None, ge=1, le=10000, description="Keep at most this many Completed backups (newest first)."
+    )
+    max_age: Annotated[str, AfterValidator(_check_max_age)] | None = Field(
+        default=None,
+        max_length=8,
+        pattern=MAX_AGE_PATTERN,
+        description="Delete Completed backups older than this (m, h, d or w: 90m, 12h, 30d, 4w).",
+    )
+
+
+class BackupSpec(SpecModel):
+    """Scheduled backups of the memory's store to object storage (one VestigeBackup per run)."""
+
+    schedule: Annotated[str, AfterValidator(_check_cron)] | None = Field(
+        default=None,
+        max_length=128,
+        pattern=CRON_PATTERN,
+        description=(
+            "Cron schedule in UTC (five fields: minute hour day-of-month month day-of-week, e.g. "
+            "'0 3 * * *'). Unset: no scheduled runs (VestigeBackup objects still work)."
+        ),
+    )
+    retention: BackupRetention = _nested(BackupRetention, "Which backups are kept.")
+    suspend: bool = Field(default=False, description="Pause scheduled runs (existing backups are kept).")
+    destination: BackupDestination = Field(description="Where snapshots are stored.")
+
+
+class RestoreSource(SpecModel):
+    """The snapshot a new memory starts from."""
+
+    destination: BackupDestination = Field(description="Where the snapshot is stored.")
+    source: str = Field(
+        max_length=300,
+        pattern=SOURCE_PATTERN,
+        description="namespace/name of the VestigeMemory that was backed up (selects the default prefix).",
+    )
+    key: Annotated[str, AfterValidator(_check_key)] | None = Field(
+        default=None,
+        max_length=1024,
+        pattern=OBJECT_KEY_PATTERN,
+        description="Object key of the snapshot (as in VestigeBackup status.key). Set key or latest.",
+    )
+    latest: bool | None = Field(
+        default=None, description="Restore the newest snapshot under the prefix. Set key or latest."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.key) != (has(self.latest) && self.latest)",
+                    "message": "restore.fromBackup: set key or latest: true (exactly one)",
+                }
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _key_xor_latest(self) -> RestoreSource:
+        if (self.key is not None) == bool(self.latest):
+            raise ValueError("restore.fromBackup: set key or latest: true (exactly one)")
+        return self
+
+
+class RestoreSpec(SpecModel):
+    """Fill the NEW memory's empty volume from a snapshot before Vestige first starts."""
+
+    from_backup: RestoreSource = Field(
+        description=(
+            "The snapshot to restore. An init container restores it into an empty volume; a volume "
+            "that already holds a store is never overwritten (the resource stalls, reason RestoreRefused)."
+        )
+    )
+
+
+class BackupPhase(StrEnum):
+    """Lifecycle of one VestigeBackup."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
+class VestigeBackupSpec(SpecModel):
+    """One backup of one VestigeMemory's store, taken now."""
+
+    memory: str = Field(
+        max_length=MAX_NAME_LENGTH,
+        pattern=DNS1035_LABEL_PATTERN,
+        description=(
+            "Name of the VestigeMemory (same namespace) to back up; its spec.backup.destination is used."
+        ),
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "spec.memory is immutable",
+                    "reason": "FieldValueForbidden",
+                }
+            ]
+        },
+    )
+
+
+class VestigeBackupStatus(StatusModel):
+    """Observed state of a VestigeBackup, written by the operator."""
+
+    phase: BackupPhase | None = Field(default=None, description="Pending, Running, Completed or Failed.")
+    started_at: str | None = Field(
+        default=None,
+        description="When the backup Job was started (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    completed_at: str | None = Field(
+        default=None,
+        description="When the backup completed or failed (RFC 3339).",
+        json_schema_extra={"format": "date-time"},
+    )
+    key: str | None = Field(default=None, description="Object key of the snapshot in the bucket.")
+    size: int | None = Field(
+        default=None,
+        ge=0,
+        description="Size of the compressed snapshot in bytes.",
+        json_schema_extra={"format": "int64"},
+    )
+    sha256: str | None = Field(default=None, description="SHA-256 of the compressed snapshot (hex).")
+    vestige_version: str | None = Field(
+        default=None, description="Vestige generation and image of the memory when it was backed up."
+    )
+    job: str | None = Field(default=None, description="Name of the Job that runs (or ran) the backup.")
+    message: str | None = Field(default=None, description="Human-readable result or cause of the failure.")
+
+
+class LastBackup(StatusModel):
+    """A backup that completed."""
+
+    time: str | None = Field(
+        default=None, description="When it completed (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    key: str | None = Field(default=None, description="Object key of its snapshot.")
+    name: str | None = Field(default=None, description="Name of its VestigeBackup object.")
+
+
+class MemoryBackupStatus(StatusModel):
+    """Backups of this memory, as the operator last saw them."""
+
+    last_successful: LastBackup | None = Field(default=None, description="The newest Completed backup.")
+
+
 class VestigeMemorySpec(SpecModel):
     """Desired state of one agent's long-term memory: a Vestige server, its bridge, volume and token."""
 
@@ -658,6 +938,12 @@ class VestigeMemorySpec(SpecModel):
     ingress: IngressSpec = _nested(IngressSpec, "An optional Ingress to the bridge.")
     network_policy: NetworkPolicySpec = _nested(NetworkPolicySpec, "The NetworkPolicy of the pod.")
     pod: PodTemplateOptions = _nested(PodTemplateOptions, "Pod scheduling and metadata options.")
+    backup: BackupSpec | None = Field(
+        default=None, description="Scheduled backups to object storage (docs/backup.md)."
+    )
+    restore: RestoreSpec | None = Field(
+        default=None, description="Start a NEW memory from a snapshot (docs/backup.md)."
+    )
 
     def effective_agent_id(self, name: str) -> str:
         """The agent id in force: ``spec.agentId``, else the resource's name."""
@@ -675,7 +961,7 @@ class Condition(StatusModel):
     type: str = Field(
         max_length=316,
         pattern=CONDITION_TYPE_PATTERN,
-        description="Condition type: Ready, Reconciling, Stalled, StorageReady.",
+        description="Condition type: Ready, Reconciling, Stalled, StorageReady, LastBackupSucceeded.",
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
@@ -718,7 +1004,9 @@ class VestigeMemoryStatus(StatusModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Reconciling, Stalled and StorageReady conditions.",
+        description=(
+            "Ready, Reconciling, Stalled, StorageReady and (with backups) LastBackupSucceeded conditions."
+        ),
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     agent_id: str | None = Field(default=None, description="The agent id in force.")
@@ -737,6 +1025,7 @@ class VestigeMemoryStatus(StatusModel):
         json_schema_extra={"format": "date-time"},
     )
     storage: StorageStatus | None = Field(default=None, description="Observed state of the data volume.")
+    backup: MemoryBackupStatus | None = Field(default=None, description="Backups of this memory.")
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of this type, if any."""
@@ -745,6 +1034,10 @@ class VestigeMemoryStatus(StatusModel):
 
 __all__ = [
     "AuthSpec",
+    "BackupDestination",
+    "BackupPhase",
+    "BackupRetention",
+    "BackupSpec",
     "BridgeContainerSpec",
     "Condition",
     "ConditionStatus",
@@ -753,17 +1046,23 @@ __all__ = [
     "IngressSpec",
     "IngressTLS",
     "LocalObjectReference",
+    "MemoryBackupStatus",
     "NetworkPolicySpec",
     "PathType",
     "Phase",
     "PodTemplateOptions",
     "ReclaimPolicy",
     "ResourceRequirements",
+    "RestoreSource",
+    "RestoreSpec",
+    "S3Destination",
     "SecretKeyRef",
     "ServiceSpec",
     "ServiceType",
     "StorageSpec",
     "StorageStatus",
+    "VestigeBackupSpec",
+    "VestigeBackupStatus",
     "VestigeContainerSpec",
     "VestigeGeneration",
     "VestigeMemorySpec",

@@ -614,6 +614,11 @@ def render_deployment(
     }
     if not spec.bridge.allow_anonymous:
         pod_spec["volumes"].append(render_auth_volume(owner, spec))
+    if spec.restore is not None:  # fill a new, empty volume before Vestige starts (docs/backup.md)
+        from vestige_operator.backup import render_restore_init_container, restore_volumes
+
+        pod_spec["initContainers"] = [render_restore_init_container(owner, spec, images)]
+        pod_spec["volumes"] += restore_volumes(spec)
     if pod_opts.node_selector:
         pod_spec["nodeSelector"] = dict(pod_opts.node_selector)
     if pod_opts.tolerations:

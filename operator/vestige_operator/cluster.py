@@ -24,7 +24,7 @@ import kubernetes.client
 import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 
-from vestige_operator import FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
+from vestige_operator import BACKUP_KIND, BACKUP_PLURAL, FIELD_MANAGER, GROUP, KIND, PLURAL, VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +63,14 @@ NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"
 INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")
 VESTIGE_MEMORY = Kind(f"{GROUP}/{VERSION}", KIND, PLURAL)
 EVENT = Kind("v1", "Event", "events")
+JOB = Kind("batch/v1", "Job", "jobs")
+POD = Kind("v1", "Pod", "pods")
+VESTIGE_BACKUP = Kind(f"{GROUP}/{VERSION}", BACKUP_KIND, BACKUP_PLURAL)
 STORAGE_CLASS = Kind("storage.k8s.io/v1", "StorageClass", "storageclasses")  # cluster-scoped
 
 KINDS: Mapping[str, Kind] = {
-    k.kind: k for k in (SECRET, PVC, SERVICE, DEPLOYMENT, NETWORK_POLICY, INGRESS, VESTIGE_MEMORY)
+    k.kind: k
+    for k in (SECRET, PVC, SERVICE, DEPLOYMENT, NETWORK_POLICY, INGRESS, VESTIGE_MEMORY, JOB, VESTIGE_BACKUP)
 }
 
 
@@ -285,14 +289,26 @@ class Cluster:
             raise _error_from(status, "", data, "delete", f"{kind.kind} {namespace}/{name}")
         return True
 
-    async def patch_status(self, namespace: str, name: str, uid: str, patch: JsonDict) -> JsonDict | None:
-        """JSON-merge-patch the status of a VestigeMemory (None when it is gone or was replaced)."""
-        body = {"metadata": {"uid": uid}, "status": patch}  # a uid in the patch acts as a precondition
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        patch: JsonDict,
+        kind: Kind = VESTIGE_MEMORY,
+        resource_version: str | None = None,
+    ) -> JsonDict | None:
+        """JSON-merge-patch the status of a VestigeMemory (or ``kind``); None when gone or replaced
+        (or, with ``resource_version``, changed since that version)."""
+        meta: JsonDict = {"uid": uid}  # a uid in the patch acts as a precondition
+        if resource_version is not None:
+            meta["resourceVersion"] = resource_version  # so does a resourceVersion
+        body = {"metadata": meta, "status": patch}
         status, data = await self._request(
             "patch_status",
-            VESTIGE_MEMORY,
+            kind,
             "PATCH",
-            VESTIGE_MEMORY.path(namespace, name, "status"),
+            kind.path(namespace, name, "status"),
             query=[("fieldManager", self._field_manager)],
             body=body,
             content_type="application/merge-patch+json",
@@ -300,7 +316,7 @@ class Cluster:
         if status in (404, 409):
             return None
         if status != 200:
-            raise _error_from(status, "", data, "patch status", f"{KIND} {namespace}/{name}")
+            raise _error_from(status, "", data, "patch status", f"{kind.kind} {namespace}/{name}")
         return json.loads(data)
 
     async def live_uids(self, kind: Kind, namespace: str | None, label_selector: str | None) -> set[str]:
@@ -325,6 +341,19 @@ class Cluster:
             token = (body.get("metadata") or {}).get("continue") or ""
             if not token:
                 return uids
+
+    async def list_objects(
+        self, kind: Kind, namespace: str, label_selector: str | None = None
+    ) -> list[JsonDict]:
+        """The objects of ``kind`` in ``namespace`` (one page of at most 500; used for small sets:
+        the pods of one Job, the pods of one agent)."""
+        query = [("limit", "500")]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        status, data = await self._request("list", kind, "GET", kind.path(namespace), query=query)
+        if status != 200:
+            raise _error_from(status, "", data, "list", f"{kind.kind} in {namespace}")
+        return list(json.loads(data).get("items") or [])
 
     async def storage_class_exists(self, name: str) -> bool | None:
         """Whether the StorageClass exists; None when it cannot be told (no permission, API error)."""

@@ -18,10 +18,21 @@ from typing import Any
 
 import yaml
 
-from vestige_operator import GROUP, KIND, PLURAL, SINGULAR, VERSION
+from vestige_operator import (
+    BACKUP_KIND,
+    BACKUP_PLURAL,
+    BACKUP_SINGULAR,
+    GROUP,
+    KIND,
+    PLURAL,
+    SINGULAR,
+    VERSION,
+)
 from vestige_operator.api import (
     DNS1035_LABEL_PATTERN,
     MAX_NAME_LENGTH,
+    VestigeBackupSpec,
+    VestigeBackupStatus,
     VestigeMemorySpec,
     VestigeMemoryStatus,
 )
@@ -30,6 +41,11 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
 SHORT_NAMES = ["vmem"]
 CATEGORIES = ["vestige"]
+BACKUP_CRD_NAME = f"{BACKUP_PLURAL}.{GROUP}"
+BACKUP_CRD_FILE = f"{GROUP}_{BACKUP_PLURAL}.yaml"
+BACKUP_SHORT_NAMES = ["vbak"]
+#: Longest VestigeBackup name: its Job and the Job's pods carry it in a label value (<= 63).
+MAX_BACKUP_NAME_LENGTH = 63
 
 #: Keys of pydantic's JSON schema that a Kubernetes schema does not use.
 _DROPPED_KEYS = frozenset({"title", "$defs", "discriminator", "examples"})
@@ -232,24 +248,30 @@ def printer_columns() -> list[dict[str, Any]]:
     ]
 
 
-def crd_manifest() -> dict[str, Any]:
-    """The CustomResourceDefinition (apiextensions.k8s.io/v1) of VestigeMemory."""
+def _crd(
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: list[str],
+    columns: list[dict[str, Any]],
+    schema: dict[str, Any],
+) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": f"{plural}.{GROUP}",
             "labels": {"app.kubernetes.io/name": "vestige-operator", "app.kubernetes.io/part-of": "vestige"},
         },
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": SHORT_NAMES,
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": short_names,
                 "categories": CATEGORIES,
             },
             "versions": [
@@ -258,12 +280,109 @@ def crd_manifest() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": printer_columns(),
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": schema},
                 }
             ],
         },
     }
+
+
+def crd_manifest() -> dict[str, Any]:
+    """The CustomResourceDefinition (apiextensions.k8s.io/v1) of VestigeMemory."""
+    return _crd(KIND, PLURAL, SINGULAR, SHORT_NAMES, printer_columns(), openapi_schema())
+
+
+# -- VestigeBackup ----------------------------------------------------------------------------
+
+
+def backup_openapi_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of VestigeBackup."""
+    spec = to_structural(VestigeBackupSpec.model_json_schema(by_alias=True))
+    status = to_structural(VestigeBackupStatus.model_json_schema(by_alias=True, mode="serialization"))
+    return {
+        "type": "object",
+        "description": (
+            "VestigeBackup is one backup of a VestigeMemory's store to the object storage named in "
+            "its spec.backup.destination: a consistent, compressed snapshot with its SHA-256. "
+            "Create one to back up now; scheduled runs create them too (<memory>-<UTC timestamp>)."
+        ),
+        "properties": {
+            "apiVersion": {
+                "type": "string",
+                "description": "APIVersion of this representation of the object (vestige.dev/v1alpha1).",
+            },
+            "kind": {
+                "type": "string",
+                "description": "Kind is the REST resource this object represents (VestigeBackup).",
+            },
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "maxLength": MAX_BACKUP_NAME_LENGTH,
+                        "pattern": DNS1035_LABEL_PATTERN,
+                    }
+                },
+            },
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+
+
+def backup_printer_columns() -> list[dict[str, Any]]:
+    """Columns of ``kubectl get vbak``."""
+    return [
+        {
+            "name": "Memory",
+            "type": "string",
+            "jsonPath": ".spec.memory",
+            "description": "The VestigeMemory backed up.",
+        },
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase."},
+        {
+            "name": "Started",
+            "type": "date",
+            "jsonPath": ".status.startedAt",
+            "description": "When the backup Job started.",
+        },
+        {
+            "name": "Size",
+            "type": "integer",
+            "jsonPath": ".status.size",
+            "description": "Size of the compressed snapshot in bytes.",
+        },
+        {
+            "name": "Key",
+            "type": "string",
+            "priority": 1,
+            "jsonPath": ".status.key",
+            "description": "Object key of the snapshot.",
+        },
+        {
+            "name": "Message",
+            "type": "string",
+            "priority": 1,
+            "jsonPath": ".status.message",
+            "description": "Result or cause of the failure.",
+        },
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def backup_crd_manifest() -> dict[str, Any]:
+    """The CustomResourceDefinition (apiextensions.k8s.io/v1) of VestigeBackup."""
+    return _crd(
+        BACKUP_KIND,
+        BACKUP_PLURAL,
+        BACKUP_SINGULAR,
+        BACKUP_SHORT_NAMES,
+        backup_printer_columns(),
+        backup_openapi_schema(),
+    )
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -273,10 +392,19 @@ class _NoAliasDumper(yaml.SafeDumper):
         return True
 
 
-def crd_yaml() -> str:
-    """The CRD as YAML, with a do-not-edit header (the content of ``crds/``)."""
-    body = yaml.dump(crd_manifest(), Dumper=_NoAliasDumper, sort_keys=False, width=10_000, allow_unicode=True)
+def _yaml(manifest: dict[str, Any]) -> str:
+    body = yaml.dump(manifest, Dumper=_NoAliasDumper, sort_keys=False, width=10_000, allow_unicode=True)
     return _HEADER + body
+
+
+def crd_yaml() -> str:
+    """The VestigeMemory CRD as YAML, with a do-not-edit header (the content of ``crds/``)."""
+    return _yaml(crd_manifest())
+
+
+def backup_crd_yaml() -> str:
+    """The VestigeBackup CRD as YAML, with a do-not-edit header."""
+    return _yaml(backup_crd_manifest())
 
 
 # --------------------------------------------------------------------------------------------
@@ -370,12 +498,34 @@ def api_reference_markdown() -> str:
     lines += [f"- `{r['rule']}`: {r['message']}" for r in schema["x-kubernetes-validations"]]
     lines += ["", "## Printer columns", ""]
     lines += [f"- {c['name'].upper()}: `{c['jsonPath']}`" for c in printer_columns()]
+    backup = backup_openapi_schema()
+    lines += [
+        "",
+        f"# {BACKUP_KIND} API reference ({GROUP}/{VERSION})",
+        "",
+        backup["description"],
+        "",
+        f"Short name `{BACKUP_SHORT_NAMES[0]}`, category `{CATEGORIES[0]}`, namespaced, status "
+        f"subresource. `metadata.name` must be a DNS-1035 label of at most {MAX_BACKUP_NAME_LENGTH} "
+        "characters. See [backup.md](backup.md).",
+        "",
+    ]
+    for part in ("spec", "status"):
+        lines += [f"## {BACKUP_KIND} {part}", "", header]
+        lines += _rows(backup["properties"][part], part, part in backup.get("required", []))
+        lines.append("")
+    lines += [f"## {BACKUP_KIND} printer columns", ""]
+    lines += [f"- {c['name'].upper()}: `{c['jsonPath']}`" for c in backup_printer_columns()]
     return "\n".join(lines) + "\n"
 
 
 def write(root: Path) -> list[Path]:
-    """Write ``crds/<file>`` and ``docs/api.md`` under the repository root."""
-    targets = {root / "crds" / CRD_FILE: crd_yaml(), root / "docs" / "api.md": api_reference_markdown()}
+    """Write ``crds/<files>`` and ``docs/api.md`` under the repository root."""
+    targets = {
+        root / "crds" / CRD_FILE: crd_yaml(),
+        root / "crds" / BACKUP_CRD_FILE: backup_crd_yaml(),
+        root / "docs" / "api.md": api_reference_markdown(),
+    }
     for target, text in targets.items():
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")

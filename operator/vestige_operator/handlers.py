@@ -27,6 +27,7 @@ from typing import Any
 import kopf
 
 from vestige_operator import GROUP, PLURAL, VERSION
+from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
 from vestige_operator.children import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, ingress_claim
 from vestige_operator.reconcile import Reconciler, trim, trim_owner
 
@@ -76,6 +77,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.chunk_size = 200
     for group, version, plural, _ in CHILD_RESOURCES.values():
         settings.watching.label_selectors[group, version, plural] = MANAGED_SELECTOR
+    settings.watching.label_selectors[JOB_RESOURCE] = MANAGED_SELECTOR  # backup and prune Jobs
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
@@ -117,6 +119,8 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
         kopf.on.event(group, version, plural, id=f"event_{plural}", labels=selector, registry=registry)(
             child_event
         )
+
+    register_backups(registry, reconciler, OWNER_INDEX, CHILD_RESOURCES["Deployment"][3])
 
     tasks: list[asyncio.Task[None]] = []
 

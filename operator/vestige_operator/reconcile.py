@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from vestige_operator import cluster as k8s
 from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec, parse_quantity
+from vestige_operator.backup import summarize
 from vestige_operator.children import (
     ANNOTATION_APPLIED_HASH,
     ANNOTATION_TOKEN_HASH,
@@ -120,7 +121,15 @@ def trim(body: Mapping[str, Any]) -> dict[str, Any]:
 OWNER_ANNOTATIONS = (tokens.ANNOTATION_ROTATE, tokens.ANNOTATION_ROTATE_GRACE)
 
 
-_OWNER_META = ("name", "namespace", "uid", "generation", "resourceVersion", "deletionTimestamp")
+_OWNER_META = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "resourceVersion",
+    "deletionTimestamp",
+    "creationTimestamp",  # scheduled backups count from it (docs/backup.md)
+)
 
 
 def trim_owner(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -393,6 +402,9 @@ class Reconciler:
         self._owners: Cache = {}
         self._children: Mapping[str, Cache] = {}
         self._hosts: Mapping[str, Iterable[IngressClaim]] = {}
+        #: VestigeBackups by (namespace, memory) and restore refusals, kept by backup_controller.
+        self.backups: Cache = {}
+        self.restore_problems: dict[Key, str] = {}
         self._storage_class_check_logged = False
         self._written: dict[str, dict[str, Any]] = {}  # owner uid -> last status written
         #: uids still in a watch cache whose objects are known to be gone (see verify_caches).
@@ -713,6 +725,8 @@ class Reconciler:
             if auth_hash is not None or auth_problem is not None
             else previous.get("tokenRotatedAt"),
             volume_problem=volume.problem,
+            backup=summarize(self.backups.get(key, ())) if key in self.backups else None,
+            restore_refused=self.restore_problems.get(key) if spec.restore is not None else None,
         )
         new = compute_status(owner, spec, obs, previous, self._clock())
         await self._write_status(owner, previous, new)

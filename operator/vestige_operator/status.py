@@ -17,6 +17,7 @@ from typing import Any
 
 from vestige_operator import FIELD_MANAGER, GROUP, KIND, VERSION
 from vestige_operator.api import Phase, VestigeMemorySpec, parse_quantity
+from vestige_operator.backup import LAST_BACKUP_SUCCEEDED, BackupSummary
 from vestige_operator.children import Owner, auth_secret_ref, endpoint, ingress_url, pvc_name
 
 READY = "Ready"
@@ -63,6 +64,10 @@ class Observation:
     token_rotated_at: str | None = None
     #: (reason, message) when the data claim belongs to another agent or to an unknown one.
     volume_problem: tuple[str, str] | None = None
+    #: Backups of the memory (backup.summarize): status.backup and LastBackupSucceeded.
+    backup: BackupSummary | None = None
+    #: Why the restore init container refused to run (the volume already holds a store).
+    restore_refused: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +233,8 @@ def compute_status(
         stalled = _Cond(True, "AuthSecretUnavailable", obs.auth_problem)
     elif obs.ingress_conflict is not None:
         stalled = _Cond(True, "IngressHostConflict", obs.ingress_conflict)
+    elif obs.restore_refused is not None:
+        stalled = _Cond(True, "RestoreRefused", obs.restore_refused)
     elif permanent:
         stalled = _Cond(True, "ApplyRejected", "; ".join(f"{e.kind}: {e.message}" for e in permanent))
     elif storage_cond.reason == "StorageClassNotFound":
@@ -290,11 +297,15 @@ def compute_status(
         STALLED: stalled or _Cond(False, "AsExpected", "no blocking problem"),
         STORAGE_READY: storage_cond,
     }
+    types = list(CONDITION_TYPES)
+    if obs.backup is not None and obs.backup.condition is not None:
+        conds[LAST_BACKUP_SUCCEEDED] = _Cond(*obs.backup.condition)
+        types.append(LAST_BACKUP_SUCCEEDED)
     secret, key = auth_secret_ref(owner.name, spec)
     status: dict[str, Any] = {
         "phase": str(phase),
         "observedGeneration": gen,
-        "conditions": [_condition(t, conds[t], gen, prev_conditions, now) for t in CONDITION_TYPES],
+        "conditions": [_condition(t, conds[t], gen, prev_conditions, now) for t in types],
         "agentId": spec.effective_agent_id(owner.name),
         "endpoint": endpoint(owner),
         "authSecretRef": {"name": secret, "key": key},
@@ -307,6 +318,8 @@ def compute_status(
         status["storage"] = {"capacity": capacity}
     if obs.token_rotated_at is not None:
         status["tokenRotatedAt"] = obs.token_rotated_at
+    if obs.backup is not None and obs.backup.status is not None:
+        status["backup"] = obs.backup.status
     return status
 
 

@@ -78,6 +78,8 @@ def test_runs_as_uid_1000(dockerfile: Path) -> None:
 def test_bridge_image_installs_only_the_bridge_extra() -> None:
     text = " ".join(args for word, args in instructions(DOCKERFILES[0]) if word == "RUN")
     assert "['optional-dependencies']['bridge']" in text
+    assert "['optional-dependencies']['backup']" in text  # the backup runner (docs/backup.md)
+    assert "import vestige_backup.objects" in text
     assert "pip install --no-deps ." in text
     assert "slim" in DOCKERFILES[0].read_text()
     entrypoint = next(args for word, args in final_stage(DOCKERFILES[0]) if word == "ENTRYPOINT")

@@ -50,6 +50,16 @@ NEEDED = [
     ("delete", "networkpolicies.networking.k8s.io"),
     ("create", "ingresses.networking.k8s.io"),
     ("create", "events"),
+    # backups (docs/backup.md)
+    ("create", "vestigebackups.vestige.dev"),
+    ("delete", "vestigebackups.vestige.dev"),
+    ("watch", "vestigebackups.vestige.dev"),
+    ("patch", "vestigebackups.vestige.dev/status"),
+    ("create", "jobs.batch"),
+    ("delete", "jobs.batch"),
+    ("watch", "jobs.batch"),
+    ("list", "pods"),
+    ("get", "pods"),
 ]
 # What it must never be able to do, anywhere.
 FORBIDDEN = [
@@ -68,6 +78,15 @@ FORBIDDEN = [
     ("create", "serviceaccounts/token"),
     ("get", "configmaps"),
     ("delete", "namespaces"),
+    # backups: read results, never run code in or read logs of other pods, never edit a Job
+    ("patch", "vestigebackups.vestige.dev"),
+    ("update", "vestigebackups.vestige.dev"),
+    ("patch", "jobs.batch"),
+    ("watch", "pods"),
+    ("delete", "pods"),
+    ("get", "pods/log"),
+    ("create", "pods/exec"),
+    ("create", "pods/portforward"),
 ]
 
 

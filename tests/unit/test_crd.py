@@ -56,6 +56,7 @@ def test_yaml_parses_back_to_the_manifest(manifest: dict[str, Any]) -> None:
 def test_write_creates_both_files(tmp_path: Path) -> None:
     written = crd.write(tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "crds/vestige.dev_vestigebackups.yaml",
         "crds/vestige.dev_vestigememories.yaml",
         "docs/api.md",
     ]

@@ -1,0 +1,165 @@
+"""``python -m vestige_backup backup | restore | prune``: the runner the operator starts.
+
+Credentials come from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (set from the credentials
+Secret by secretKeyRef in the Job's pod or the init container only). The result is one JSON object
+written to ``--result-file`` (the container's termination message, which the operator reads) and
+to stdout: ``{"ok": true, "key": ..., "size": ..., "sha256": ...}`` or ``{"ok": false, "message":
+...}``. Exit status: 0 done, 1 failed, 3 restore refused (the volume already holds a store).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vestige_backup import store
+from vestige_backup.errors import ObjectStoreError, scrub
+
+EXIT_FAILED = 1
+EXIT_REFUSED = 3
+#: The kubelet keeps at most 4096 bytes of a termination message.
+MAX_RESULT_BYTES = 4000
+
+
+def _target_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--endpoint", default=None)
+    parser.add_argument("--region", default="us-east-1")
+    parser.add_argument("--force-path-style", action="store_true")
+    parser.add_argument("--ca-file", default=None)
+    parser.add_argument(
+        "--result-file",
+        default=os.environ.get("VESTIGE_BACKUP_RESULT_FILE", "/dev/termination-log"),
+        help="where the JSON result goes (the termination message path in a pod)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vestige-backup", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    backup = sub.add_parser("backup", help="snapshot the store and upload it")
+    backup.add_argument("--data-dir", type=Path, required=True)
+    backup.add_argument("--key", required=True)
+    backup.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()))
+    backup.add_argument("--metadata", action="append", default=[], metavar="K=V")
+    _target_args(backup)
+    restore = sub.add_parser("restore", help="fill an empty data directory from a snapshot")
+    restore.add_argument("--data-dir", type=Path, required=True)
+    which = restore.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key")
+    which.add_argument("--latest", action="store_true")
+    restore.add_argument("--prefix", default="")
+    _target_args(restore)
+    prune = sub.add_parser("prune", help="delete snapshots (retention)")
+    prune.add_argument("--key", dest="keys", action="append", required=True)
+    _target_args(prune)
+    return parser
+
+
+def _write_result(path: str, result: dict[str, Any]) -> None:
+    text = scrub(json.dumps(result, separators=(",", ":")))
+    if len(text.encode()) > MAX_RESULT_BYTES:
+        result = {k: v for k, v in result.items() if k != "files"}
+        if "message" in result:
+            result["message"] = str(result["message"])[:1000]
+        text = scrub(json.dumps(result, separators=(",", ":")))
+    print(text, flush=True)
+    try:
+        Path(path).write_text(text)
+    except OSError as exc:
+        print(f"cannot write the result to {path}: {exc}", file=sys.stderr)
+
+
+def _target(args: argparse.Namespace) -> Any:
+    from vestige_backup.objects import Target
+
+    return Target(
+        bucket=args.bucket,
+        endpoint=args.endpoint,
+        region=args.region,
+        force_path_style=args.force_path_style,
+        ca_file=args.ca_file,
+    )
+
+
+def run_backup(args: argparse.Namespace) -> dict[str, Any]:
+    from vestige_backup.objects import Store
+
+    started = time.monotonic()
+    target = _target(args)
+    bucket = Store(target)
+    snapshot = store.create_snapshot(args.data_dir, args.work_dir, "snapshot.tar.gz")
+    try:
+        metadata = dict(item.split("=", 1) for item in args.metadata if "=" in item)
+        size = bucket.upload(snapshot.path, args.key, snapshot.sha256, metadata)
+    finally:
+        snapshot.path.unlink(missing_ok=True)
+    return {
+        "ok": True,
+        "key": args.key,
+        "size": size,
+        "sha256": snapshot.sha256,
+        "files": snapshot.files,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def run_restore(args: argparse.Namespace) -> dict[str, Any]:
+    from vestige_backup.objects import Store
+
+    data_dir: Path = args.data_dir
+    marker = store.restore_marker(data_dir)
+    if marker is not None:
+        return {"ok": True, "key": marker.get("key"), "message": "already restored; nothing to do"}
+    if store.holds_store(data_dir):
+        raise store.RestoreRefused(
+            f"{data_dir} already holds a Vestige store that was not restored from a snapshot: "
+            "refusing to overwrite it (restore needs a new, empty volume)"
+        )
+    bucket = Store(_target(args))
+    key = args.key or bucket.latest(args.prefix)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".restore-download-", dir=data_dir.parent))
+    try:
+        archive = work / "snapshot.tar.gz"
+        sha256 = bucket.download(key, archive)
+        files = store.restore_snapshot(archive, data_dir, sha256, {"key": key, "sha256": sha256 or ""})
+    finally:
+        for child in work.iterdir():
+            child.unlink(missing_ok=True)
+        work.rmdir()
+    return {"ok": True, "key": key, "sha256": sha256, "files": files, "message": f"restored {key}"}
+
+
+def run_prune(args: argparse.Namespace) -> dict[str, Any]:
+    from vestige_backup.objects import Store
+
+    deleted = Store(_target(args)).delete(list(args.keys))
+    return {"ok": True, "deleted": deleted}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    runners = {"backup": run_backup, "restore": run_restore, "prune": run_prune}
+    try:
+        result = runners[args.command](args)
+    except store.RestoreRefused as exc:
+        _write_result(args.result_file, {"ok": False, "refused": True, "message": str(exc)})
+        return EXIT_REFUSED
+    except Exception as exc:  # every failure becomes a result the operator can show
+        known = isinstance(exc, store.StoreError | ObjectStoreError)
+        message = str(exc) if known else f"{args.command} failed: {type(exc).__name__}: {exc}"
+        _write_result(args.result_file, {"ok": False, "message": message})
+        return EXIT_FAILED
+    _write_result(args.result_file, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""S3-compatible object storage through boto3, with failures turned into messages that name the
+cause (and never a credential)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from vestige_backup.errors import ObjectStoreError, scrub
+
+SNAPSHOT_SUFFIX = ".tar.gz"
+CHECKSUM_SUFFIX = ".sha256"
+METADATA_SHA256 = "sha256"
+CHECKING_BUCKET = "checking the bucket"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where snapshots go: endpoint, bucket, region, addressing, CA bundle."""
+
+    bucket: str
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    force_path_style: bool = False
+    ca_file: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"bucket {self.bucket} at {self.endpoint or 'AWS S3 (' + self.region + ')'}"
+
+
+class Store:
+    """A bucket of snapshots."""
+
+    def __init__(self, target: Target) -> None:
+        if not os.environ.get("AWS_ACCESS_KEY_ID") or not os.environ.get("AWS_SECRET_ACCESS_KEY"):
+            raise ObjectStoreError(
+                "no object-storage credentials: the credentials Secret needs the keys accessKeyId "
+                "and secretAccessKey"
+            )
+        self.target = target
+        config = botocore.config.Config(
+            region_name=target.region,
+            s3={"addressing_style": "path" if target.force_path_style else "auto"},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=60,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.client = boto3.client(
+            "s3", endpoint_url=target.endpoint, config=config, verify=target.ca_file or True
+        )
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _explain(self, exc: Exception, doing: str) -> ObjectStoreError:
+        where = self.target.where
+        if isinstance(exc, botocore.exceptions.ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", "")) or str(
+                exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            )
+            if code == "NoSuchBucket" or (code in ("404", "NotFound") and doing == CHECKING_BUCKET):
+                text = f"{doing}: {where}: the bucket does not exist (NoSuchBucket)"
+            elif code in (
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied",
+                "403",
+                "InvalidToken",
+            ):
+                text = (
+                    f"{doing}: {where}: access denied ({code}): check the credentials Secret "
+                    "(accessKeyId, secretAccessKey) and the bucket policy"
+                )
+            elif code in ("NoSuchKey", "404"):
+                text = f"{doing}: {where}: no such object"
+            else:
+                text = f"{doing}: {where}: the server answered {code}: {err.get('Message', '')}".rstrip(": ")
+        elif isinstance(exc, botocore.exceptions.SSLError):
+            text = f"{doing}: {where}: TLS verification failed (set caSecret for a private CA)"
+        elif isinstance(
+            exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError
+        ):
+            text = f"{doing}: {where}: cannot connect to the endpoint (server down or unreachable)"
+        elif isinstance(exc, botocore.exceptions.ConnectionError | botocore.exceptions.ReadTimeoutError):
+            text = f"{doing}: {where}: the connection failed ({type(exc).__name__})"
+        elif isinstance(exc, botocore.exceptions.NoCredentialsError):
+            text = f"{doing}: no object-storage credentials"
+        else:
+            text = f"{doing}: {where}: {type(exc).__name__}"
+        return ObjectStoreError(scrub(text))
+
+    def _call(self, doing: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._explain(exc, doing) from None
+
+    # -- operations --------------------------------------------------------------------------
+
+    def upload(self, path: Path, key: str, sha256: str, metadata: dict[str, str]) -> int:
+        """Upload the snapshot with its checksum (object metadata and a ``.sha256`` sidecar) and
+        check what the server stored; its size."""
+        self._call(CHECKING_BUCKET, self.client.head_bucket, Bucket=self.target.bucket)
+        extra = {
+            "Metadata": {METADATA_SHA256: sha256, **metadata},
+            "ContentType": "application/gzip",
+        }
+        self._call(
+            f"uploading {key}", self.client.upload_file, str(path), self.target.bucket, key, ExtraArgs=extra
+        )
+        body = f"{sha256}  {key.rsplit('/', 1)[-1]}\n".encode()
+        self._call(
+            f"uploading {key}{CHECKSUM_SUFFIX}",
+            self.client.put_object,
+            Bucket=self.target.bucket,
+            Key=key + CHECKSUM_SUFFIX,
+            Body=body,
+            ContentType="text/plain",
+        )
+        head = self._call(f"verifying {key}", self.client.head_object, Bucket=self.target.bucket, Key=key)
+        size = int(head["ContentLength"])
+        if size != path.stat().st_size or head.get("Metadata", {}).get(METADATA_SHA256) != sha256:
+            raise ObjectStoreError(f"verifying {key}: the stored object differs from the snapshot")
+        return size
+
+    def latest(self, prefix: str) -> str:
+        """The newest snapshot key under ``prefix``."""
+        newest: tuple[Any, str] | None = None
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.target.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    key = obj["Key"]
+                    if key.endswith(SNAPSHOT_SUFFIX) and (
+                        newest is None or (obj["LastModified"], key) > newest
+                    ):
+                        newest = (obj["LastModified"], key)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._explain(exc, f"listing {prefix}") from None
+        if newest is None:
+            raise ObjectStoreError(f"no snapshot under {prefix!r} in {self.target.where}")
+        return newest[1]
+
+    def download(self, key: str, path: Path) -> str | None:
+        """Download ``key`` to ``path``; the sha256 recorded with it (metadata, else the sidecar)."""
+        head = self._call(f"reading {key}", self.client.head_object, Bucket=self.target.bucket, Key=key)
+        self._call(f"downloading {key}", self.client.download_file, self.target.bucket, key, str(path))
+        recorded = head.get("Metadata", {}).get(METADATA_SHA256)
+        if recorded:
+            return str(recorded)
+        try:
+            side = self.client.get_object(Bucket=self.target.bucket, Key=key + CHECKSUM_SUFFIX)
+            return side["Body"].read().decode().split()[0]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, IndexError):
+            return None
+
+    def delete(self, keys: list[str]) -> list[str]:
+        """Delete snapshots and their sidecars; the keys deleted (absent ones count as deleted)."""
+        for key in keys:
+            for name in (key, key + CHECKSUM_SUFFIX):
+                self._call(f"deleting {name}", self.client.delete_object, Bucket=self.target.bucket, Key=name)
+        return keys

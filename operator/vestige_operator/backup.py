@@ -1,0 +1,626 @@
+"""Pure pieces of backups and restore: names, schedule, retention, Job and init-container rendering,
+reading a Job's result, and the VestigeMemory's backup status. No I/O, no clock (``now`` is passed).
+
+The runner (``python -m vestige_backup``, images/backup) does the work in a pod that holds the
+object-storage credentials; the operator never sees them (it only names the Secret in
+``secretKeyRef``). See docs/backup.md for the rules written out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cronsim import CronSim
+
+from vestige_operator import BACKUP_KIND, GROUP, VERSION
+from vestige_operator.api import (
+    BackupDestination,
+    BackupPhase,
+    BackupRetention,
+    VestigeGeneration,
+    VestigeMemorySpec,
+    max_age_seconds,
+)
+from vestige_operator.children import (
+    DATA_MOUNT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    RUN_AS,
+    TMP_DIR,
+    VESTIGE_DATA_DIR,
+    Images,
+    Owner,
+    labels,
+    owner_reference,
+    pvc_name,
+    selector_labels,
+)
+
+COMPONENT_BACKUP = "backup"
+COMPONENT_PRUNE = "prune"
+#: On VestigeBackups (the memory they belong to) and on the operator's Jobs.
+LABEL_MEMORY = f"{GROUP}/memory"
+#: On a backup Job: the VestigeBackup it runs.
+LABEL_BACKUP = f"{GROUP}/backup"
+#: On scheduled VestigeBackups: the cron time they were created for (RFC 3339).
+ANNOTATION_SCHEDULED_AT = f"{GROUP}/scheduled-at"
+#: On a prune Job: the VestigeBackups whose snapshots it deletes (JSON list of names).
+ANNOTATION_PRUNES = f"{GROUP}/prunes"
+LAST_BACKUP_SUCCEEDED = "LastBackupSucceeded"
+#: Failed VestigeBackups kept for inspection per memory (older ones are deleted; they have no snapshot).
+FAILED_HISTORY = 3
+SNAPSHOT_SUFFIX = ".tar.gz"
+CA_MOUNT = "/etc/vestige-backup/ca"
+RUNNER_COMMAND = ["python", "-m", "vestige_backup"]
+JOB_DEADLINE_SECONDS = 3600
+JOB_TTL_SECONDS = 86400
+EXIT_REFUSED = 3
+RUNNER_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+MAX_JOB_NAME = 63
+
+
+# -- names -------------------------------------------------------------------------------------
+
+
+def default_prefix(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}/"
+
+
+def prefix_of(destination: BackupDestination, namespace: str, name: str) -> str:
+    return destination.s3.prefix or default_prefix(namespace, name)
+
+
+def snapshot_key(prefix: str, backup_name: str) -> str:
+    return f"{prefix}{backup_name}{SNAPSHOT_SUFFIX}"
+
+
+def scheduled_name(memory: str, when: datetime) -> str:
+    """``<memory>-<UTC timestamp>`` (at most 46 + 1 + 14 = 61 characters: a valid Job name too)."""
+    return f"{memory}-{when.astimezone(UTC):%Y%m%d%H%M%S}"
+
+
+def _short(name: str, limit: int = MAX_JOB_NAME) -> str:
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def job_name(backup_name: str) -> str:
+    return _short(backup_name)
+
+
+def prune_job_name(memory: str, backup_names: Iterable[str]) -> str:
+    digest = hashlib.sha256("\n".join(sorted(backup_names)).encode()).hexdigest()[:10]
+    return _short(f"{memory}-prune-{digest}")
+
+
+def rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+# -- schedule ----------------------------------------------------------------------------------
+
+
+def latest_fire(schedule: str, now: datetime) -> datetime:
+    """The newest cron time at or before ``now`` (UTC, whole seconds)."""
+    after = now.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    return next(iter(CronSim(schedule, after, reverse=True)))
+
+
+def due_run(schedule: str, baseline: datetime, now: datetime) -> datetime | None:
+    """The run to start now, if any: the newest cron time in ``(baseline, now]``.
+
+    ``baseline`` is the newest time a run was created for (else the memory's creation time).
+    Several missed times (operator down) yield ONE run, for the newest of them.
+    """
+    fire = latest_fire(schedule, now)
+    return fire if fire > baseline else None
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _phase(obj: Mapping[str, Any]) -> str | None:
+    return (obj.get("status") or {}).get("phase")
+
+
+def backup_time(obj: Mapping[str, Any]) -> datetime:
+    """When a backup happened (completedAt, else scheduled time, else creation)."""
+    status = obj.get("status") or {}
+    meta = _meta(obj)
+    for value in (
+        status.get("completedAt"),
+        (meta.get("annotations") or {}).get(ANNOTATION_SCHEDULED_AT),
+        meta.get("creationTimestamp"),
+    ):
+        parsed = parse_time(value)
+        if parsed is not None:
+            return parsed
+    return datetime.min.replace(tzinfo=UTC)
+
+
+def last_scheduled(backups: Iterable[Mapping[str, Any]]) -> datetime | None:
+    times = [parse_time((_meta(b).get("annotations") or {}).get(ANNOTATION_SCHEDULED_AT)) for b in backups]
+    found = [t for t in times if t is not None]
+    return max(found) if found else None
+
+
+def active(backups: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Backups not finished yet (Pending, Running or new), oldest first."""
+    out = [b for b in backups if _phase(b) not in (BackupPhase.COMPLETED, BackupPhase.FAILED)]
+    return sorted(out, key=lambda b: (_meta(b).get("creationTimestamp") or "", _meta(b).get("name") or ""))
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPlan:
+    """What retention removes: Completed backups whose snapshots go first (prune Job), then their
+    objects; Failed backups beyond the history (no snapshot: deleted directly)."""
+
+    prune: tuple[Mapping[str, Any], ...]
+    delete_failed: tuple[Mapping[str, Any], ...]
+
+
+def retention_plan(
+    backups: Sequence[Mapping[str, Any]], retention: BackupRetention, now: datetime
+) -> RetentionPlan:
+    """The newest Completed backup is always kept; then ``keepLast`` and ``maxAge`` both apply."""
+    completed = sorted(
+        (b for b in backups if _phase(b) == BackupPhase.COMPLETED), key=backup_time, reverse=True
+    )
+    prune = []
+    limit = timedelta(seconds=max_age_seconds(retention.max_age)) if retention.max_age else None
+    for index, obj in enumerate(completed):
+        if index == 0:
+            continue
+        too_many = retention.keep_last is not None and index >= retention.keep_last
+        too_old = limit is not None and now - backup_time(obj) > limit
+        if too_many or too_old:
+            prune.append(obj)
+    failed = sorted((b for b in backups if _phase(b) == BackupPhase.FAILED), key=backup_time, reverse=True)
+    return RetentionPlan(tuple(prune), tuple(failed[FAILED_HISTORY:]))
+
+
+# -- status of the VestigeMemory ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BackupSummary:
+    """What the VestigeMemory's status says about its backups."""
+
+    status: dict[str, Any] | None
+    #: (status, reason, message) of LastBackupSucceeded; None: no finished backup yet.
+    condition: tuple[bool, str, str] | None
+
+
+def summarize(backups: Iterable[Mapping[str, Any]]) -> BackupSummary:
+    """``status.backup`` and the LastBackupSucceeded condition from the memory's VestigeBackups."""
+    finished = sorted(
+        (b for b in backups if _phase(b) in (BackupPhase.COMPLETED, BackupPhase.FAILED)), key=backup_time
+    )
+    completed = [b for b in finished if _phase(b) == BackupPhase.COMPLETED]
+    status = None
+    if completed:
+        last = completed[-1]
+        status = {
+            "lastSuccessful": {
+                "time": (last.get("status") or {}).get("completedAt"),
+                "key": (last.get("status") or {}).get("key"),
+                "name": _meta(last).get("name"),
+            }
+        }
+    if not finished:
+        return BackupSummary(status, None)
+    newest = finished[-1]
+    name = _meta(newest).get("name")
+    if _phase(newest) == BackupPhase.COMPLETED:
+        return BackupSummary(status, (True, "Completed", f"VestigeBackup {name} completed"))
+    message = (newest.get("status") or {}).get("message") or "failed"
+    return BackupSummary(status, (False, "BackupFailed", f"VestigeBackup {name} failed: {message}"))
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def runner_image(spec: VestigeMemorySpec, images: Images) -> str:
+    """The runner's image: the memory's bridge image (built with the backup extra)."""
+    return spec.bridge.image or images.bridge
+
+
+def _security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _credentials_env(destination: BackupDestination) -> list[dict[str, Any]]:
+    secret = destination.s3.credentials_secret.name
+    return [
+        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": secret, "key": "accessKeyId"}}},
+        {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": "secretAccessKey"}},
+        },
+    ]
+
+
+def _target_args(destination: BackupDestination) -> list[str]:
+    s3 = destination.s3
+    args = ["--bucket", s3.bucket, "--region", s3.region]
+    if s3.endpoint:
+        args += ["--endpoint", s3.endpoint]
+    if s3.force_path_style:
+        args.append("--force-path-style")
+    if s3.ca_secret is not None:
+        args += ["--ca-file", f"{CA_MOUNT}/{s3.ca_secret.key}"]
+    return args
+
+
+def _ca_volume(destination: BackupDestination) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) for the CA bundle, if any."""
+    ca = destination.s3.ca_secret
+    if ca is None:
+        return [], []
+    volume = {
+        "name": "backup-ca",
+        "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": ca.key}]},
+    }
+    return [volume], [{"name": "backup-ca", "mountPath": CA_MOUNT, "readOnly": True}]
+
+
+def vestige_version(spec: VestigeMemorySpec, images: Images) -> str:
+    return f"{VestigeGeneration(spec.vestige.generation)} ({spec.vestige.image or images.vestige})"
+
+
+def _scheduling(memory: Owner, spec: VestigeMemorySpec, follow_agent: bool) -> dict[str, Any]:
+    """Node placement of a runner pod: next to the agent's pod (the RWO volume is attached to its
+    node), with the agent pod's node selector, tolerations and pull secrets."""
+    pod = spec.pod
+    out: dict[str, Any] = {}
+    if follow_agent:
+        out["affinity"] = {
+            "podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "labelSelector": {"matchLabels": selector_labels(memory.name)},
+                        "topologyKey": "kubernetes.io/hostname",
+                    }
+                ]
+            }
+        }
+    if pod.node_selector:
+        out["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        out["tolerations"] = [dict(t) for t in pod.tolerations]
+    if pod.image_pull_secrets:
+        out["imagePullSecrets"] = [{"name": s.name} for s in pod.image_pull_secrets]
+    return out
+
+
+def _job(
+    name: str,
+    memory: Owner,
+    component: str,
+    owner_ref: dict[str, Any],
+    pod_spec: dict[str, Any],
+    extra_labels: Mapping[str, str],
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    job_labels = {**labels(memory.name, component), LABEL_MEMORY: memory.name, **extra_labels}
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": memory.namespace,
+        "labels": job_labels,
+        "ownerReferences": [owner_ref],
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": JOB_DEADLINE_SECONDS,
+            "ttlSecondsAfterFinished": JOB_TTL_SECONDS,
+            "template": {"metadata": {"labels": job_labels}, "spec": pod_spec},
+        },
+    }
+
+
+def render_backup_job(
+    backup_name: str,
+    backup_uid: str,
+    memory: Owner,
+    spec: VestigeMemorySpec,
+    images: Images,
+) -> dict[str, Any]:
+    """The Job that snapshots ``memory``'s store and uploads it as VestigeBackup ``backup_name``.
+
+    It runs on the agent's node (pod affinity to the agent pod; without it, when the memory is
+    suspended, anywhere the volume can attach), mounts the same volume, and is the only pod that
+    gets the credentials (secretKeyRef). No service account token: it reports through its
+    termination message, which the operator reads.
+    """
+    if spec.backup is None:
+        raise ValueError("the memory has no spec.backup")
+    destination = spec.backup.destination
+    key = snapshot_key(prefix_of(destination, memory.namespace, memory.name), backup_name)
+    ca_volumes, ca_mounts = _ca_volume(destination)
+    args = [
+        "backup",
+        "--data-dir",
+        VESTIGE_DATA_DIR,
+        "--key",
+        key,
+        "--work-dir",
+        TMP_DIR,
+        "--metadata",
+        f"memory={memory.namespace}/{memory.name}",
+        "--metadata",
+        f"backup={backup_name}",
+        *_target_args(destination),
+    ]
+    container = {
+        "name": "backup",
+        "image": runner_image(spec, images),
+        "command": RUNNER_COMMAND,
+        "args": args,
+        "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(destination)],
+        "resources": {k: dict(v) for k, v in RUNNER_RESOURCES.items()},
+        "securityContext": _security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_MOUNT},
+            {"name": "tmp", "mountPath": TMP_DIR},
+            *ca_mounts,
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security_context(),
+        "containers": [container],
+        "volumes": [
+            {"name": "data", "persistentVolumeClaim": {"claimName": pvc_name(memory.name)}},
+            {"name": "tmp", "emptyDir": {}},
+            *ca_volumes,
+        ],
+        **_scheduling(memory, spec, follow_agent=not spec.suspend),
+    }
+    owner_ref = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": BACKUP_KIND,
+        "name": backup_name,
+        "uid": backup_uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    return _job(
+        job_name(backup_name), memory, COMPONENT_BACKUP, owner_ref, pod_spec, {LABEL_BACKUP: backup_name}
+    )
+
+
+def render_prune_job(
+    memory: Owner, spec: VestigeMemorySpec, images: Images, backups: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The Job that deletes the snapshots of ``backups`` (retention). It needs no volume."""
+    if spec.backup is None:
+        raise ValueError("the memory has no spec.backup")
+    destination = spec.backup.destination
+    names = sorted(_meta(b)["name"] for b in backups)
+    args = ["prune"]
+    for b in backups:
+        key = (b.get("status") or {}).get("key")
+        if key:
+            args += ["--key", key]
+    args += _target_args(destination)
+    ca_volumes, ca_mounts = _ca_volume(destination)
+    container = {
+        "name": "prune",
+        "image": runner_image(spec, images),
+        "command": RUNNER_COMMAND,
+        "args": args,
+        "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(destination)],
+        "resources": {k: dict(v) for k, v in RUNNER_RESOURCES.items()},
+        "securityContext": _security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "tmp", "mountPath": TMP_DIR}, *ca_mounts],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": _pod_security_context(),
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *ca_volumes],
+        **_scheduling(memory, spec, follow_agent=False),
+    }
+    return _job(
+        prune_job_name(memory.name, names),
+        memory,
+        COMPONENT_PRUNE,
+        owner_reference(memory),
+        pod_spec,
+        {},
+        {ANNOTATION_PRUNES: json.dumps(names)},
+    )
+
+
+def render_restore_init_container(owner: Owner, spec: VestigeMemorySpec, images: Images) -> dict[str, Any]:
+    """The agent pod's init container that fills an empty volume from a snapshot (exit 3 and a
+    termination message when the volume already holds a store it did not restore)."""
+    if spec.restore is None:
+        raise ValueError("the memory has no spec.restore")
+    source = spec.restore.from_backup
+    namespace, name = source.source.split("/", 1)
+    args = ["restore", "--data-dir", VESTIGE_DATA_DIR]
+    if source.key:
+        args += ["--key", source.key]
+    else:
+        args += ["--latest", "--prefix", prefix_of(source.destination, namespace, name)]
+    _, ca_mounts = _ca_volume(source.destination)
+    return {
+        "name": "restore",
+        "image": runner_image(spec, images),
+        "command": RUNNER_COMMAND,
+        "args": args + _target_args(source.destination),
+        "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(source.destination)],
+        "resources": {k: dict(v) for k, v in RUNNER_RESOURCES.items()},
+        "securityContext": _security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_MOUNT},
+            {"name": "restore-tmp", "mountPath": TMP_DIR},
+            *ca_mounts,
+        ],
+    }
+
+
+def restore_volumes(spec: VestigeMemorySpec) -> list[dict[str, Any]]:
+    """Extra pod volumes the restore init container needs."""
+    if spec.restore is None:
+        return []
+    ca_volumes, _ = _ca_volume(spec.restore.from_backup.destination)
+    return [{"name": "restore-tmp", "emptyDir": {}}, *ca_volumes]
+
+
+# -- reading results -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """A finished runner Job: whether it succeeded and what the runner reported."""
+
+    succeeded: bool
+    result: dict[str, Any]
+    message: str
+
+
+def _terminated(pod: Mapping[str, Any], container: str, init: bool = False) -> Mapping[str, Any] | None:
+    key = "initContainerStatuses" if init else "containerStatuses"
+    for status in (pod.get("status") or {}).get(key) or []:
+        if status.get("name") == container:
+            state = status.get("state") or {}
+            last = status.get("lastState") or {}
+            return state.get("terminated") or last.get("terminated")
+    return None
+
+
+def parse_result(text: str | None) -> dict[str, Any] | None:
+    """The runner's JSON result from a termination message (the last JSON line of it)."""
+    for line in reversed((text or "").strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+def job_outcome(
+    job: Mapping[str, Any], pods: Iterable[Mapping[str, Any]], container: str
+) -> JobOutcome | None:
+    """The outcome of a finished Job (None while it runs)."""
+    conditions = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []}
+    complete = (conditions.get("Complete") or {}).get("status") == "True"
+    failed = (conditions.get("Failed") or {}).get("status") == "True"
+    if not complete and not failed:
+        return None
+    result: dict[str, Any] | None = None
+    for pod in pods:
+        terminated = _terminated(pod, container)
+        if terminated is not None:
+            result = parse_result(terminated.get("message"))
+            if result is not None:
+                break
+    if complete and result is not None and result.get("ok") is True:
+        return JobOutcome(True, result, str(result.get("message") or "completed"))
+    if result is not None and result.get("message"):
+        return JobOutcome(False, result, str(result["message"]))
+    reason = (conditions.get("Failed") or {}).get("message") or (conditions.get("Failed") or {}).get("reason")
+    return JobOutcome(False, result or {}, f"the runner reported no result ({reason or 'no message'})")
+
+
+#: Waiting reasons of a runner container that no amount of waiting fixes without a change.
+STUCK_REASONS = frozenset({"CreateContainerConfigError", "InvalidImageName", "CreateContainerError"})
+
+
+def stuck_reason(pods: Iterable[Mapping[str, Any]], container: str) -> str | None:
+    """Why the runner container of a Job that has not finished cannot start (e.g. the credentials
+    Secret or one of its keys is missing), so the run can fail now instead of at its deadline."""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if status.get("name") == container and waiting.get("reason") in STUCK_REASONS:
+                return (
+                    f"the {container} container cannot start: {waiting.get('message') or waiting['reason']}"
+                )
+    return None
+
+
+def restore_refusal(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why the restore init container refused to run (exit 3), from the agent's pods; else None."""
+    for pod in pods:
+        terminated = _terminated(pod, "restore", init=True)
+        if terminated is not None and terminated.get("exitCode") == EXIT_REFUSED:
+            result = parse_result(terminated.get("message")) or {}
+            return str(result.get("message") or "the volume already holds a store: restore refused")
+    return None
+
+
+def backup_manifest(memory: Owner, name: str, scheduled_at: datetime | None) -> dict[str, Any]:
+    """A VestigeBackup the scheduler creates (owned by the memory: the objects go with it; the
+    snapshots in the bucket stay)."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": memory.namespace,
+        "labels": {LABEL_MEMORY: memory.name, LABEL_MANAGED_BY: MANAGED_BY},
+        "ownerReferences": [owner_reference(memory)],
+    }
+    if scheduled_at is not None:
+        meta["annotations"] = {ANNOTATION_SCHEDULED_AT: rfc3339(scheduled_at)}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": BACKUP_KIND,
+        "metadata": meta,
+        "spec": {"memory": memory.name},
+    }

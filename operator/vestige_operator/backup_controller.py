@@ -1,0 +1,513 @@
+"""Scheduled backups, VestigeBackup runs, retention and restore refusals: the I/O around backup.py.
+
+One pass per VestigeMemory (serialized per memory), triggered by events of its VestigeBackups and
+Jobs and by a tick every ``VESTIGE_BACKUP_INTERVAL_SECONDS``:
+
+1. finish Running backups whose Job ended: read the runner's result from the Job pod's
+   termination message, set the VestigeBackup Completed or Failed (one Warning Event on the
+   VestigeMemory per failure), delete the Job;
+2. start the oldest Pending backup when none of this memory runs (one at a time per memory);
+3. create the scheduled VestigeBackup ``<memory>-<UTC time>`` when a cron time has passed
+   (one run for the newest missed time; skipped while a backup of the memory is still active);
+4. retention: a prune Job deletes expired snapshots, then their VestigeBackup objects go;
+5. restore: while the agent is not available, read why its restore init container refused.
+
+The VestigeMemory's ``status.backup`` and condition ``LastBackupSucceeded`` are written by the
+reconciler (the single writer of that status) from the same VestigeBackup cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from vestige_operator import BACKUP_KIND, FIELD_MANAGER, GROUP, KIND, VERSION
+from vestige_operator import backup as b
+from vestige_operator import cluster as k8s
+from vestige_operator.api import BackupPhase, VestigeMemorySpec
+from vestige_operator.children import COMPONENT_MEMORY, LABEL_COMPONENT, LABEL_INSTANCE, Images, Owner
+
+logger = logging.getLogger("vestige_operator.backup")
+
+Key = tuple[str, str]
+Cache = Mapping[Key, Iterable[Mapping[str, Any]]]
+DEFAULT_INTERVAL_SECONDS = 10.0
+MISSING_MEMORY_GRACE = timedelta(seconds=60)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _phase(obj: Mapping[str, Any]) -> str | None:
+    return (obj.get("status") or {}).get("phase")
+
+
+class BackupController:
+    """Runs backup passes. ``owners``, ``backups`` and ``jobs`` are watch caches keyed by
+    (namespace, memory name); the tests may pass plain dicts built from LISTs."""
+
+    def __init__(
+        self,
+        cluster: k8s.Cluster,
+        images: Images,
+        *,
+        clock: Callable[[], datetime] = _now,
+        interval: float = DEFAULT_INTERVAL_SECONDS,
+        on_change: Callable[[Key], None] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.images = images
+        self.clock = clock
+        self.interval = interval
+        self.on_change = on_change or (lambda key: None)
+        self.owners: Cache = {}
+        self.backups: Cache = {}
+        self.jobs: Cache = {}
+        self.deployments: Cache = {}
+        self.restore_problems: dict[Key, str] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
+        #: Newest cron time a run was created for, per memory (the objects may lag or be pruned).
+        self._scheduled: dict[Key, datetime] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.passes = 0
+
+    # -- scheduling of passes -------------------------------------------------------------------
+
+    def request(self, key: Key) -> None:
+        task = asyncio.get_running_loop().create_task(self.run_pass(key), name=f"backup {key[0]}/{key[1]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def keys(self) -> list[Key]:
+        """Memories with something to do: a backup spec, VestigeBackups, or a restore."""
+        keys = set(self.backups.keys())
+        for key, objs in list(self.owners.items()):
+            for obj in list(objs):
+                spec = obj.get("spec") or {}
+                if spec.get("backup") or spec.get("restore"):
+                    keys.add(key)
+        return sorted(keys)
+
+    async def tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            for key in self.keys():
+                self.request(key)
+
+    async def drain(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def run_pass(self, key: Key) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            return  # a pass is running; the next event or tick comes back
+        async with lock:
+            try:
+                await self.reconcile(*key)
+            except k8s.ApiError as exc:
+                logger.warning("backup pass of %s/%s: %s", key[0], key[1], exc)
+            except Exception:
+                logger.exception("backup pass of %s/%s failed", *key)
+            finally:
+                self.passes += 1
+
+    # -- one pass -------------------------------------------------------------------------------
+
+    def _owner(self, key: Key) -> Mapping[str, Any] | None:
+        return next(iter(list(self.owners.get(key, ()))), None) if key in self.owners else None
+
+    def _list(self, cache: Cache, key: Key) -> list[Mapping[str, Any]]:
+        return list(cache.get(key, ())) if key in cache else []
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        body = self._owner(key)
+        backups = self._list(self.backups, key)
+        jobs = self._list(self.jobs, key)
+        now = self.clock()
+        if body is None or _meta(body).get("deletionTimestamp"):
+            for obj in backups:
+                created = b.parse_time(_meta(obj).get("creationTimestamp")) or now
+                # A grace period: a VestigeBackup created with its memory may be seen first.
+                if _phase(obj) in (None, BackupPhase.PENDING) and now - created > MISSING_MEMORY_GRACE:
+                    await self._finish(namespace, obj, False, {}, f"VestigeMemory {name} not found", None)
+            return
+        meta = _meta(body)
+        memory = Owner(name=name, namespace=namespace, uid=meta["uid"])
+        try:
+            spec = VestigeMemorySpec.model_validate(body.get("spec") or {})
+        except ValidationError:
+            return  # the reconciler reports an invalid spec
+        changed = False
+        changed |= await self._finish_running(memory, backups, jobs)
+        changed |= await self._start_pending(memory, spec, backups)
+        changed |= await self._schedule(memory, spec, backups, meta.get("creationTimestamp"), now)
+        changed |= await self._retention(memory, spec, backups, jobs, now)
+        changed |= await self._restore_refusal(memory, spec)
+        if changed:
+            self.on_change(key)
+
+    async def _finish(
+        self,
+        namespace: str,
+        obj: Mapping[str, Any],
+        ok: bool,
+        result: Mapping[str, Any],
+        message: str,
+        memory: Owner | None,
+    ) -> None:
+        meta = _meta(obj)
+        patch: dict[str, Any] = {
+            "phase": str(BackupPhase.COMPLETED if ok else BackupPhase.FAILED),
+            "completedAt": b.rfc3339(self.clock()),
+            "message": message[:2000],
+        }
+        if ok:
+            patch.update(
+                {"key": result.get("key"), "size": result.get("size"), "sha256": result.get("sha256")}
+            )
+        done = await self.cluster.patch_status(
+            namespace,
+            meta["name"],
+            meta["uid"],
+            patch,
+            kind=k8s.VESTIGE_BACKUP,
+            resource_version=meta.get("resourceVersion"),
+        )
+        if done is None:
+            return  # deleted, or changed since this pass read it (a later pass decides again)
+        logger.info("VestigeBackup %s/%s %s: %s", namespace, meta["name"], patch["phase"], message)
+        if not ok and memory is not None:
+            await self.cluster.post_event(
+                _event(
+                    memory, "BackupFailed", f"VestigeBackup {meta['name']} failed: {message}", self.clock()
+                )
+            )
+
+    async def _finish_running(
+        self, memory: Owner, backups: list[Mapping[str, Any]], jobs: list[Mapping[str, Any]]
+    ) -> bool:
+        changed = False
+        by_backup = {(_meta(j).get("labels") or {}).get(b.LABEL_BACKUP): j for j in jobs}
+        for obj in backups:
+            if _phase(obj) != BackupPhase.RUNNING:
+                continue
+            name = _meta(obj)["name"]
+            job = by_backup.get(name)
+            if job is None:
+                job_obj = await self.cluster.get(k8s.JOB, memory.namespace, b.job_name(name))
+                if job_obj is None:
+                    await self._finish(memory.namespace, obj, False, {}, "the backup Job disappeared", memory)
+                    changed = True
+                continue
+            outcome = await self._outcome(memory.namespace, job, "backup")
+            if outcome is None:
+                pods = await self.cluster.list_objects(
+                    k8s.POD, memory.namespace, f"job-name={_meta(job)['name']}"
+                )
+                stuck = b.stuck_reason(pods, "backup")
+                if stuck is None:
+                    continue
+                outcome = b.JobOutcome(False, {}, stuck)
+            await self._finish(
+                memory.namespace, obj, outcome.succeeded, outcome.result, outcome.message, memory
+            )
+            await self._delete(k8s.JOB, memory.namespace, job)
+            changed = True
+        return changed
+
+    async def _outcome(self, namespace: str, job: Mapping[str, Any], container: str) -> b.JobOutcome | None:
+        if not any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            for c in (job.get("status") or {}).get("conditions") or []
+        ):
+            return None
+        pods = await self.cluster.list_objects(k8s.POD, namespace, f"job-name={_meta(job)['name']}")
+        return b.job_outcome(job, pods, container)
+
+    async def _start_pending(
+        self, memory: Owner, spec: VestigeMemorySpec, backups: list[Mapping[str, Any]]
+    ) -> bool:
+        pending = b.active(backups)
+        if not pending or any(_phase(o) == BackupPhase.RUNNING for o in pending):
+            return False
+        obj = pending[0]
+        meta = _meta(obj)
+        for waiting in pending[1:]:  # queued behind the first one: Pending, not silent
+            if _phase(waiting) is None:
+                wmeta = _meta(waiting)
+                await self.cluster.patch_status(
+                    memory.namespace,
+                    wmeta["name"],
+                    wmeta["uid"],
+                    {"phase": str(BackupPhase.PENDING), "message": f"waiting for {meta['name']}"},
+                    kind=k8s.VESTIGE_BACKUP,
+                    resource_version=wmeta.get("resourceVersion"),
+                )
+        if spec.backup is None:
+            await self._finish(
+                memory.namespace, obj, False, {}, "the VestigeMemory has no spec.backup", memory
+            )
+            return True
+        job = b.render_backup_job(meta["name"], meta["uid"], memory, spec, self.images)
+        await self.cluster.create(job)  # None: it exists already (an earlier pass created it)
+        key = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        patch = {
+            "phase": str(BackupPhase.RUNNING),
+            "startedAt": b.rfc3339(self.clock()),
+            "job": job["metadata"]["name"],
+            "key": key[key.index("--key") + 1],
+            "vestigeVersion": b.vestige_version(spec, self.images),
+            "message": "the backup Job runs",
+        }
+        done = await self.cluster.patch_status(
+            memory.namespace,
+            meta["name"],
+            meta["uid"],
+            patch,
+            kind=k8s.VESTIGE_BACKUP,
+            resource_version=meta.get("resourceVersion"),
+        )
+        if done is None:
+            return True
+        logger.info("VestigeBackup %s/%s started (Job %s)", memory.namespace, meta["name"], patch["job"])
+        return True
+
+    async def _schedule(
+        self,
+        memory: Owner,
+        spec: VestigeMemorySpec,
+        backups: list[Mapping[str, Any]],
+        created: str | None,
+        now: datetime,
+    ) -> bool:
+        if spec.backup is None or not spec.backup.schedule or spec.backup.suspend:
+            return False
+        key = (memory.namespace, memory.name)
+        known = [t for t in (b.last_scheduled(backups), self._scheduled.get(key)) if t is not None]
+        baseline = max(known) if known else (b.parse_time(created) or now)
+        due = b.due_run(spec.backup.schedule, baseline, now)
+        if due is None or b.active(backups):
+            return False  # nothing due, or a backup of this memory is still active (one at a time)
+        manifest = b.backup_manifest(memory, b.scheduled_name(memory.name, due), due)
+        if await self.cluster.create(manifest) is not None:
+            logger.info("scheduled VestigeBackup %s/%s", memory.namespace, manifest["metadata"]["name"])
+        self._scheduled[key] = due  # also when it existed: the cache lags behind the create
+        return True
+
+    async def _retention(
+        self,
+        memory: Owner,
+        spec: VestigeMemorySpec,
+        backups: list[Mapping[str, Any]],
+        jobs: list[Mapping[str, Any]],
+        now: datetime,
+    ) -> bool:
+        if spec.backup is None:
+            return False
+        changed = False
+        plan = b.retention_plan(backups, spec.backup.retention, now)
+        for obj in plan.delete_failed:
+            changed |= await self._delete(k8s.VESTIGE_BACKUP, memory.namespace, obj)
+        prune_jobs = [
+            j for j in jobs if (_meta(j).get("labels") or {}).get(LABEL_COMPONENT) == b.COMPONENT_PRUNE
+        ]
+        for job in prune_jobs:
+            outcome = await self._outcome(memory.namespace, job, "prune")
+            if outcome is None:
+                return changed  # one prune at a time
+            names = set(json.loads((_meta(job).get("annotations") or {}).get(b.ANNOTATION_PRUNES, "[]")))
+            if outcome.succeeded:
+                for obj in backups:
+                    if _meta(obj).get("name") in names:
+                        await self._delete(k8s.VESTIGE_BACKUP, memory.namespace, obj)
+                logger.info(
+                    "retention removed %d backup(s) of %s/%s", len(names), memory.namespace, memory.name
+                )
+            else:
+                await self.cluster.post_event(
+                    _event(
+                        memory, "PruneFailed", f"deleting expired snapshots failed: {outcome.message}", now
+                    )
+                )
+            await self._delete(k8s.JOB, memory.namespace, job)
+            return True
+        if plan.prune:
+            job = b.render_prune_job(memory, spec, self.images, plan.prune)
+            if await self.cluster.create(job) is not None:
+                logger.info(
+                    "prune Job %s/%s for %d snapshot(s)",
+                    memory.namespace,
+                    job["metadata"]["name"],
+                    len(plan.prune),
+                )
+            changed = True
+        return changed
+
+    async def _restore_refusal(self, memory: Owner, spec: VestigeMemorySpec) -> bool:
+        key = (memory.namespace, memory.name)
+        problem = None
+        if spec.restore is not None:
+            deployment = next(iter(self._list(self.deployments, key)), None)
+            available = ((deployment or {}).get("status") or {}).get("availableReplicas")
+            if not available:
+                selector = f"{LABEL_INSTANCE}={memory.name},{LABEL_COMPONENT}={COMPONENT_MEMORY}"
+                pods = await self.cluster.list_objects(k8s.POD, memory.namespace, selector)
+                problem = b.restore_refusal(pods)
+            else:
+                problem = None
+        if self.restore_problems.get(key) == problem:
+            return False
+        if problem is None:
+            self.restore_problems.pop(key, None)
+        else:
+            self.restore_problems[key] = problem
+        return True
+
+    async def _delete(self, kind: k8s.Kind, namespace: str, obj: Mapping[str, Any]) -> bool:
+        meta = _meta(obj)
+        return await self.cluster.delete(kind, namespace, meta["name"], meta["uid"])
+
+
+def _event(memory: Owner, reason: str, message: str, now: datetime) -> dict[str, Any]:
+    stamp = b.rfc3339(now)
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{memory.name}.", "namespace": memory.namespace},
+        "involvedObject": {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": KIND,
+            "name": memory.name,
+            "namespace": memory.namespace,
+            "uid": memory.uid,
+        },
+        "type": "Warning",
+        "reason": reason,
+        "message": message[:1024],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+    }
+
+
+__all__ = ["BACKUP_KIND", "BackupController"]
+
+
+# -- kopf wiring -----------------------------------------------------------------------------------
+
+BACKUP_INDEX = "vestige_backups"
+JOB_INDEX = "vestige_backup_jobs"
+JOB_RESOURCE = ("batch", "v1", "jobs")
+
+
+def interval_from_env(env: Mapping[str, str] | None = None) -> float:
+    import os
+
+    raw = (env if env is not None else os.environ).get("VESTIGE_BACKUP_INTERVAL_SECONDS", "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_INTERVAL_SECONDS
+    except ValueError:
+        value = DEFAULT_INTERVAL_SECONDS
+    return value if value > 0 else DEFAULT_INTERVAL_SECONDS
+
+
+def trim_backup(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = _meta(body)
+    return {
+        "metadata": {
+            k: meta[k]
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "resourceVersion",
+                "creationTimestamp",
+                "labels",
+                "annotations",
+                "deletionTimestamp",
+            )
+            if k in meta
+        },
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
+def register_backups(
+    registry: Any, reconciler: Any, owner_index: str, deployment_index: str
+) -> BackupController:
+    """Register the backup watches and loop in ``registry`` (called by handlers.register)."""
+    import kopf
+
+    from vestige_operator import BACKUP_PLURAL
+    from vestige_operator.children import LABEL_MANAGED_BY, MANAGED_BY
+
+    controller = BackupController(
+        reconciler.cluster, reconciler.images, interval=interval_from_env(), on_change=reconciler.request
+    )
+
+    @kopf.index(GROUP, VERSION, BACKUP_PLURAL, id=BACKUP_INDEX, registry=registry)
+    def vestige_backups(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+        memory = (body.get("spec") or {}).get("memory")
+        return {(namespace, memory): trim_backup(body)} if memory else {}
+
+    @kopf.on.event(GROUP, VERSION, BACKUP_PLURAL, id="vestige_backup_event", registry=registry)
+    async def vestige_backup_event(body: kopf.Body, namespace: str, **_: Any) -> None:
+        memory = (body.get("spec") or {}).get("memory")
+        if memory:
+            controller.request((namespace, memory))
+            reconciler.request((namespace, memory))
+
+    selector = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: kopf.PRESENT, b.LABEL_MEMORY: kopf.PRESENT}
+
+    @kopf.index(*JOB_RESOURCE, id=JOB_INDEX, labels=selector, registry=registry)
+    def vestige_backup_jobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
+        if labels.get(LABEL_COMPONENT) not in (b.COMPONENT_BACKUP, b.COMPONENT_PRUNE):
+            return {}
+        meta = _meta(body)
+        trimmed = {
+            "metadata": {
+                k: meta[k] for k in ("name", "namespace", "uid", "labels", "annotations") if k in meta
+            },
+            "status": dict(body.get("status") or {}),
+        }
+        return {(namespace, labels[b.LABEL_MEMORY]): trimmed}
+
+    @kopf.on.event(*JOB_RESOURCE, id="vestige_backup_job_event", labels=selector, registry=registry)
+    async def vestige_backup_job_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        controller.request((namespace, labels[b.LABEL_MEMORY]))
+
+    tasks: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(registry=registry)
+    async def start_backups(**kwargs: Any) -> None:
+        controller.owners = kwargs[owner_index]
+        controller.backups = kwargs[BACKUP_INDEX]
+        controller.jobs = kwargs[JOB_INDEX]
+        controller.deployments = kwargs[deployment_index]
+        controller.restore_problems = reconciler.restore_problems
+        reconciler.backups = controller.backups
+        tasks.append(asyncio.get_running_loop().create_task(controller.tick_forever(), name="backup-tick"))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_backups(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        await controller.drain()
+
+    return controller

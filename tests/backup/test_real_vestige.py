@@ -1,0 +1,170 @@
+"""Consistency against the REAL Vestige 1.3.0 / 2.0.0 (built by tests/vestige from the vendored
+sources into ~/.cache/vestige-operator/vestige/bin/): while the server ingests 200 memories sent
+over its stdio MCP transport, the runner takes a backup; the restored store passes
+``PRAGMA integrity_check`` and holds every memory whose ingest had returned before the backup
+started. Skips (with the reason) while no binary has been built on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.backup.conftest import RUNNER_PATH, run_runner
+from tests.s3.server import S3Server
+
+BUCKET = "vestige-real"
+
+
+def _binary(version: str) -> Path | None:
+    root = Path(os.environ.get("VESTIGE_CACHE_DIR", "~/.cache/vestige-operator")).expanduser()
+    found = sorted(
+        (root / "vestige" / "bin").glob(f"vestige-mcp-{version}-*"), key=lambda p: p.stat().st_mtime
+    )
+    return found[-1] if found else None
+
+
+class StdioServer:
+    """vestige-mcp over stdio with JSON-RPC requests pipelined from one thread, answers read by another."""
+
+    def __init__(self, binary: Path, db: Path, home: Path) -> None:
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "RUST_LOG": "error"}
+        self.proc = subprocess.Popen(
+            [str(binary), "--data-dir", str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
+        self.answers: dict[int, tuple[float, dict]] = {}
+        self.cond = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "id" in msg:
+                with self.cond:
+                    self.answers[int(msg["id"])] = (time.monotonic(), msg)
+                    self.cond.notify_all()
+
+    def send(self, msg: dict) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+
+    def wait(self, ids: set[int], timeout: float = 300) -> None:
+        with self.cond:
+            ok = self.cond.wait_for(lambda: ids <= set(self.answers), timeout=timeout)
+        assert ok, f"no answer for {sorted(ids - set(self.answers))[:5]}"
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()  # Vestige exits on stdin EOF
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.mark.parametrize("version", ["1.3.0", "2.0.0"])
+def test_backup_of_the_real_vestige_while_it_ingests(
+    version: str, tmp_path: Path, s3: S3Server, runner_python: Path
+) -> None:
+    binary = _binary(version)
+    if binary is None:
+        pytest.skip(
+            f"no real vestige-mcp {version} built yet (python -m tests.vestige build, branch vestige-real)"
+        )
+    s3.make_bucket(BUCKET)
+    creds = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    data = tmp_path / "data" / "vestige"
+    data.mkdir(parents=True)
+    server = StdioServer(binary, data / "vestige.db", tmp_path)
+    try:
+        server.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2024-11-05",
+                    "capabilities": {},
+                    "clientInfo": {"name": "t", "version": "1"},
+                },
+            }
+        )
+        server.wait({0}, timeout=120)
+        server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+        def ingest(i: int) -> None:
+            args = {"content": f"backup consistency memory number {i} marker{i:04d}"}
+            server.send(
+                {
+                    "jsonrpc": "2.0",
+                    "id": i,
+                    "method": "tools/call",
+                    "params": {"name": "ingest", "arguments": args},
+                }
+            )
+
+        for i in range(1, 101):
+            ingest(i)
+        server.wait(set(range(1, 101)))
+        key = f"real/{version}.tar.gz"
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [str(runner_python), "-m", "vestige_backup", "backup", "--data-dir", str(data), "--key", key,
+             "--work-dir", str(tmp_path / "work"), "--endpoint", s3.endpoint, "--bucket", BUCKET,
+             "--force-path-style"],
+            env={**creds, "PYTHONPATH": str(RUNNER_PATH), "HOME": str(tmp_path),
+                 "VESTIGE_BACKUP_RESULT_FILE": str(tmp_path / "backup.json")},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        for i in range(101, 201):  # the next 100 while the backup runs
+            ingest(i)
+            time.sleep(0.01)
+        _, err = proc.communicate(timeout=300)
+        server.wait(set(range(101, 201)))
+        assert proc.returncode == 0, err
+        before = {i for i, (t, msg) in server.answers.items() if 1 <= i <= 200 and t < started}
+        for i in range(1, 201):
+            assert "error" not in server.answers[i][1], server.answers[i][1]
+    finally:
+        server.close()
+    result = json.loads((tmp_path / "backup.json").read_text())
+    assert result["files"] == ["vestige.db"], result  # 1.x/2.x: the database file (+ its WAL, inside)
+    target = tmp_path / "restored" / "vestige"
+    res = run_runner(
+        runner_python,
+        ["restore", "--data-dir", str(target), "--key", key, "--endpoint", s3.endpoint, "--bucket", BUCKET,
+         "--force-path-style"],
+        env=creds,
+        result_file=tmp_path / "restore.json",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    con = sqlite3.connect(target / "vestige.db")
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        contents = [row[0] for row in con.execute("SELECT content FROM knowledge_nodes")]
+    finally:
+        con.close()
+    restored = {int(c.rsplit("marker", 1)[1]) for c in contents if "marker" in c}
+    assert before <= restored, (
+        f"missing memories acknowledged before the backup: {sorted(before - restored)[:10]}"
+    )
+    print(f"vestige {version}: {len(before)} acknowledged before the backup, {len(restored)} restored")

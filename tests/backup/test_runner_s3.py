@@ -1,0 +1,233 @@
+"""The runner as a process (as in its pod) against a live store and a real S3 server (versitygw).
+
+Proves: a consistent snapshot while 200 memories are ingested concurrently (restored store passes
+integrity_check and holds every memory whose write returned before the backup started), the upload
+with its sha256, restore (and its refusal to overwrite), and failure messages that name the cause
+and never contain a credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.backup import stores
+from tests.backup.conftest import RUNNER_PATH, run_runner
+from tests.s3.server import S3Server, free_port
+
+BUCKET = "vestige-backups"
+
+
+@pytest.fixture
+def creds(s3: S3Server) -> dict[str, str]:
+    s3.make_bucket(BUCKET)
+    return {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+
+
+def _target(s3: S3Server, bucket: str = BUCKET) -> list[str]:
+    return ["--endpoint", s3.endpoint, "--bucket", bucket, "--force-path-style"]
+
+
+def _result(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _no_secret(s3: S3Server, *texts: str) -> None:
+    for text in texts:
+        assert s3.secret_key not in text
+        assert s3.access_key not in text
+
+
+def test_consistent_backup_while_200_memories_are_ingested(
+    tmp_path: Path, s3: S3Server, creds: dict[str, str], runner_python: Path
+) -> None:
+    data = tmp_path / "vestige"
+    stores.create(data / "vestige.db").close()
+    writers = 8
+    local = threading.local()
+    connections: list = []
+    done: list[tuple[float, str]] = []
+    lock = threading.Lock()
+
+    def write(i: int) -> None:
+        con = getattr(local, "con", None)
+        if con is None:  # one connection per writer thread, as concurrent clients would have
+            con = local.con = stores.connect(data / "vestige.db")
+            with lock:
+                connections.append(con)
+        node = stores.ingest(con, f"memory {i} about topic {i % 7}")
+        with lock:
+            done.append((time.monotonic(), node))
+
+    def paced(i: int) -> None:
+        time.sleep(0.05)  # spread the second half over the runner's start and snapshot
+        write(i)
+
+    key = "ns/agent/agent-20260101000000.tar.gz"
+    result_file = tmp_path / "result.json"
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write, range(100)))  # the first 100, concurrently
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [str(runner_python), "-m", "vestige_backup", "backup", "--data-dir", str(data), "--key", key,
+             "--work-dir", str(tmp_path / "work"), *_target(s3)],
+            env={**creds, "PYTHONPATH": str(RUNNER_PATH), "HOME": str(tmp_path),
+                 "VESTIGE_BACKUP_RESULT_FILE": str(result_file)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        list(pool.map(paced, range(100, 200)))  # the next 100 while the backup runs
+        out, err = proc.communicate(timeout=300)
+    for con in connections:
+        con.close()
+    assert proc.returncode == 0, err
+    result = _result(result_file)
+    assert result["ok"] is True and result["key"] == key and result["files"] == ["vestige.db"]
+    before = {node for t, node in done if t < started}
+    assert len(before) == 100
+
+    target = tmp_path / "restored" / "vestige"
+    res = run_runner(
+        runner_python,
+        ["restore", "--data-dir", str(target), "--key", key, *_target(s3)],
+        env=creds,
+        result_file=tmp_path / "restore.json",
+    )
+    assert res.returncode == 0, res.stderr
+    restored = stores.ids(target / "vestige.db")
+    integrity, fts_hits = stores.check(target / "vestige.db")
+    assert integrity == "ok"
+    assert before <= restored, f"{len(before - restored)} memories committed before the backup are missing"
+    assert restored <= {node for _, node in done}
+    assert fts_hits == len(restored)  # the FTS index agrees with the table
+    print(f"restored {len(restored)} of 200 memories ({len(restored) - 100} written during the backup)")
+    _no_secret(s3, out, err, res.stdout, res.stderr)
+
+
+def test_upload_records_the_sha256(
+    tmp_path: Path, s3: S3Server, creds: dict[str, str], runner_python: Path
+) -> None:
+    data = tmp_path / "vestige"
+    con = stores.create(data / "vestige.db")
+    for i in range(20):
+        stores.ingest(con, f"memory {i}")
+    con.close()
+    key = "ns/a/a-1.tar.gz"
+    res = run_runner(
+        runner_python,
+        ["backup", "--data-dir", str(data), "--key", key, "--work-dir", str(tmp_path / "w"), *_target(s3)],
+        env=creds,
+        result_file=tmp_path / "r.json",
+    )
+    assert res.returncode == 0, res.stderr
+    result = _result(tmp_path / "r.json")
+    stored = (s3.root / BUCKET / key).read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == result["sha256"]
+    assert len(stored) == result["size"]
+    sidecar = (s3.root / BUCKET / (key + ".sha256")).read_text()
+    assert sidecar == f"{result['sha256']}  a-1.tar.gz\n"
+    # The work dir is cleaned up: the snapshot is not left on the pod's scratch volume.
+    assert list((tmp_path / "w").glob("*.tar.gz")) == []
+
+    # prune deletes the snapshot and its sidecar
+    res = run_runner(
+        runner_python, ["prune", "--key", key, *_target(s3)], env=creds, result_file=tmp_path / "p.json"
+    )
+    assert res.returncode == 0, res.stderr
+    assert _result(tmp_path / "p.json") == {"ok": True, "deleted": [key]}
+    assert not (s3.root / BUCKET / key).exists() and not (s3.root / BUCKET / (key + ".sha256")).exists()
+
+
+def test_restore_latest_refuses_to_overwrite_and_is_idempotent(
+    tmp_path: Path, s3: S3Server, creds: dict[str, str], runner_python: Path
+) -> None:
+    data = tmp_path / "vestige"
+    con = stores.create(data / "vestige.db")
+    for i in range(5):
+        stores.ingest(con, f"memory {i}")
+    first = stores.ids(data / "vestige.db")
+    for n, key in enumerate(["ns/src/src-20260101000000.tar.gz", "ns/src/src-20260102000000.tar.gz"]):
+        if n == 1:
+            stores.ingest(con, "memory newest")
+        res = run_runner(
+            runner_python,
+            [
+                "backup",
+                "--data-dir",
+                str(data),
+                "--key",
+                key,
+                "--work-dir",
+                str(tmp_path / "w"),
+                *_target(s3),
+            ],
+            env=creds,
+            result_file=tmp_path / "b.json",
+        )
+        assert res.returncode == 0, res.stderr
+        time.sleep(1.1)  # distinct LastModified seconds
+    con.close()
+    target = tmp_path / "new" / "vestige"
+    args = ["restore", "--data-dir", str(target), "--latest", "--prefix", "ns/src/", *_target(s3)]
+    res = run_runner(runner_python, args, env=creds, result_file=tmp_path / "r1.json")
+    assert res.returncode == 0, res.stderr
+    assert _result(tmp_path / "r1.json")["key"] == "ns/src/src-20260102000000.tar.gz"
+    restored = stores.ids(target / "vestige.db")
+    assert first < restored and len(restored) == len(first) + 1
+    # The pod restarts: the init container runs again and leaves the restored store alone.
+    con = stores.connect(target / "vestige.db")
+    stores.ingest(con, "memory written after the restore")
+    con.close()
+    res = run_runner(runner_python, args, env=creds, result_file=tmp_path / "r2.json")
+    assert res.returncode == 0 and "already restored" in _result(tmp_path / "r2.json")["message"]
+    assert len(stores.ids(target / "vestige.db")) == len(first) + 2
+    # A volume holding a store that no restore put there: refused, exit 3, untouched.
+    other = tmp_path / "other" / "vestige"
+    con = stores.create(other / "vestige.db")
+    stores.ingest(con, "memory of another agent")
+    con.close()
+    before = (other / "vestige.db").read_bytes()
+    args[2] = str(other)
+    res = run_runner(runner_python, args, env=creds, result_file=tmp_path / "r3.json")
+    assert res.returncode == 3
+    result = _result(tmp_path / "r3.json")
+    assert result["refused"] is True and "refusing to overwrite" in result["message"]
+    assert (other / "vestige.db").read_bytes() == before
+
+
+@pytest.mark.parametrize("case", ["wrong-credentials", "missing-bucket", "server-down"])
+def test_failures_name_the_cause_without_credentials(
+    case: str, tmp_path: Path, s3: S3Server, creds: dict[str, str], runner_python: Path
+) -> None:
+    data = tmp_path / "vestige"
+    stores.create(data / "vestige.db").close()
+    env = dict(creds)
+    target = _target(s3)
+    expected = ""
+    if case == "wrong-credentials":
+        env["AWS_SECRET_ACCESS_KEY"] = "wrong-" + s3.secret_key[6:]
+        expected = "access denied"
+    elif case == "missing-bucket":
+        target = _target(s3, "no-such-bucket")
+        expected = "bucket does not exist"
+    else:
+        target = ["--endpoint", f"http://127.0.0.1:{free_port()}", "--bucket", BUCKET, "--force-path-style"]
+        expected = "cannot connect to the endpoint"
+    res = run_runner(
+        runner_python,
+        ["backup", "--data-dir", str(data), "--key", "k.tar.gz", "--work-dir", str(tmp_path / "w"), *target],
+        env=env,
+        result_file=tmp_path / "r.json",
+    )
+    assert res.returncode == 1
+    result = _result(tmp_path / "r.json")
+    assert result["ok"] is False and expected in result["message"], result
+    assert "bucket" in result["message"]
+    for text in (res.stdout, res.stderr, json.dumps(result)):
+        assert env["AWS_SECRET_ACCESS_KEY"] not in text and env["AWS_ACCESS_KEY_ID"] not in text

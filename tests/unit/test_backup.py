@@ -1,0 +1,306 @@
+"""Pure backup pieces: schedule, retention, Job / init-container rendering, results, status."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from vestige_operator import backup
+from vestige_operator.api import BackupRetention, VestigeMemorySpec
+from vestige_operator.children import Images, Owner, render_deployment
+from vestige_operator.status import Observation, compute_status
+
+OWNER = Owner(name="agent", namespace="agents", uid="uid-1")
+IMAGES = Images(vestige="vestige:3", bridge="bridge:1")
+S3 = {
+    "s3": {
+        "endpoint": "http://s3.storage.svc:7070",
+        "bucket": "backups",
+        "credentialsSecret": {"name": "s3-creds"},
+        "caSecret": {"name": "s3-ca"},
+        "forcePathStyle": True,
+    }
+}
+T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
+
+
+def _spec(**extra: Any) -> VestigeMemorySpec:
+    return VestigeMemorySpec.model_validate(
+        {"backup": {"schedule": "* * * * *", "retention": {"keepLast": 2}, "destination": S3}, **extra}
+    )
+
+
+def _vbak(
+    name: str, phase: str | None, when: datetime, key: str | None = None, message: str = ""
+) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase} if phase else {}
+    if phase in ("Completed", "Failed"):
+        status["completedAt"] = backup.rfc3339(when)
+    if key:
+        status["key"] = key
+    if message:
+        status["message"] = message
+    return {
+        "metadata": {
+            "name": name,
+            "creationTimestamp": backup.rfc3339(when),
+            "annotations": {backup.ANNOTATION_SCHEDULED_AT: backup.rfc3339(when)},
+        },
+        "spec": {"memory": "agent"},
+        "status": status,
+    }
+
+
+# -- schedule -------------------------------------------------------------------------------------
+
+
+def test_due_run_takes_the_newest_missed_time_once() -> None:
+    every5 = "*/5 * * * *"
+    assert backup.due_run(every5, T0, T0 + timedelta(minutes=4)) is None
+    assert backup.due_run(every5, T0, T0 + timedelta(minutes=5)) == T0 + timedelta(minutes=5)
+    # The operator was down for 32 minutes: one run, for 10:30, not six.
+    assert backup.due_run(every5, T0, T0 + timedelta(minutes=32)) == T0 + timedelta(minutes=30)
+    assert backup.due_run(every5, T0 + timedelta(minutes=30), T0 + timedelta(minutes=34)) is None
+
+
+def test_scheduled_names_fit_a_job_name() -> None:
+    name = backup.scheduled_name("a" * 46, T0)
+    assert name == "a" * 46 + "-20261202100000" and len(name) == 61
+    assert backup.job_name(name) == name
+    long = backup.job_name("b" * 70)
+    assert len(long) == 63 and long != backup.job_name("b" * 71)
+    assert backup.last_scheduled(
+        [_vbak("x", None, T0), _vbak("y", None, T0 + timedelta(minutes=1))]
+    ) == T0 + timedelta(minutes=1)
+
+
+# -- retention --------------------------------------------------------------------------------------
+
+
+def test_keep_last_two_of_four() -> None:
+    objs = [_vbak(f"agent-{i}", "Completed", T0 + timedelta(minutes=i), f"k{i}") for i in range(4)]
+    plan = backup.retention_plan(objs, BackupRetention(keep_last=2), T0 + timedelta(minutes=5))
+    assert sorted(o["metadata"]["name"] for o in plan.prune) == ["agent-0", "agent-1"]
+    assert plan.delete_failed == ()
+
+
+def test_max_age_never_removes_the_newest_completed() -> None:
+    objs = [_vbak(f"agent-{i}", "Completed", T0 + timedelta(days=i), f"k{i}") for i in range(3)]
+    plan = backup.retention_plan(objs, BackupRetention(max_age="1d"), T0 + timedelta(days=30))
+    assert sorted(o["metadata"]["name"] for o in plan.prune) == ["agent-0", "agent-1"]
+    assert backup.retention_plan(objs, BackupRetention(), T0 + timedelta(days=30)).prune == ()
+
+
+def test_failed_history_is_bounded_and_running_is_never_touched() -> None:
+    objs = [_vbak(f"f-{i}", "Failed", T0 + timedelta(minutes=i)) for i in range(5)]
+    objs.append(_vbak("running", "Running", T0))
+    plan = backup.retention_plan(objs, BackupRetention(keep_last=1), T0 + timedelta(hours=1))
+    assert sorted(o["metadata"]["name"] for o in plan.delete_failed) == ["f-0", "f-1"]
+    assert [o["metadata"]["name"] for o in backup.active(objs)] == ["running"]
+
+
+# -- status -----------------------------------------------------------------------------------------
+
+
+def test_summary_and_condition() -> None:
+    ok = _vbak("agent-1", "Completed", T0, "agents/agent/agent-1.tar.gz")
+    bad = _vbak("agent-2", "Failed", T0 + timedelta(minutes=1), message="bucket does not exist")
+    assert backup.summarize([]) == backup.BackupSummary(None, None)
+    summary = backup.summarize([ok, bad])
+    assert summary.status == {
+        "lastSuccessful": {
+            "time": "2026-12-02T10:00:00Z",
+            "key": "agents/agent/agent-1.tar.gz",
+            "name": "agent-1",
+        }
+    }
+    assert summary.condition == (False, "BackupFailed", "VestigeBackup agent-2 failed: bucket does not exist")
+    assert backup.summarize([ok]).condition == (True, "Completed", "VestigeBackup agent-1 completed")
+    status = compute_status(
+        OWNER, _spec(), Observation(generation=1, backup=summary), None, "2026-12-02T10:02:00Z"
+    )
+    cond = {c["type"]: c for c in status["conditions"]}["LastBackupSucceeded"]
+    assert cond["status"] == "False" and cond["reason"] == "BackupFailed"
+    assert status["backup"]["lastSuccessful"]["key"] == "agents/agent/agent-1.tar.gz"
+    plain = compute_status(
+        OWNER, VestigeMemorySpec(), Observation(generation=1), None, "2026-12-02T10:02:00Z"
+    )
+    assert "LastBackupSucceeded" not in {c["type"] for c in plain["conditions"]} and "backup" not in plain
+
+
+def test_restore_refused_stalls() -> None:
+    spec = VestigeMemorySpec.model_validate(
+        {"restore": {"fromBackup": {"destination": S3, "source": "a/b", "latest": True}}}
+    )
+    status = compute_status(
+        OWNER,
+        spec,
+        Observation(generation=1, restore_refused="already holds a store"),
+        None,
+        "2026-12-02T10:00:00Z",
+    )
+    conds = {c["type"]: c for c in status["conditions"]}
+    assert conds["Stalled"]["status"] == "True" and conds["Stalled"]["reason"] == "RestoreRefused"
+    assert conds["Ready"]["status"] == "False"
+
+
+# -- rendering --------------------------------------------------------------------------------------
+
+
+def _restricted(pod: dict[str, Any]) -> None:
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+    for c in pod["containers"] + pod.get("initContainers", []):
+        sc = c["securityContext"]
+        assert sc["capabilities"] == {"drop": ["ALL"]} and sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def _secret_refs(container: dict[str, Any]) -> set[str]:
+    return {
+        e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container.get("env", [])
+        if "secretKeyRef" in (e.get("valueFrom") or {})
+    }
+
+
+def test_backup_job_runs_next_to_the_agent_with_the_credentials() -> None:
+    job = backup.render_backup_job("agent-20261202100000", "vbak-uid", OWNER, _spec(), IMAGES)
+    assert job["metadata"]["name"] == "agent-20261202100000"
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "VestigeBackup"
+    assert job["metadata"]["labels"][backup.LABEL_BACKUP] == "agent-20261202100000"
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    _restricted(pod)
+    term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "agent"
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "agent-data"}} in pod["volumes"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "vestige_backup"] and container["image"] == "bridge:1"
+    args = container["args"]
+    assert args[:3] == ["backup", "--data-dir", "/data/vestige"]
+    assert args[args.index("--key") + 1] == "agents/agent/agent-20261202100000.tar.gz"
+    assert (
+        "--force-path-style" in args and args[args.index("--ca-file") + 1] == "/etc/vestige-backup/ca/ca.crt"
+    )
+    assert _secret_refs(container) == {"s3-creds"}
+    assert {e["name"] for e in container["env"]} == {"HOME", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    # A hostile prefix stays one argument (no shell, no YAML text).
+    spec = _spec()
+    assert spec.backup is not None
+    spec.backup.destination.s3.prefix = "x y\n'z: {{a}}/"
+    job = backup.render_backup_job("b", "u", OWNER, spec, IMAGES)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--key") + 1] == "x y\n'z: {{a}}/b.tar.gz"
+
+
+def test_suspended_memory_backs_up_without_pod_affinity() -> None:
+    job = backup.render_backup_job("b", "u", OWNER, _spec(suspend=True), IMAGES)
+    assert "affinity" not in job["spec"]["template"]["spec"]
+
+
+def test_prune_job_deletes_keys_and_mounts_no_volume() -> None:
+    objs = [_vbak("agent-0", "Completed", T0, "agents/agent/agent-0.tar.gz")]
+    job = backup.render_prune_job(OWNER, _spec(), IMAGES, objs)
+    assert json.loads(job["metadata"]["annotations"][backup.ANNOTATION_PRUNES]) == ["agent-0"]
+    pod = job["spec"]["template"]["spec"]
+    _restricted(pod)
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    assert pod["containers"][0]["args"][:3] == ["prune", "--key", "agents/agent/agent-0.tar.gz"]
+
+
+def test_restore_init_container_has_the_only_credentials_of_the_agent_pod() -> None:
+    spec = VestigeMemorySpec.model_validate(
+        {"restore": {"fromBackup": {"destination": S3, "source": "old/agent", "latest": True}}}
+    )
+    pod = render_deployment(OWNER, spec, IMAGES, "hash")["spec"]["template"]["spec"]
+    _restricted(pod)
+    (init,) = pod["initContainers"]
+    assert init["name"] == "restore"
+    assert init["args"][:6] == [
+        "restore",
+        "--data-dir",
+        "/data/vestige",
+        "--latest",
+        "--prefix",
+        "old/agent/",
+    ]
+    assert _secret_refs(init) == {"s3-creds"}
+    for container in pod["containers"]:  # vestige and bridge never see the storage credentials
+        assert "s3-creds" not in _secret_refs(container)
+        assert not any(e["name"].startswith("AWS_") for e in container["env"])
+    names = {v["name"] for v in pod["volumes"]}
+    assert {"restore-tmp", "backup-ca"} <= names
+    with_key = VestigeMemorySpec.model_validate(
+        {"restore": {"fromBackup": {"destination": S3, "source": "old/agent", "key": "old/agent/x.tar.gz"}}}
+    )
+    init = render_deployment(OWNER, with_key, IMAGES, "h")["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["args"][3:5] == ["--key", "old/agent/x.tar.gz"]
+    assert (
+        "initContainers"
+        not in render_deployment(OWNER, VestigeMemorySpec(), IMAGES, "h")["spec"]["template"]["spec"]
+    )
+
+
+# -- results ----------------------------------------------------------------------------------------
+
+
+def _job_status(kind: str) -> dict[str, Any]:
+    return {"status": {"conditions": [{"type": kind, "status": "True", "reason": "X", "message": "m"}]}}
+
+
+def _pod(message: str, exit_code: int = 0, init: bool = False, name: str = "backup") -> dict[str, Any]:
+    key = "initContainerStatuses" if init else "containerStatuses"
+    term = {"exitCode": exit_code, "message": message}
+    return {"status": {key: [{"name": name, "state": {"terminated": term}}]}}
+
+
+def test_job_outcome() -> None:
+    ok = json.dumps({"ok": True, "key": "k", "size": 10, "sha256": "ab"})
+    assert backup.job_outcome({"status": {}}, [], "backup") is None
+    outcome = backup.job_outcome(_job_status("Complete"), [_pod(ok)], "backup")
+    assert outcome is not None and outcome.succeeded and outcome.result["sha256"] == "ab"
+    failed = backup.job_outcome(
+        _job_status("Failed"), [_pod('{"ok":false,"message":"bucket does not exist"}', 1)], "backup"
+    )
+    assert failed is not None and not failed.succeeded and failed.message == "bucket does not exist"
+    silent = backup.job_outcome(_job_status("Failed"), [], "backup")
+    assert silent is not None and "no result" in silent.message
+    # A log tail (FallbackToLogsOnError) before the JSON line is skipped.
+    assert backup.parse_result("Traceback...\n" + ok) == json.loads(ok)
+
+
+def test_restore_refusal_from_the_agent_pod() -> None:
+    msg = json.dumps({"ok": False, "refused": True, "message": "already holds a store"})
+    assert backup.restore_refusal([_pod(msg, 3, init=True, name="restore")]) == "already holds a store"
+    assert backup.restore_refusal([_pod(msg, 1, init=True, name="restore")]) is None
+
+
+def test_a_runner_that_cannot_start_fails_now() -> None:
+    waiting = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "backup",
+                    "state": {
+                        "waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": 'secret "s3" not found',
+                        }
+                    },
+                }
+            ]
+        }
+    }
+    assert (
+        backup.stuck_reason([waiting], "backup") == 'the backup container cannot start: secret "s3" not found'
+    )
+    pulling = {
+        "status": {
+            "containerStatuses": [{"name": "backup", "state": {"waiting": {"reason": "ErrImagePull"}}}]
+        }
+    }
+    assert backup.stuck_reason([pulling], "backup") is None  # may still succeed
+    assert backup.stuck_reason([], "backup") is None
