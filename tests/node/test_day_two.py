@@ -49,9 +49,12 @@ def test_connect_and_logs_reach_the_real_bridge(agents: Agents, live: Agent) -> 
         assert token == live.token()
         assert session.config["authToken"] == token
         assert session.config["agentId"] == live.name
-        ok = httpx.get(f"{session.url}/health", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        health = httpx.get(f"{session.url}/health", timeout=30)  # a probe path: no token needed
+        assert health.status_code == 200 and health.json()["vestige_connected"] is True, health.text
+        auth = {"Authorization": f"Bearer {token}"}
+        ok = httpx.post(f"{session.url}/search", json={"query": "x"}, headers=auth, timeout=30)
         assert ok.status_code == 200, ok.text
-        assert httpx.get(f"{session.url}/health", timeout=30).status_code == 401
+        assert httpx.post(f"{session.url}/search", json={"query": "x"}, timeout=30).status_code == 401
     finally:
         code = session.interrupt()
     assert code == 0
