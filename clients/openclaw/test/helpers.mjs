@@ -56,7 +56,9 @@ export class Proc {
     this.name = name;
     this.log = join(dir, `${name}.log`);
     const fd = openSync(this.log, "a");
-    this.child = spawn(argv[0], argv.slice(1), { cwd, env, stdio: ["ignore", fd, fd] });
+    // stdin a pipe nobody writes to: Vestige (and the v3 stand-in, like upstream 3.x) ends when its
+    // stdin reaches EOF, as a pod's vestige container would without `stdin: true`.
+    this.child = spawn(argv[0], argv.slice(1), { cwd, env, stdio: ["pipe", fd, fd] });
     closeSync(fd);
     this.exited = new Promise((res) => this.child.once("exit", (code, signal) => res({ code, signal })));
   }
