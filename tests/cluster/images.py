@@ -45,6 +45,8 @@ DEBIAN_REF = "localhost/debian:bookworm-slim"
 PYTHON_REF = "localhost/python:3.11-slim-bookworm"
 PAUSE_REF = "localhost/pause:3.10"
 VESTIGE_VERSIONS = ("1.3.0", "2.0.0")
+#: Images other builds start FROM: kept in buildah's storage between builds.
+BASE_KEYS = ("debian", "python")
 STANDIN_VERSION = "3.1.1"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -258,6 +260,8 @@ def _push(key: str, ref: str, stamp: str, started: float) -> Image:
         if old != archive and re.fullmatch(rf"{re.escape(key)}-[0-9a-f]{{16}}\.oci\.tar", old.name):
             old.unlink(missing_ok=True)
             old.with_suffix(".json").unlink(missing_ok=True)
+    if key not in BASE_KEYS:  # the archive is the cache; buildah's storage keeps only the bases
+        _quiet(["buildah", *_buildah_storage(), "rmi", ref])
     _log(f"built {ref} in {meta['build_seconds']}s -> {archive.name}")
     return Image(key, ref, archive, stamp)
 
@@ -564,6 +568,7 @@ def _binaries_image(version: str, binary: Path, stamp: str) -> str:
     the upstream commit from the vendored archive. Only lives in buildah's storage: it is
     remade from the cached binary whenever the Vestige image itself has to be rebuilt."""
     ref = f"localhost/vestige-binaries:{_tag(version, stamp)}"
+    (images_dir() / "tmp").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=images_dir() / "tmp") as scratch:
         out = Path(scratch) / "out"
         (out / "bin").mkdir(parents=True)
