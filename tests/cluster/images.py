@@ -185,11 +185,11 @@ def _hash(*parts: str | bytes | Path) -> str:
 # -- the Debian mirror -----------------------------------------------------------------------
 
 
-def apt_sources() -> tuple[str, str]:
+def apt_sources(etc_apt: Path = Path("/etc/apt")) -> tuple[str, str]:
     """(main mirror, security mirror) from the machine's own apt sources: nothing else is
     reachable here. deb822 ``*.sources`` and one-line ``*.list`` files are both read."""
     main, security = "", ""
-    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    files = [etc_apt / "sources.list", *sorted((etc_apt / "sources.list.d").glob("*"))]
     for file in files:
         if not file.is_file() or not file.name.endswith((".list", ".sources")):
             continue
