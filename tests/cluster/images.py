@@ -654,6 +654,20 @@ def containerd_images(address: str, namespace: str = "k8s.io") -> dict[str, str]
     return found
 
 
+def wait_for_containerd(address: str, timeout: float = 60) -> None:
+    """Until containerd answers on ``address`` (its socket appears before it serves)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ok = subprocess.run(
+            ["ctr", "--address", address, "version"], capture_output=True, text=True, check=False
+        )
+        if ok.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise ImageError(f"containerd at {address} does not answer: {ok.stderr.strip()}")
+        time.sleep(0.2)
+
+
 def import_into(
     address: str,
     namespace: str = "k8s.io",
@@ -664,6 +678,7 @@ def import_into(
     snapshotter), skipping those whose ref already names the same digest there. Returns the
     refs that were imported. ``images`` defaults to ``ensure_images()``."""
     images = images or ensure_images()
+    wait_for_containerd(address)
     present = containerd_images(address, namespace)
     imported = []
     for image in images.images.values():
