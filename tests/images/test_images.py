@@ -142,8 +142,9 @@ class Running:
     def stop(self) -> str:
         if self.proc.poll() is None:
             ctr(self.address, "tasks", "kill", "--signal", "SIGKILL", self.name)
-        out, _ = self.proc.communicate(timeout=60)
-        return out
+        self.proc.wait(timeout=60)
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read()
 
 
 def data_dir(tmp_path: Path) -> tuple[Path, str]:
@@ -306,11 +307,11 @@ def test_v3_standin_serves_the_operators_v3_command(built: images.ImageSet, cont
     try:
         result = box.wait_until_serving("python", "-c", probe)
         assert result.stdout.split() == ["401", "200", "3.1.1"]
-    finally:
-        if box.proc.poll() is None and "EOF" not in (images.ROOT / "tests/bridge/standin.py").read_text():
-            box.stop()
+        if "EOF" not in (images.ROOT / "tests/bridge/standin.py").read_text():
             pytest.skip("this tree's stand-in does not exit at stdin EOF yet (branch vestige-real)")
-    assert box.close_stdin() == 0, "the stand-in exits when its stdin reaches EOF, like Vestige 3.x"
+        assert box.close_stdin() == 0, "the stand-in exits when its stdin reaches EOF, like Vestige 3.x"
+    finally:
+        box.stop()
 
 
 @pytest.mark.parametrize("version", images.VESTIGE_VERSIONS)
