@@ -48,6 +48,8 @@ VESTIGE_VERSIONS = ("1.3.0", "2.0.0")
 #: Images other builds start FROM: kept in buildah's storage between builds.
 BASE_KEYS = ("debian", "python")
 STANDIN_VERSION = "3.1.1"
+#: Archives kept per image (the ones used last).
+KEEP = 3
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 #: What the trimmed base keeps out of every later install too (like Docker's debian:*-slim).
@@ -241,13 +243,13 @@ def _cached(key: str, ref: str, stamp: str) -> Image | None:
     if archive.is_file() and meta.is_file():
         info = json.loads(meta.read_text())
         if info.get("stamp") == stamp and info.get("ref") == ref:
+            os.utime(meta)  # last used (see _prune)
             return Image(key, ref, archive, stamp)
     return None
 
 
 def _push(key: str, ref: str, stamp: str, started: float) -> Image:
-    """The image in buildah's storage -> its archive (atomically), the older archives of the
-    same key removed."""
+    """The image in buildah's storage -> its archive (atomically); see ``_prune``."""
     archive = _archive_path(key, stamp)
     partial = archive.with_name(archive.name + ".partial")
     partial.unlink(missing_ok=True)
@@ -256,14 +258,26 @@ def _push(key: str, ref: str, stamp: str, started: float) -> Image:
     meta = {"key": key, "ref": ref, "stamp": stamp, "digest": archive_digest(archive)}
     meta["build_seconds"] = round(time.monotonic() - started, 1)
     archive.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    for old in images_dir().glob(f"{key}-*.oci.tar"):
-        if old != archive and re.fullmatch(rf"{re.escape(key)}-[0-9a-f]{{16}}\.oci\.tar", old.name):
-            old.unlink(missing_ok=True)
-            old.with_suffix(".json").unlink(missing_ok=True)
+    _prune(key)
     if key not in BASE_KEYS:  # the archive is the cache; buildah's storage keeps only the bases
         _quiet(["buildah", *_buildah_storage(), "rmi", ref])
     _log(f"built {ref} in {meta['build_seconds']}s -> {archive.name}")
     return Image(key, ref, archive, stamp)
+
+
+def _prune(key: str) -> None:
+    """Keep the ``KEEP`` archives of ``key`` used last (worktrees sharing the cache may differ
+    in an input, e.g. the README: they must not evict each other's image at every build)."""
+    pattern = re.compile(rf"{re.escape(key)}-[0-9a-f]{{16}}\.oci\.tar")
+    archives = [a for a in images_dir().glob(f"{key}-*.oci.tar") if pattern.fullmatch(a.name)]
+
+    def last_used(archive: Path) -> float:
+        meta = archive.with_suffix(".json")
+        return meta.stat().st_mtime if meta.exists() else 0.0
+
+    for old in sorted(archives, key=last_used, reverse=True)[KEEP:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
 
 
 def archive_digest(archive: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from io import BytesIO
 from pathlib import Path
@@ -92,3 +93,22 @@ def test_missing_tools_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert images.missing_tools() == ["buildah", "debootstrap"]
     with pytest.raises(images.ImageError, match="buildah, debootstrap not installed"):
         images.ensure_bases()
+
+
+def test_pruning_keeps_the_archives_used_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VESTIGE_CACHE_DIR", str(tmp_path))
+    (tmp_path / "images").mkdir()
+    stamps = [f"{i:02x}" * 32 for i in range(5)]
+    for age, stamp in enumerate(stamps):
+        archive = images._archive_path("bridge", stamp)
+        fake_archive(archive, "sha256:" + "1" * 64)
+        meta = archive.with_suffix(".json")
+        meta.write_text(json.dumps({"stamp": stamp, "ref": f"r{age}"}))
+        os.utime(meta, (1000 + age, 1000 + age))
+    assert images._cached("bridge", "r0", stamps[0]) is not None  # used now: the newest
+    other = images._archive_path("bridge-extra", stamps[0])
+    fake_archive(other, "sha256:" + "2" * 64)
+    images._prune("bridge")
+    left = sorted(p.name for p in (tmp_path / "images").glob("bridge-*.oci.tar"))
+    kept = sorted(images._archive_path("bridge", s).name for s in (stamps[0], stamps[3], stamps[4]))
+    assert left == sorted([*kept, other.name])
