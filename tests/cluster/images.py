@@ -48,6 +48,8 @@ VESTIGE_VERSIONS = ("1.3.0", "2.0.0")
 #: Images other builds start FROM: kept in buildah's storage between builds.
 BASE_KEYS = ("debian", "python")
 STANDIN_VERSION = "3.1.1"
+#: How the Vestige binaries image is laid out (bump when ``_binaries_image`` changes).
+BINARIES_RECIPE = "2"
 #: Archives kept per image (the ones used last).
 KEEP = 3
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -578,8 +580,8 @@ def _vendor_archive(version: str) -> Path:
 
 def _binaries_image(version: str, binary: Path, stamp: str) -> str:
     """A scratch image laid out like Dockerfile.v1's `build` stage (/out/bin, /out/doc) with the
-    prebuilt binary (stripped: the debug build's symbols are most of its size), the licence and
-    the upstream commit from the vendored archive. Only lives in buildah's storage: it is
+    prebuilt binary (stripped: the debug build's symbols are most of its size), the licence
+    files and the upstream commit from the vendored archive. Only lives in buildah's storage: it is
     remade from the cached binary whenever the Vestige image itself has to be rebuilt."""
     ref = f"localhost/vestige-binaries:{_tag(version, stamp)}"
     (images_dir() / "tmp").mkdir(parents=True, exist_ok=True)
@@ -591,10 +593,14 @@ def _binaries_image(version: str, binary: Path, stamp: str) -> str:
         (out / "bin" / "vestige-mcp").chmod(0o755)
         with tarfile.open(_vendor_archive(version)) as tar:
             commit = tar.pax_headers.get("comment", "unknown")
-            member = tar.extractfile(f"vestige-{version}/LICENSE")
-            if member is None:
+            top = f"vestige-{version}/"
+            licences = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(top + "LICENSE")]
+            if not any(m.name == top + "LICENSE" for m in licences):
                 raise ImageError(f"vestige-{version}.tar.gz holds no LICENSE")
-            (out / "doc" / "LICENSE").write_bytes(member.read())
+            for member in licences:  # LICENSE, and LICENSE-APACHE/-MIT where they exist
+                data = tar.extractfile(member)
+                assert data is not None
+                (out / "doc" / member.name.removeprefix(top)).write_bytes(data.read())
         (out / "doc" / "VESTIGE_COMMIT").write_text(f"{commit} (vendored vestige-{version}.tar.gz)\n")
         for path in out.rglob("*"):
             if path.is_file():
@@ -612,7 +618,9 @@ def _binaries_image(version: str, binary: Path, stamp: str) -> str:
 def _vestige(version: str, binary: Path, python: Image) -> Image:
     dockerfile = ROOT / "images" / "vestige" / "Dockerfile.v1"
     # The binary's name carries the hash of the sources it was built from.
-    stamp = _hash("vestige", version, python.stamp, dockerfile, binary.name, str(binary.stat().st_size))
+    stamp = _hash(
+        "vestige", BINARIES_RECIPE, version, python.stamp, dockerfile, binary.name, str(binary.stat().st_size)
+    )
     key = f"vestige-{version}"
     ref = f"localhost/vestige:{_tag(version, stamp)}"
     cached = _cached(key, ref, stamp)
