@@ -45,7 +45,13 @@ DEBIAN_REF = "localhost/debian:bookworm-slim"
 PYTHON_REF = "localhost/python:3.11-slim-bookworm"
 PAUSE_REF = "localhost/pause:3.10"
 VESTIGE_VERSIONS = ("1.3.0", "2.0.0")
+#: Images other builds start FROM: kept in buildah's storage between builds.
+BASE_KEYS = ("debian", "python")
 STANDIN_VERSION = "3.1.1"
+#: How the Vestige binaries image is laid out (bump when ``_binaries_image`` changes).
+BINARIES_RECIPE = "2"
+#: Archives kept per image (the ones used last).
+KEEP = 3
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 #: What the trimmed base keeps out of every later install too (like Docker's debian:*-slim).
@@ -183,11 +189,11 @@ def _hash(*parts: str | bytes | Path) -> str:
 # -- the Debian mirror -----------------------------------------------------------------------
 
 
-def apt_sources() -> tuple[str, str]:
+def apt_sources(etc_apt: Path = Path("/etc/apt")) -> tuple[str, str]:
     """(main mirror, security mirror) from the machine's own apt sources: nothing else is
     reachable here. deb822 ``*.sources`` and one-line ``*.list`` files are both read."""
     main, security = "", ""
-    files = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    files = [etc_apt / "sources.list", *sorted((etc_apt / "sources.list.d").glob("*"))]
     for file in files:
         if not file.is_file() or not file.name.endswith((".list", ".sources")):
             continue
@@ -239,13 +245,13 @@ def _cached(key: str, ref: str, stamp: str) -> Image | None:
     if archive.is_file() and meta.is_file():
         info = json.loads(meta.read_text())
         if info.get("stamp") == stamp and info.get("ref") == ref:
+            os.utime(meta)  # last used (see _prune)
             return Image(key, ref, archive, stamp)
     return None
 
 
 def _push(key: str, ref: str, stamp: str, started: float) -> Image:
-    """The image in buildah's storage -> its archive (atomically), the older archives of the
-    same key removed."""
+    """The image in buildah's storage -> its archive (atomically); see ``_prune``."""
     archive = _archive_path(key, stamp)
     partial = archive.with_name(archive.name + ".partial")
     partial.unlink(missing_ok=True)
@@ -254,12 +260,26 @@ def _push(key: str, ref: str, stamp: str, started: float) -> Image:
     meta = {"key": key, "ref": ref, "stamp": stamp, "digest": archive_digest(archive)}
     meta["build_seconds"] = round(time.monotonic() - started, 1)
     archive.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
-    for old in images_dir().glob(f"{key}-*.oci.tar"):
-        if old != archive and re.fullmatch(rf"{re.escape(key)}-[0-9a-f]{{16}}\.oci\.tar", old.name):
-            old.unlink(missing_ok=True)
-            old.with_suffix(".json").unlink(missing_ok=True)
+    _prune(key)
+    if key not in BASE_KEYS:  # the archive is the cache; buildah's storage keeps only the bases
+        _quiet(["buildah", *_buildah_storage(), "rmi", ref])
     _log(f"built {ref} in {meta['build_seconds']}s -> {archive.name}")
     return Image(key, ref, archive, stamp)
+
+
+def _prune(key: str) -> None:
+    """Keep the ``KEEP`` archives of ``key`` used last (worktrees sharing the cache may differ
+    in an input, e.g. the README: they must not evict each other's image at every build)."""
+    pattern = re.compile(rf"{re.escape(key)}-[0-9a-f]{{16}}\.oci\.tar")
+    archives = [a for a in images_dir().glob(f"{key}-*.oci.tar") if pattern.fullmatch(a.name)]
+
+    def last_used(archive: Path) -> float:
+        meta = archive.with_suffix(".json")
+        return meta.stat().st_mtime if meta.exists() else 0.0
+
+    for old in sorted(archives, key=last_used, reverse=True)[KEEP:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
 
 
 def archive_digest(archive: Path) -> str:
@@ -560,10 +580,11 @@ def _vendor_archive(version: str) -> Path:
 
 def _binaries_image(version: str, binary: Path, stamp: str) -> str:
     """A scratch image laid out like Dockerfile.v1's `build` stage (/out/bin, /out/doc) with the
-    prebuilt binary (stripped: the debug build's symbols are most of its size), the licence and
-    the upstream commit from the vendored archive. Only lives in buildah's storage: it is
+    prebuilt binary (stripped: the debug build's symbols are most of its size), the licence
+    files and the upstream commit from the vendored archive. Only lives in buildah's storage: it is
     remade from the cached binary whenever the Vestige image itself has to be rebuilt."""
     ref = f"localhost/vestige-binaries:{_tag(version, stamp)}"
+    (images_dir() / "tmp").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=images_dir() / "tmp") as scratch:
         out = Path(scratch) / "out"
         (out / "bin").mkdir(parents=True)
@@ -572,10 +593,14 @@ def _binaries_image(version: str, binary: Path, stamp: str) -> str:
         (out / "bin" / "vestige-mcp").chmod(0o755)
         with tarfile.open(_vendor_archive(version)) as tar:
             commit = tar.pax_headers.get("comment", "unknown")
-            member = tar.extractfile(f"vestige-{version}/LICENSE")
-            if member is None:
+            top = f"vestige-{version}/"
+            licences = [m for m in tar.getmembers() if m.isfile() and m.name.startswith(top + "LICENSE")]
+            if not any(m.name == top + "LICENSE" for m in licences):
                 raise ImageError(f"vestige-{version}.tar.gz holds no LICENSE")
-            (out / "doc" / "LICENSE").write_bytes(member.read())
+            for member in licences:  # LICENSE, and LICENSE-APACHE/-MIT where they exist
+                data = tar.extractfile(member)
+                assert data is not None
+                (out / "doc" / member.name.removeprefix(top)).write_bytes(data.read())
         (out / "doc" / "VESTIGE_COMMIT").write_text(f"{commit} (vendored vestige-{version}.tar.gz)\n")
         for path in out.rglob("*"):
             if path.is_file():
@@ -593,7 +618,9 @@ def _binaries_image(version: str, binary: Path, stamp: str) -> str:
 def _vestige(version: str, binary: Path, python: Image) -> Image:
     dockerfile = ROOT / "images" / "vestige" / "Dockerfile.v1"
     # The binary's name carries the hash of the sources it was built from.
-    stamp = _hash("vestige", version, python.stamp, dockerfile, binary.name, str(binary.stat().st_size))
+    stamp = _hash(
+        "vestige", BINARIES_RECIPE, version, python.stamp, dockerfile, binary.name, str(binary.stat().st_size)
+    )
     key = f"vestige-{version}"
     ref = f"localhost/vestige:{_tag(version, stamp)}"
     cached = _cached(key, ref, stamp)
@@ -649,6 +676,20 @@ def containerd_images(address: str, namespace: str = "k8s.io") -> dict[str, str]
     return found
 
 
+def wait_for_containerd(address: str, timeout: float = 60) -> None:
+    """Until containerd answers on ``address`` (its socket appears before it serves)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ok = subprocess.run(
+            ["ctr", "--address", address, "version"], capture_output=True, text=True, check=False
+        )
+        if ok.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise ImageError(f"containerd at {address} does not answer: {ok.stderr.strip()}")
+        time.sleep(0.2)
+
+
 def import_into(
     address: str,
     namespace: str = "k8s.io",
@@ -659,6 +700,7 @@ def import_into(
     snapshotter), skipping those whose ref already names the same digest there. Returns the
     refs that were imported. ``images`` defaults to ``ensure_images()``."""
     images = images or ensure_images()
+    wait_for_containerd(address)
     present = containerd_images(address, namespace)
     imported = []
     for image in images.images.values():
