@@ -13,10 +13,11 @@ from nftables), and this kernel has ``CONFIG_NFT_QUEUE`` unset (``nft add rule i
 @s queue num 98`` fails with ENOENT; nfnetlink_queue and the iptables NFQUEUE target exist, the
 nftables expression does not). Without its table it enforces nothing. See the README.
 
-- The binary: ``go install github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@<VERSION>``
-  from the Go module proxy (CGO_ENABLED=0, the module's own go.sum), cached under
+- The binary: ``go build github.com/cloudnativelabs/kube-router/v2/cmd/kube-router`` (CGO_ENABLED=0)
+  in the consumer module ``tests/cluster/go/netpol``, which requires kube-router ``<VERSION>`` and
+  raises the dependencies kube-router's own go.mod pins at versions with advisories; cached under
   ``<cache>/netpol/kube-router-<VERSION>/`` with a stamp like the control-plane binaries. VERSION is
-  the newest release the module proxy serves here (later 2.x tags answer 403).
+  the newest release the Go module proxy serves here (later 2.x tags answer 403).
 - The image: ``localhost/kube-router:<VERSION>-<hash>`` from ``tests/images/kube-router/Dockerfile``
   on the local Debian base (kube-router runs ``iptables``/``iptables-restore`` and ``ipset``:
   Debian's, nft backend like the node's kube-proxy), archived and imported into the node's
@@ -59,6 +60,7 @@ NAME = "kube-router-netpol"
 TOP_CHAIN = "KUBE-ROUTER-FORWARD"
 HEALTH_PORT = 20244
 IMAGE_KEY = "kube-router"
+GO_MODULE = build.GO_DIR / "netpol"
 DOCKERFILE = images.TESTS_IMAGES / "kube-router" / "Dockerfile"
 
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -80,12 +82,18 @@ def bin_dir() -> Path:
 
 
 def binary() -> Path:
-    """The static ``kube-router`` of ``VERSION`` (built once, then reused), its LICENSE beside."""
+    """The static ``kube-router`` of ``VERSION`` (built once, then reused), its LICENSE beside.
+
+    Built from the consumer module ``tests/cluster/go/netpol``: kube-router's own go.mod pins
+    dependencies with published advisories (golang.org/x/net v0.21.0, grpc v1.62.0, protobuf
+    v1.32.0, docker v25.0.3, x/oauth2 v0.17.0); this module raises them (``go get``) and builds
+    ``cmd/kube-router`` against them."""
     out = bin_dir()
     out.mkdir(parents=True, exist_ok=True)
     target = out / "kube-router"
     stamp_file = out / ".kube-router.stamp"
-    stamp = build._stamp(MODULE, VERSION, "-trimpath -ldflags=-s -w", "CGO_ENABLED=0")
+    inputs = [GO_MODULE / "go.mod", GO_MODULE / "go.sum", GO_MODULE / "tools.go"]
+    stamp = build._stamp(MODULE, VERSION, "-trimpath -ldflags=-s -w", "CGO_ENABLED=0", *inputs)
     if (
         target.is_file()
         and (out / "LICENSE").is_file()
@@ -94,8 +102,8 @@ def binary() -> Path:
     ):
         return target
     env = build._env()
-    cmd = [build._go(), "install", "-trimpath", "-ldflags", "-s -w", f"{PACKAGE}@{VERSION}"]
-    build._run(cmd, None, {**env, "GOBIN": str(out)}, f"kube-router {VERSION}")
+    cmd = [build._go(), "build", "-trimpath", "-ldflags", "-s -w", "-o", str(target), PACKAGE]
+    build._run(cmd, GO_MODULE, env, f"kube-router {VERSION}")
     license_file = build._module_dir(MODULE, VERSION, env) / "LICENSE"
     (out / "LICENSE").write_bytes(license_file.read_bytes())
     stamp_file.write_text(stamp)
