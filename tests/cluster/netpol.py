@@ -312,19 +312,17 @@ def install(kubectl: Kubectl, layout: node.Layout, timeout: float = 180.0) -> st
     return ref
 
 
-def _cleanup_rules(layout: node.Layout) -> None:
-    """Delete kube-router's chains and the jumps to them from the filter table of the node's
-    namespace (kube-router leaves them behind when it stops), in one ``iptables-restore
-    --noflush`` transaction that touches no other chain. Its ipsets stay (unreferenced); they go
-    with the node's namespace."""
-    saved = filter_rules(layout)
+def cleanup_script(saved: str) -> str | None:
+    """The ``iptables-restore --noflush`` input that deletes kube-router's chains and the jumps to
+    them from other chains, given ``iptables-save -t filter`` output; None when there are none.
+    Touches no other chain or rule."""
     ours = [
         line.split()[0][1:]
         for line in saved.splitlines()
         if line.startswith(":") and line[1:].startswith(CHAIN_PREFIXES)
     ]
     if not ours:
-        return
+        return None
     lines = ["*filter"]
     for line in saved.splitlines():
         parts = line.split()
@@ -335,7 +333,17 @@ def _cleanup_rules(layout: node.Layout) -> None:
     lines += [f"-F {chain}" for chain in ours]
     lines += [f"-X {chain}" for chain in ours]
     lines.append("COMMIT")
-    proc = _netns(layout, "iptables-restore", "--noflush", input="\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def _cleanup_rules(layout: node.Layout) -> None:
+    """Delete kube-router's chains from the filter table of the node's namespace (kube-router
+    leaves them behind when it stops) in one transaction. Its ipsets stay (unreferenced); they
+    go with the node's namespace."""
+    script = cleanup_script(filter_rules(layout))
+    if script is None:
+        return
+    proc = _netns(layout, "iptables-restore", "--noflush", input=script)
     if proc.returncode != 0:
         raise NetpolError(f"removing kube-router's chains failed: {proc.stderr}")
 
