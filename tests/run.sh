@@ -11,6 +11,7 @@ python -m tests.vestige build --if-vendored >/dev/null
 # (debootstrap, pip, the real Vestige) takes minutes. Only where buildah and debootstrap exist.
 if command -v buildah >/dev/null && command -v debootstrap >/dev/null; then
     python -m tests.cluster images >/dev/null
+    python -m tests.cluster.netpol build >/dev/null  # kube-router's firewall for the real node
 fi
 python -m tests.tools build >/dev/null  # helm and the kstatus helper (Go module proxy, cached)
 python -m tests.s3.build >/dev/null   # versitygw for the backup tests (cached like the cluster)
