@@ -279,6 +279,7 @@ def main() -> None:
     parser.add_argument(
         "--key", default=None, help="result key in bridge.json (default: search / <upstream>-search)"
     )
+    parser.add_argument("--variant", default=None, help="label of the bridge variant in the report")
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--load-wait", type=float, default=300)
     args = parser.parse_args()
@@ -290,6 +291,8 @@ def main() -> None:
     run = {**env, **result, "load_after": load_average()}
     run["bridge_extra_path"] = args.bridge_extra_path
     run["upstream"] = args.upstream
+    if args.variant:
+        run["variant"] = args.variant
     key = args.key or ("search" if args.upstream == "standin" else f"{args.upstream}-search")
     path = write_result("bridge", key, run, LIMITS)
     print(f"-> {path}", flush=True)
