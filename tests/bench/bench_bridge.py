@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import shutil
 import statistics
 import tempfile
@@ -45,6 +46,9 @@ from tests.bridge.conftest import (
 
 CONCURRENCY = (1, 16)
 QUERY = "kubernetes operator memory"
+# The real Vestige's search is FTS5 keyword search (keyword-only builds): the words must occur
+# together as in the corpus, else it finds nothing and the benchmark would time an empty search.
+QUERY_REAL = "kubernetes operator"
 CORPUS = [
     f"note {i}: the kubernetes operator keeps agent memory number {i} in a volume" for i in range(40)
 ] + [f"unrelated fact {i} about gardening and tomatoes" for i in range(40)]
@@ -171,6 +175,7 @@ def summary(latencies: list[float], elapsed: float) -> JsonDict:
 
 async def bench(args: argparse.Namespace, tmp: Path) -> JsonDict:
     transport, mcp_url, upstream_token, upstreams = start_upstream(tmp, args.upstream)
+    query = QUERY if args.upstream == "standin" else QUERY_REAL
     bridge_url, bridge = start_bridge(tmp, mcp_url, upstream_token, args.bridge_extra_path)
     try:
         async with (
@@ -194,17 +199,20 @@ async def bench(args: argparse.Namespace, tmp: Path) -> JsonDict:
                 resp.raise_for_status()
 
             async def direct() -> None:
-                result = await session.call_tool(tool, {"query": QUERY, "limit": 10})
+                result = await session.call_tool(tool, {"query": query, "limit": 10})
                 if result.is_error:
                     raise RuntimeError(f"direct {tool} failed: {result.content}")
 
             async def via_bridge() -> None:
-                resp = await http.post("/search", json={"query": QUERY, "limit": 10})
+                resp = await http.post("/search", json={"query": query, "limit": 10})
                 if resp.status_code != 200 or not resp.json().get("success"):
                     raise RuntimeError(f"bridge /search: {resp.status_code} {resp.text[:300]}")
 
-            first = (await http.post("/search", json={"query": QUERY, "limit": 10})).json()
+            first = (await http.post("/search", json={"query": query, "limit": 10})).json()
             hits = first["data"]["content"][0]["text"][:200]
+            found = len(json.loads(first["data"]["content"][0]["text"]).get("results", []))
+            if found == 0:
+                raise RuntimeError(f"query {query!r} finds nothing: the benchmark would time an empty search")
             clients = []
             for concurrency in CONCURRENCY:
                 total = args.requests * concurrency if concurrency > 1 else args.requests
@@ -248,7 +256,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> JsonDict:
             return {
                 "transport": transport,
                 "tool": tool,
-                "query": QUERY,
+                "query": query,
+                "results_per_search": found,
                 "sample_answer": hits,
                 "clients": clients,
             }
@@ -279,6 +288,7 @@ def main() -> None:
     parser.add_argument(
         "--key", default=None, help="result key in bridge.json (default: search / <upstream>-search)"
     )
+    parser.add_argument("--variant", default=None, help="label of the bridge variant in the report")
     parser.add_argument("--max-load", type=float, default=1.0)
     parser.add_argument("--load-wait", type=float, default=300)
     args = parser.parse_args()
@@ -290,6 +300,8 @@ def main() -> None:
     run = {**env, **result, "load_after": load_average()}
     run["bridge_extra_path"] = args.bridge_extra_path
     run["upstream"] = args.upstream
+    if args.variant:
+        run["variant"] = args.variant
     key = args.key or ("search" if args.upstream == "standin" else f"{args.upstream}-search")
     path = write_result("bridge", key, run, LIMITS)
     print(f"-> {path}", flush=True)

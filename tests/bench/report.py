@@ -162,7 +162,9 @@ def render() -> str:
         rows = []
         for r in _runs(bridge):
             for c in r["clients"]:
-                variant = "+ uvloop, httptools (experiment)" if r.get("bridge_extra_path") else "as shipped"
+                variant = r.get("variant") or (
+                    "+ uvloop, httptools (experiment)" if r.get("bridge_extra_path") else "as shipped"
+                )
                 rows.append(
                     [
                         c["concurrency"],

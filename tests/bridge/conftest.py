@@ -108,6 +108,7 @@ class Proc:
                 if s.connect_ex(("127.0.0.1", self.port)) == 0:
                     return self
             time.sleep(0.1)
+        self.stop()  # never leave it running behind a failed fixture
         raise RuntimeError(f"{self.name} did not listen on 127.0.0.1:{self.port}:\n{self.output()[-3000:]}")
 
     def output(self) -> str:
