@@ -191,6 +191,15 @@ def test_helm_installed_operator_pod_on_the_real_node(release: Release) -> None:
     assert pod["spec"]["nodeName"] == node.NODE_NAME
     assert pod["spec"]["containers"][0]["image"] == release.refs.operator
     assert pod["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"] == "health"
+    assert pod["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] == "health"
+    # In the pod the client is the in-cluster one: the kubelet's KUBERNETES_SERVICE_HOST (the
+    # `kubernetes` Service's ClusterIP) and the projected ServiceAccount token and CA.
+    seen = rn.kubectl(
+        "-n", release.namespace, "exec", pod["metadata"]["name"], "--", "python", "-c",
+        "import os; print(os.environ['KUBERNETES_SERVICE_HOST'], os.environ['KUBERNETES_SERVICE_PORT'],"
+        " os.path.exists('/var/run/secrets/kubernetes.io/serviceaccount/ca.crt'))",
+    )  # fmt: skip
+    assert seen.stdout.split() == ["10.96.0.1", "443", "True"], seen.stdout
 
     # It reaches the API server through the `kubernetes` Service: it reconciles an agent in the
     # namespace it watches, whose pod runs on the node too.

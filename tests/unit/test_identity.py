@@ -7,7 +7,6 @@ import os
 import pwd
 
 import pytest
-
 from vestige_operator.runner import own_identity
 
 
