@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 import kopf
@@ -165,8 +166,16 @@ def run(args: argparse.Namespace) -> int:
             clusterwide=config.all_namespaces,
             namespaces=config.namespaces,
             liveness_endpoint=config.liveness_endpoint or None,
+            identity=own_identity(),
         )
     except Exception:
         logger.exception("the operator stopped on an error")
         return 1
     return 0
+
+
+def own_identity() -> str:
+    """kopf's identity (``user@host``) without ``getpass.getuser()``: in a pod the uid (1000) has
+    no passwd entry and kopf's own detection raises ``KeyError`` before the operator starts."""
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or f"uid-{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"

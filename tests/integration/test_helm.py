@@ -4,8 +4,8 @@ What is real on this control plane: every object of the chart, its RBAC (checked
 impersonation and by running the operator process under the chart's ServiceAccount token until it
 reconciles an agent and reports it on /metrics), the upgrade's effect on the Deployment and the
 RBAC, and what `helm uninstall` leaves (CRDs, agents and their PVCs). The operator *pod* itself
-runs on kwok's simulated node (marked Ready, never executed); running it in a pod needs the real
-node (the lead's `node` branch).
+runs on kwok's simulated node (marked Ready, never executed); tests/node/test_operator_pod.py runs
+it in a pod on the real node.
 """
 
 from __future__ import annotations
