@@ -86,7 +86,10 @@ def test_rotation_through_operator_secret_volume_and_bridge(
     calls = CallLog(tmp_path / "standin-calls.jsonl")
     argv = [PYTHON, "-m", "tests.bridge.standin", "--generation", "v3", "--port", str(port)]
     argv += ["--token", internal, "--call-log", str(calls.path)]
-    vestige = Proc("standin", argv, base_env(), tmp_path / "standin.log", port).start().wait_port()
+    # An open stdin: the stand-in, like Vestige 3.x, ends when its stdin reaches EOF.
+    vestige = (
+        Proc("standin", argv, base_env(), tmp_path / "standin.log", port, keep_stdin=True).start().wait_port()
+    )
     kubelet = KubeletStandIn(kubectl, namespace, volume, tmp_path / "auth")
     kubelet.sync()
     syncer = threading.Thread(target=kubelet.run, daemon=True)
