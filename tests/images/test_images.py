@@ -289,8 +289,13 @@ MCP_INITIALIZE = {
 }
 
 
-def test_v3_standin_serves_the_operators_v3_command(built: images.ImageSet, containerd: str) -> None:
+def test_v3_standin_serves_the_operators_v3_command(
+    built: images.ImageSet, containerd: str, tmp_path: Path
+) -> None:
+    """The operator's v3 command, env and data volume (the stand-in keeps its store in
+    VESTIGE_DATA_DIR on it, like 3.x)."""
     cmd, env = rendered("v3", built.refs.standin)
+    data, mount = data_dir(tmp_path)
     assert cmd[0] == "vestige-mcp"
     probe = (
         "import json, os, urllib.request as u\n"
@@ -305,20 +310,22 @@ def test_v3_standin_serves_the_operators_v3_command(built: images.ImageSet, cont
         "ok, body = post({'Authorization': 'Bearer ' + os.environ['VESTIGE_AUTH_TOKEN']})\n"
         "print(status, ok, json.loads(body)['result']['serverInfo']['version'])\n"
     )
-    box = Running(containerd, built.refs.standin, cmd, {**env, "INIT": json.dumps(MCP_INITIALIZE)}, [])
+    box = Running(containerd, built.refs.standin, cmd, {**env, "INIT": json.dumps(MCP_INITIALIZE)}, [mount])
     try:
         result = box.wait_until_serving("python", "-c", probe)
         assert result.stdout.split() == ["401", "200", "3.1.1"]
     finally:
         box.stop()
+    assert (data / "vestige" / "vestige.db").stat().st_uid == 1000
 
 
-def test_v3_standin_exits_when_its_stdin_is_at_eof(built: images.ImageSet, containerd: str) -> None:
+def test_v3_standin_exits_when_its_stdin_is_at_eof(
+    built: images.ImageSet, containerd: str, tmp_path: Path
+) -> None:
     """Like Vestige 3.x (also with --http): a container without `stdin: true` ends at once."""
-    if "EOF" not in (images.ROOT / "tests/bridge/standin.py").read_text():
-        pytest.skip("this tree's stand-in does not exit at stdin EOF yet (branch vestige-real)")
     cmd, env = rendered("v3", built.refs.standin)
-    box = Running(containerd, built.refs.standin, cmd, env, [], null_io=True)
+    _, mount = data_dir(tmp_path)
+    box = Running(containerd, built.refs.standin, cmd, env, [mount], null_io=True)
     try:
         assert box.proc.wait(timeout=120) == 0
     finally:
