@@ -538,11 +538,15 @@ def create(kubectl: Kubectl, ns: str, name: str, spec: dict[str, Any]) -> Any:
 @pytest.mark.usefixtures("platform_policy")
 def test_platform_policy_rejects_what_it_does_not_allow(kubectl: Kubectl, namespace: str) -> None:
     # The API server takes a moment to load a new policy: wait until it denies.
-    wait_until(
-        lambda: create(kubectl, namespace, "probe", {"service": {"type": "LoadBalancer"}}).returncode != 0,
-        30,
-        "the policy to be in force",
-    )
+    # Denied by the policy, not by anything else: a "probe" created before the policy was in force
+    # makes the next attempt fail with AlreadyExists, which must not count (delete it and retry).
+    def denied_by_policy() -> bool:
+        res = create(kubectl, namespace, "probe", {"service": {"type": "LoadBalancer"}})
+        if res.returncode == 0:
+            kubectl("-n", namespace, "delete", "vmem", "probe", "--wait=true", check=False)
+        return res.returncode != 0 and "vestige-policy" in res.stderr
+
+    wait_until(denied_by_policy, 60, "the policy to be in force")
     policy = json.loads(kubectl("get", "validatingadmissionpolicy", "vestige-policy", "-o", "json").stdout)
     assert not policy.get("status", {}).get("typeChecking", {}).get("expressionWarnings"), policy["status"]
 
