@@ -12,6 +12,7 @@ One schedule of every minute: this module takes about six minutes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import subprocess
@@ -247,10 +248,27 @@ class JobPods:
                     rec["exitCode"] = term.get("exitCode")
 
 
+def _bound_volume(agent: Agent) -> Path | None:
+    try:
+        return agent.volume_dir()
+    except AssertionError:
+        return None
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
 def _volume_files(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
+#: Four scheduled runs a minute apart, then a restore: ~5 minutes of the test, more on a busy machine.
+@pytest.mark.timeout(1500)
 def test_scheduled_backups_retention_restore_and_refusal(backup_agents: Agents, real_node: RealNode) -> None:
     ns = backup_agents.namespace
     started = time.monotonic()
@@ -372,8 +390,13 @@ def test_scheduled_backups_retention_restore_and_refusal(backup_agents: Agents, 
             }
         },
     )
+    refused_volume = wait_until(lambda: _bound_volume(refused), timeout=120, what="the claim bound")
+    seeded = _digests(refused_volume)
+    assert "vestige/vestige.db" in seeded, sorted(seeded)
     cond = wait_until(lambda: _stalled(refused), timeout=180, what="Stalled RestoreRefused", interval=2)
-    assert cond["reason"] == "RestoreRefused", cond
+    assert cond["reason"] == "RestoreRefused" and "overwrite" in cond["message"], cond
+    assert _digests(refused_volume) == seeded, "the refused volume was modified"
+    assert not (refused_volume / "vestige" / ".vestige-restored.json").exists()
     timings["refusal"] = time.monotonic() - started
     print(f"\n[backup-e2e] timings (s since start): { {k: round(v) for k, v in timings.items()} }")
     print(f"[backup-e2e] runs completed: {sorted(seen_completed)}; job pods: {jobs.seen}")
