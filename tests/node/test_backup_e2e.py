@@ -318,13 +318,15 @@ def test_scheduled_backups_retention_restore_and_refusal(backup_agents: Agents, 
 
     two = wait_until(lambda: completed(2), timeout=300, what="2 Completed backups", interval=2)
     timings["2 Completed"] = time.monotonic() - started
+    assert len(two) == 2, sorted(two)
     objects = s3.objects(prefix)
     for name, obj in two.items():
         status = obj["status"]
         assert status["key"] == f"{prefix}{name}.tar.gz", status
         assert objects.get(status["key"]) == status["sha256"], (name, status, objects)
 
-    wait_until(lambda: completed(4), timeout=360, what="4 Completed backups", interval=2)
+    # Generous: on the shared cluster another session may swap the CRD for a while (docs/backup.md).
+    wait_until(lambda: completed(4), timeout=600, what="4 Completed backups", interval=2)
     timings["4 Completed"] = time.monotonic() - started
     real_node.kubectl(
         "-n", ns, "patch", "vestigememory", "src", "--type=merge", "-p",
