@@ -80,6 +80,8 @@ class BackupController:
         #: Newest cron time a run was created for, per memory (the objects may lag or be pruned).
         self._scheduled: dict[Key, datetime] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Keys requested while their pass was running: that pass runs once more.
+        self._again: set[Key] = set()
         self.passes = 0
 
     # -- scheduling of passes -------------------------------------------------------------------
@@ -102,26 +104,37 @@ class BackupController:
     async def tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            for key in self.keys():
-                self.request(key)
+            try:
+                for key in self.keys():
+                    self.request(key)
+            except Exception:  # the tick must outlive any one bad round (it is the safety net)
+                logger.exception("backup tick failed")
 
     async def drain(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def run_pass(self, key: Key) -> None:
+        """One pass for ``key``; a request while a pass runs is not dropped: the running pass
+        goes again once it is done (an event it started too early to see, e.g. a Job that just
+        completed, is acted on now, not only at the next tick)."""
         lock = self._locks.setdefault(key, asyncio.Lock())
         if lock.locked():
-            return  # a pass is running; the next event or tick comes back
+            self._again.add(key)
+            return
         async with lock:
-            try:
-                await self.reconcile(*key)
-            except k8s.ApiError as exc:
-                logger.warning("backup pass of %s/%s: %s", key[0], key[1], exc)
-            except Exception:
-                logger.exception("backup pass of %s/%s failed", *key)
-            finally:
-                self.passes += 1
+            while True:
+                self._again.discard(key)
+                try:
+                    await self.reconcile(*key)
+                except k8s.ApiError as exc:
+                    logger.warning("backup pass of %s/%s: %s", key[0], key[1], exc)
+                except Exception:
+                    logger.exception("backup pass of %s/%s failed", *key)
+                finally:
+                    self.passes += 1
+                if key not in self._again:
+                    break
 
     # -- one pass -------------------------------------------------------------------------------
 

@@ -634,6 +634,55 @@ def _vestige(version: str, binary: Path, python: Image) -> Image:
         subprocess.run(["buildah", *_buildah_storage(), "rmi", binaries], capture_output=True, check=False)
 
 
+def versitygw_image(debian: Image | None = None) -> Image:
+    """``localhost/versitygw:<version>-<hash>``: the S3 server of the backup tests (``tests.s3``),
+    for a pod on the real node. The cached binary is built with cgo (dynamically linked against
+    glibc 2.34+), so it goes onto the Debian base (same glibc as this machine), stripped, as uid
+    65532 with ``versitygw`` as entrypoint. Built on demand only (not in ``ensure_images``)."""
+    from tests.s3 import build as s3_build
+
+    binary = s3_build.ensure()
+    with _locked():
+        debian = debian or _ensure_bases()["debian"]
+        stamp = _hash("versitygw", debian.stamp, s3_build.VERSITYGW_VERSION, binary)
+        key = "versitygw"
+        ref = f"localhost/versitygw:{_tag(s3_build.VERSITYGW_VERSION.lstrip('v'), stamp)}"
+        cached = _cached(key, ref, stamp)
+        if cached is not None:
+            return cached
+        started = time.monotonic()
+        _log(f"building {ref} from {binary} ...")
+        _ensure_in_storage(debian)
+        (images_dir() / "tmp").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=images_dir() / "tmp") as scratch:
+            stripped = Path(scratch) / "versitygw"
+            _run(["strip", "-o", str(stripped), str(binary)], "stripping versitygw")
+            stripped.chmod(0o755)
+            ctr = _buildah("from", "--quiet", debian.ref, what=f"buildah from {debian.ref}").stdout.strip()
+            try:
+                _buildah("copy", ctr, str(stripped), "/usr/local/bin/versitygw", what="copying versitygw")
+                _buildah(
+                    "config",
+                    "--entrypoint",
+                    '["/usr/local/bin/versitygw"]',
+                    "--cmd",
+                    "",
+                    "--user",
+                    "65532:65532",
+                    "--label",
+                    f"org.opencontainers.image.title=versitygw {s3_build.VERSITYGW_VERSION} (tests only)",
+                    "--label",
+                    "org.opencontainers.image.licenses=Apache-2.0",
+                    ctr,
+                    what="configuring the versitygw image",
+                )
+                _buildah("commit", "--quiet", "--rm", ctr, ref, what=f"committing {ref}")
+            except BaseException:
+                subprocess.run(["buildah", *_buildah_storage(), "rm", ctr], capture_output=True, check=False)
+                raise
+        return _push(key, ref, stamp, started)
+
+
 def ensure_images(vestige_versions: tuple[str, ...] | None = None) -> ImageSet:
     """Every image (bases, bridge, operator, the v3 stand-in, Vestige ``vestige_versions``;
     default: every version whose sources are here), built when missing or stale; a warm call

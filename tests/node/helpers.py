@@ -266,13 +266,19 @@ class Agents:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, rn: RealNode, refs: image_builds.ImageRefs, factory: OperatorFactory) -> Iterator[Agents]:
+    def open(
+        cls,
+        rn: RealNode,
+        refs: image_builds.ImageRefs,
+        factory: OperatorFactory,
+        env: dict[str, str] | None = None,
+    ) -> Iterator[Agents]:
         ns = f"real-{uuid.uuid4().hex[:6]}"
         rn.kubectl("create", "namespace", ns)
         rn.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
         op = factory(
             ns,
-            env={"VESTIGE_DEFAULT_IMAGE": refs.standin, "VESTIGE_BRIDGE_IMAGE": refs.bridge},
+            env={"VESTIGE_DEFAULT_IMAGE": refs.standin, "VESTIGE_BRIDGE_IMAGE": refs.bridge, **(env or {})},
         )
         made = cls(rn, refs, ns, op)
         try:
@@ -288,11 +294,16 @@ class Agents:
         generation: str | None = None,
         spec: dict[str, Any] | None = None,
         volume: bool = True,
+        seed: Path | None = None,
     ) -> Agent:
-        """A VestigeMemory placed on the real node, with a fresh local volume for its claim."""
+        """A VestigeMemory placed on the real node, with a fresh local volume for its claim
+        (holding a copy of the directory ``seed``, owner and modes kept, when given)."""
         if volume:
             pv_name = f"{self.namespace}-{name}-{uuid.uuid4().hex[:4]}"
-            self.rn.apply(node.local_volume(self.rn.layout, pv_name))
+            pv = node.local_volume(self.rn.layout, pv_name)
+            if seed is not None:
+                subprocess.run(["cp", "-a", f"{seed}/.", pv["spec"]["local"]["path"]], check=True)
+            self.rn.apply(pv)
             self.made.append(pv_name)
         vestige: dict[str, Any] = {"imagePullPolicy": "IfNotPresent"}
         if image:
