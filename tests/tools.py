@@ -12,7 +12,6 @@ rebuilds, an unchanged one is reused in milliseconds. ``python -m tests.tools bu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tests.cluster.build import _stamp, cache_root
 
 HELM_MODULE = "helm.sh/helm/v4"
 HELM_VERSION = "v4.3.2"
@@ -35,16 +36,7 @@ class BuildError(RuntimeError):
 
 
 def tools_dir() -> Path:
-    root = Path(os.environ.get("VESTIGE_CACHE_DIR", "~/.cache/vestige-operator")).expanduser()
-    return root / "tools"
-
-
-def _stamp(*parts: str | Path) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        data = part.read_bytes() if isinstance(part, Path) else part.encode()
-        digest.update(data + b"\0")
-    return digest.hexdigest()
+    return cache_root() / "tools"
 
 
 def _fresh(name: str, stamp: str) -> bool:
