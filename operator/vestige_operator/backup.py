@@ -35,6 +35,7 @@ from vestige_operator.children import (
     VESTIGE_DATA_DIR,
     Images,
     Owner,
+    container_security_context,
     labels,
     owner_reference,
     pvc_name,
@@ -245,19 +246,6 @@ def runner_image(spec: VestigeMemorySpec, images: Images) -> str:
     return spec.bridge.image or images.bridge
 
 
-def _security_context() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "privileged": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def _pod_security_context() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
@@ -404,7 +392,7 @@ def render_backup_job(
         "args": args,
         "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(destination)],
         "resources": {k: dict(v) for k, v in RUNNER_RESOURCES.items()},
-        "securityContext": _security_context(),
+        "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_MOUNT},
@@ -460,7 +448,7 @@ def render_prune_job(
         "args": args,
         "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(destination)],
         "resources": {k: dict(v) for k, v in RUNNER_RESOURCES.items()},
-        "securityContext": _security_context(),
+        "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "tmp", "mountPath": TMP_DIR}, *ca_mounts],
     }
@@ -504,7 +492,7 @@ def render_restore_init_container(owner: Owner, spec: VestigeMemorySpec, images:
         "args": args + _target_args(source.destination),
         "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(source.destination)],
         "resources": {k: dict(v) for k, v in RUNNER_RESOURCES.items()},
-        "securityContext": _security_context(),
+        "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_MOUNT},

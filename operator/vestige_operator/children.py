@@ -388,7 +388,7 @@ def mounts_claim(deployment: Mapping[str, Any], claim: str) -> bool:
 # -- Deployment ------------------------------------------------------------------------------
 
 
-def _container_security_context() -> dict[str, Any]:
+def container_security_context() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -503,7 +503,7 @@ def render_vestige_container(owner: Owner, spec: VestigeMemorySpec, images: Imag
         "stdin": True,
         "env": env,
         "resources": _resources(vestige.resources, DEFAULT_VESTIGE_RESOURCES),
-        "securityContext": _container_security_context(),
+        "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_MOUNT},
             {"name": "vestige-tmp", "mountPath": TMP_DIR},
@@ -548,7 +548,7 @@ def render_bridge_container(owner: Owner, spec: VestigeMemorySpec, images: Image
         "ports": [{"name": BRIDGE_PORT_NAME, "containerPort": BRIDGE_PORT, "protocol": "TCP"}],
         "env": env,
         "resources": _resources(bridge.resources, DEFAULT_BRIDGE_RESOURCES),
-        "securityContext": _container_security_context(),
+        "securityContext": container_security_context(),
         "startupProbe": probe(
             "/readyz",
             periodSeconds=STARTUP_PERIOD_SECONDS,
