@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.build import cache_root
 from tests.s3.server import S3Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,8 +33,7 @@ def runner_venv() -> Path:
     """A venv with the ``backup`` extra's requirements (built once, keyed by them)."""
     reqs = _requirements()
     digest = hashlib.sha256("\n".join([sys.version, *reqs]).encode()).hexdigest()[:12]
-    root = Path(os.environ.get("VESTIGE_CACHE_DIR", "~/.cache/vestige-operator")).expanduser()
-    venv = root / f"backup-venv-{digest}"
+    venv = cache_root() / f"backup-venv-{digest}"
     python = venv / "bin" / "python"
     if not (venv / ".complete").exists():
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)

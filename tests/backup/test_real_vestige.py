@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 
 from tests.backup.conftest import RUNNER_PATH, run_runner
+from tests.cluster.build import cache_root
 from tests.s3.server import S3Server
 
 BUCKET = "vestige-real"
 
 
 def _binary(version: str) -> Path | None:
-    root = Path(os.environ.get("VESTIGE_CACHE_DIR", "~/.cache/vestige-operator")).expanduser()
     found = sorted(
-        (root / "vestige" / "bin").glob(f"vestige-mcp-{version}-*"), key=lambda p: p.stat().st_mtime
+        (cache_root() / "vestige" / "bin").glob(f"vestige-mcp-{version}-*"), key=lambda p: p.stat().st_mtime
     )
     return found[-1] if found else None
 

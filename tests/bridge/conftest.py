@@ -28,10 +28,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.cluster.build import cache_root
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(__file__).parent / "data"
 PYTHON = sys.executable
-CACHE = Path.home() / ".cache" / "vestige-operator"
+CACHE = cache_root()
 MCP_PROXY_VENV = CACHE / "venvs" / "mcp-proxy"
 MCP_PROXY_SPEC = "mcp-proxy>=0.13,<0.14"
 NPM_PREFIX = CACHE / "npm"

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.cluster.build import cache_root
+
 #: Newest release on the module proxy when this was written (2026-09); Apache-2.0; no advisory
 #: for it was found (docs/backup.md, "Object storage in tests").
 VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw"
@@ -20,8 +22,7 @@ class BuildError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("VESTIGE_CACHE_DIR", "~/.cache/vestige-operator")).expanduser()
-    return root / "s3" / VERSITYGW_VERSION
+    return cache_root() / "s3" / VERSITYGW_VERSION
 
 
 def binary() -> Path:
