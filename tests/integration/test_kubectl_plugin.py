@@ -787,6 +787,10 @@ def run_connect(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C reaches a terminal's foreground job with SIGINT at its default disposition; a
+        # run started in the background (`nohup bash .ci/run &`) inherits SIGINT ignored, and
+        # Python then never raises KeyboardInterrupt. Restore the terminal's default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None
     lines: list[str] = []

@@ -3,7 +3,8 @@
 The vendor directory (`../shared/vendor/vestige` beside the repository, or `VESTIGE_VENDOR_DIR`)
 holds one archive and one keyword-only patch per version (its README says where they come from
 and why the patch). For each version this unpacks the archive, applies the patch and runs
-`cargo build --no-default-features --features vector-search -p vestige-mcp --bin vestige-mcp`
+`cargo build --no-default-features --features vector-search -p vestige-mcp --bin vestige-mcp` (debug;
+`CARGO_CONFIG` below: dependencies at opt-level 0, no debuginfo)
 with one `CARGO_TARGET_DIR` shared by every version (most dependencies are built once). The
 binary is copied out of the target dir under a name carrying the source hash (sha256 of archive
 + patch + recipe), so an unchanged source is reused in milliseconds and a changed one rebuilds.
@@ -183,7 +184,7 @@ def _build(src: Source, out: Path) -> None:
     target = vestige_cache() / "target"
     env = {**os.environ, "CARGO_TARGET_DIR": str(target), "CARGO_TERM_COLOR": "never"}
     print(
-        f"[vestige] building vestige-mcp {src.version} ({PROFILE}; cold: 15+ minutes on 2 cores) ...",
+        f"[vestige] building vestige-mcp {src.version} ({PROFILE}; cold: about 11 minutes on 2 cores) ...",
         file=sys.stderr,
         flush=True,
     )
