@@ -631,7 +631,24 @@ def _vestige(version: str, binary: Path, python: Image) -> Image:
     try:
         return _build(key, ref, stamp, dockerfile, dockerfile.parent, args, [python])
     finally:
-        subprocess.run(["buildah", *_buildah_storage(), "rmi", binaries], capture_output=True, check=False)
+        _remove_image_and_its_containers(binaries)
+
+
+def _remove_image_and_its_containers(ref: str) -> None:
+    """Remove ``ref`` from buildah's storage with the containers made from it: `buildah bud`
+    (1.28) leaves the working container of a `FROM <image> AS <stage>` stage behind, mounted,
+    and that container keeps `rmi` from removing the image."""
+    storage = _buildah_storage()
+    found = subprocess.run(
+        ["buildah", *storage, "containers", "--quiet", "--all", "--filter", f"ancestor={ref}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    ids = found.stdout.split() if found.returncode == 0 else []
+    if ids:
+        subprocess.run(["buildah", *storage, "rm", *ids], capture_output=True, check=False)
+    subprocess.run(["buildah", *storage, "rmi", ref], capture_output=True, check=False)
 
 
 def versitygw_image(debian: Image | None = None) -> Image:

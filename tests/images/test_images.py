@@ -200,6 +200,25 @@ def test_a_warm_build_reuses_every_archive(built: images.ImageSet) -> None:
         assert image.stamp[:16] in image.archive.name
 
 
+def test_builds_leave_no_working_containers_behind(built: images.ImageSet) -> None:
+    """Every build (a cold one included: tests/run.sh builds before pytest) removes its buildah
+    working containers; one left behind stays mounted and pins its image."""
+    left = subprocess.run(
+        [
+            "buildah",
+            *images._buildah_storage(),
+            "containers",
+            "--all",
+            "--format",
+            "{{.ContainerName}} {{.ImageName}}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    assert [line for line in left if line.strip()] == []
+
+
 def test_refs_name_local_images_tagged_by_content(built: images.ImageSet) -> None:
     refs = built.refs
     assert refs.debian == "localhost/debian:bookworm-slim"
