@@ -475,6 +475,7 @@ def _locked() -> Iterator[None]:
     with open(images_dir() / ".lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            _remove_leftover_containers()
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
@@ -632,6 +633,20 @@ def _vestige(version: str, binary: Path, python: Image) -> Image:
         return _build(key, ref, stamp, dockerfile, dockerfile.parent, args, [python])
     finally:
         _remove_image_and_its_containers(binaries)
+
+
+def _remove_leftover_containers() -> None:
+    """Every buildah call on this cache's storage runs under the images lock, so a working
+    container found there when the lock is taken is a leftover (a killed build, or one `buildah
+    bud` left behind) that would stay mounted: removed."""
+    if shutil.which("buildah") is None or not (images_dir() / "buildah").is_dir():
+        return
+    storage = _buildah_storage()
+    found = subprocess.run(
+        ["buildah", *storage, "containers", "--quiet", "--all"], capture_output=True, text=True, check=False
+    )
+    if found.returncode == 0 and found.stdout.split():
+        subprocess.run(["buildah", *storage, "rm", "--all"], capture_output=True, check=False)
 
 
 def _remove_image_and_its_containers(ref: str) -> None:
