@@ -46,14 +46,7 @@ def _pidfile() -> Path:
 
 
 def _kubectl(kubeconfig: str, *args: str, input: str | None = None) -> str:
-    proc = subprocess.run(
-        [cluster.kubectl_binary(), f"--kubeconfig={kubeconfig}", *args],
-        input=input,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    proc = launcher.run_kubectl(kubeconfig, *args, input=input, timeout=300)
     if proc.returncode != 0:
         raise SystemExit(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
     return proc.stdout

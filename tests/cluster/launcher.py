@@ -307,20 +307,24 @@ BOOTSTRAP = [
 ]
 
 
-def _kubectl(kubeconfig: str, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_kubectl(
+    kubeconfig: str, *args: str, input: str | None = None, timeout: float | None = 120
+) -> subprocess.CompletedProcess[str]:
+    """kubectl with ``kubeconfig``, its output captured, never raising on its exit code (each
+    caller decides what a failure means: a test assertion, a demo's exit, a tool's error)."""
     return subprocess.run(
         [kubectl_binary(), f"--kubeconfig={kubeconfig}", *args],
         input=input,
         capture_output=True,
         text=True,
         check=False,
-        timeout=120,
+        timeout=timeout,
     )
 
 
 def _apply(kubeconfig: str, items: list[dict[str, object]], what: str) -> None:
     doc = {"apiVersion": "v1", "kind": "List", "items": items}
-    out = _kubectl(
+    out = run_kubectl(
         kubeconfig,
         "apply",
         "--server-side",
@@ -338,7 +342,7 @@ def _bootstrap(kubeconfig: str, kwok: bool = True) -> None:
     _apply(kubeconfig, items, "the cluster's bootstrap objects")
 
     def default_sa() -> bool | str:
-        res = _kubectl(kubeconfig, "get", "serviceaccount", "default", "-n", "default", "-o", "name")
+        res = run_kubectl(kubeconfig, "get", "serviceaccount", "default", "-n", "default", "-o", "name")
         return res.returncode == 0 or res.stderr
 
     if kwok:
@@ -517,7 +521,7 @@ def _start_real_node(st: ClusterState, bins: Path, p: pki.Pki) -> None:
 
 
 def _node_ready(kubeconfig: str, name: str) -> bool | str:
-    res = _kubectl(
+    res = run_kubectl(
         kubeconfig, "get", "node", name, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
     )
     return res.stdout.strip() == "True" or res.stdout + res.stderr

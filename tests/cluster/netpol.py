@@ -377,13 +377,7 @@ def _cli() -> int:
         return 1
 
     def kubectl(*args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [cluster.kubectl_binary(), f"--kubeconfig={st.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        proc = launcher.run_kubectl(st.kubeconfig, *args, input=input, timeout=None)
         if check and proc.returncode != 0:
             raise NetpolError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
         return proc

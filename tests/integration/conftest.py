@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client, config
 
 from tests import cluster
+from tests.cluster import launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -49,8 +50,6 @@ def api_client(kubeconfig: str) -> Iterator[client.ApiClient]:
 
 @pytest.fixture(scope="session")
 def kubectl(kubeconfig: str) -> Kubectl:
-    binary = cluster.kubectl_binary()
-
     def run(
         *args: str,
         input: str | None = None,
@@ -58,12 +57,8 @@ def kubectl(kubeconfig: str) -> Kubectl:
         as_user: str | None = None,
         timeout: float = 120,
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [binary, f"--kubeconfig={kubeconfig}"]
-        if as_user:
-            cmd.append(f"--as={as_user}")
-        proc = subprocess.run(
-            [*cmd, *args], input=input, capture_output=True, text=True, check=False, timeout=timeout
-        )
+        impersonate = [f"--as={as_user}"] if as_user else []
+        proc = launcher.run_kubectl(kubeconfig, *impersonate, *args, input=input, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc

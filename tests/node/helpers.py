@@ -19,7 +19,7 @@ import httpx
 
 from tests import cluster
 from tests.cluster import images as image_builds
-from tests.cluster import node
+from tests.cluster import launcher, node
 from tests.integration.helpers import wait_until
 from tests.integration.operator_fixtures import OperatorFactory, OperatorProcess
 
@@ -35,14 +35,7 @@ class RealNode:
     kubeconfig: str
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120):
-        proc = subprocess.run(
-            [cluster.kubectl_binary(), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
+        proc = launcher.run_kubectl(self.kubeconfig, *args, input=input, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
