@@ -30,7 +30,6 @@ from vestige_operator.children import (
     DATA_MOUNT,
     LABEL_MANAGED_BY,
     MANAGED_BY,
-    RUN_AS,
     TMP_DIR,
     VESTIGE_DATA_DIR,
     Images,
@@ -38,6 +37,7 @@ from vestige_operator.children import (
     container_security_context,
     labels,
     owner_reference,
+    pod_security_context,
     pvc_name,
     selector_labels,
 )
@@ -246,17 +246,6 @@ def runner_image(spec: VestigeMemorySpec, images: Images) -> str:
     return spec.bridge.image or images.bridge
 
 
-def _pod_security_context() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "fsGroup": RUN_AS,
-        "fsGroupChangePolicy": "OnRootMismatch",
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
 def _credentials_env(destination: BackupDestination) -> list[dict[str, Any]]:
     secret = destination.s3.credentials_secret.name
     return [
@@ -404,7 +393,7 @@ def render_backup_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": _pod_security_context(),
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": [
             {"name": "data", "persistentVolumeClaim": {"claimName": pvc_name(memory.name)}},
@@ -456,7 +445,7 @@ def render_prune_job(
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": _pod_security_context(),
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}, *ca_volumes],
         **_scheduling(memory, spec, follow_agent=False),

@@ -401,6 +401,18 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
+def pod_security_context() -> dict[str, Any]:
+    """PSA ``restricted`` at pod level, uid/gid 1000 owning the volumes (agent pods, backup Jobs)."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def _resources(resources: ResourceRequirements, default: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
     if not resources.requests and not resources.limits:
         return {key: dict(value) for key, value in default.items()}
@@ -594,14 +606,7 @@ def render_deployment(
     pod_spec: dict[str, Any] = {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security_context(),
         "containers": [
             render_vestige_container(owner, spec, images),
             render_bridge_container(owner, spec, images),
