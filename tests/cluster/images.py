@@ -425,8 +425,7 @@ def _debian() -> Image:
             "packing the root filesystem",
         )
         shutil.rmtree(rootfs)
-        ctr = _buildah("from", "--quiet", "scratch", what="buildah from scratch").stdout.strip()
-        try:
+        with _working_container("scratch") as ctr:
             _buildah("add", ctr, str(layer), "/", what="adding the root filesystem")
             _buildah(
                 "config",
@@ -446,9 +445,6 @@ def _debian() -> Image:
                 what="configuring the Debian base",
             )
             _buildah("commit", "--quiet", "--rm", ctr, DEBIAN_REF, what="committing the Debian base")
-        except BaseException:
-            subprocess.run(["buildah", *_buildah_storage(), "rm", ctr], capture_output=True, check=False)
-            raise
     return _push("debian", DEBIAN_REF, stamp, started)
 
 
@@ -606,13 +602,9 @@ def _binaries_image(version: str, binary: Path, stamp: str) -> str:
         for path in out.rglob("*"):
             if path.is_file():
                 path.chmod(0o755 if path.parent.name == "bin" else 0o644)
-        ctr = _buildah("from", "--quiet", "scratch", what="buildah from scratch").stdout.strip()
-        try:
+        with _working_container("scratch") as ctr:
             _buildah("copy", ctr, str(out), "/out", what="copying the Vestige binary")
             _buildah("commit", "--quiet", "--rm", ctr, ref, what=f"committing {ref}")
-        except BaseException:
-            subprocess.run(["buildah", *_buildah_storage(), "rm", ctr], capture_output=True, check=False)
-            raise
     return ref
 
 
@@ -632,38 +624,29 @@ def _vestige(version: str, binary: Path, python: Image) -> Image:
     try:
         return _build(key, ref, stamp, dockerfile, dockerfile.parent, args, [python])
     finally:
-        _remove_image_and_its_containers(binaries)
+        _remove_leftover_containers()  # the `AS build` stage's container, which pins `binaries`
+        _quiet(["buildah", *_buildah_storage(), "rmi", binaries])
 
 
 def _remove_leftover_containers() -> None:
     """Every buildah call on this cache's storage runs under the images lock, so a working
-    container found there when the lock is taken is a leftover (a killed build, or one `buildah
-    bud` left behind) that would stay mounted: removed."""
-    if shutil.which("buildah") is None or not (images_dir() / "buildah").is_dir():
-        return
-    storage = _buildah_storage()
-    found = subprocess.run(
-        ["buildah", *storage, "containers", "--quiet", "--all"], capture_output=True, text=True, check=False
-    )
-    if found.returncode == 0 and found.stdout.split():
-        subprocess.run(["buildah", *storage, "rm", "--all"], capture_output=True, check=False)
+    container there while the lock is held is a leftover (a killed build, or the one `buildah
+    bud` 1.28 leaves behind for a `FROM <image> AS <stage>` stage) that would stay mounted and
+    keep `rmi` from removing its image: removed."""
+    if shutil.which("buildah") is not None and (images_dir() / "buildah").is_dir():
+        _quiet(["buildah", *_buildah_storage(), "rm", "--all"])
 
 
-def _remove_image_and_its_containers(ref: str) -> None:
-    """Remove ``ref`` from buildah's storage with the containers made from it: `buildah bud`
-    (1.28) leaves the working container of a `FROM <image> AS <stage>` stage behind, mounted,
-    and that container keeps `rmi` from removing the image."""
-    storage = _buildah_storage()
-    found = subprocess.run(
-        ["buildah", *storage, "containers", "--quiet", "--all", "--filter", f"ancestor={ref}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    ids = found.stdout.split() if found.returncode == 0 else []
-    if ids:
-        subprocess.run(["buildah", *storage, "rm", *ids], capture_output=True, check=False)
-    subprocess.run(["buildah", *storage, "rmi", ref], capture_output=True, check=False)
+@contextlib.contextmanager
+def _working_container(base: str) -> Iterator[str]:
+    """``buildah from <base>``: the container's id, removed again if the block fails (a
+    ``commit --rm`` inside the block removes it otherwise)."""
+    ctr = _buildah("from", "--quiet", base, what=f"buildah from {base}").stdout.strip()
+    try:
+        yield ctr
+    except BaseException:
+        _quiet(["buildah", *_buildah_storage(), "rm", ctr])
+        raise
 
 
 def versitygw_image(debian: Image | None = None) -> Image:
@@ -690,8 +673,7 @@ def versitygw_image(debian: Image | None = None) -> Image:
             stripped = Path(scratch) / "versitygw"
             _run(["strip", "-o", str(stripped), str(binary)], "stripping versitygw")
             stripped.chmod(0o755)
-            ctr = _buildah("from", "--quiet", debian.ref, what=f"buildah from {debian.ref}").stdout.strip()
-            try:
+            with _working_container(debian.ref) as ctr:
                 _buildah("copy", ctr, str(stripped), "/usr/local/bin/versitygw", what="copying versitygw")
                 _buildah(
                     "config",
@@ -709,9 +691,6 @@ def versitygw_image(debian: Image | None = None) -> Image:
                     what="configuring the versitygw image",
                 )
                 _buildah("commit", "--quiet", "--rm", ctr, ref, what=f"committing {ref}")
-            except BaseException:
-                subprocess.run(["buildah", *_buildah_storage(), "rm", ctr], capture_output=True, check=False)
-                raise
         return _push(key, ref, stamp, started)
 
 
