@@ -92,7 +92,7 @@ class Runner:
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen[bytes]] = set()
 
-    def run_lane(self, name: str, steps: list[Step], result: LaneResult) -> None:
+    def run_lane(self, steps: list[Step], result: LaneResult) -> None:
         for step in steps:
             if self._stop.is_set():
                 return
@@ -139,10 +139,11 @@ def _say(message: str) -> None:
 def main() -> int:
     started = time.monotonic()
     runner = Runner()
-    results = {name: LaneResult(name) for name in lanes()}
+    plan = lanes()
+    results = {name: LaneResult(name) for name in plan}
     threads = [
-        threading.Thread(target=runner.run_lane, args=(name, steps, results[name]), daemon=True)
-        for name, steps in lanes().items()
+        threading.Thread(target=runner.run_lane, args=(steps, results[name]), daemon=True)
+        for name, steps in plan.items()
     ]
     for thread in threads:
         thread.start()
@@ -152,7 +153,7 @@ def main() -> int:
     failures = [r.failed for r in results.values() if r.failed]
     if not failures:
         final = LaneResult("after")
-        runner.run_lane("after", after_lanes(), final)
+        runner.run_lane(after_lanes(), final)
         results["after"] = final
         lane_times["after"] = sum(t for _, t in final.timings)
         if final.failed:

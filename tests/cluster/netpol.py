@@ -241,7 +241,7 @@ CHAIN_PREFIXES = ("KUBE-ROUTER-", "KUBE-POD-FW-", "KUBE-NWPLCY-")
 
 def _netns(layout: node.Layout, *cmd: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["ip", "netns", "exec", layout.netns, *cmd], input=input, capture_output=True, text=True, check=False
+        node.in_netns(layout, *cmd), input=input, capture_output=True, text=True, check=False
     )
 
 

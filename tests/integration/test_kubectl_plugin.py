@@ -762,6 +762,13 @@ def test_connect_errors_and_port_forward_failure(
 # -- connect through a real pod (the real node) -------------------------------------------------
 
 
+def sigint_as_from_a_terminal() -> None:
+    """``preexec_fn`` for a program a test stops with Ctrl-C (SIGINT): a terminal's foreground job
+    has SIGINT at its default; a run started in the background (`nohup bash .ci/run &`) passes it
+    on ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @dataclass
 class ConnectSession:
     """A running ``kubectl vestige connect``: its local URL and the OpenClaw config it printed."""
@@ -787,10 +794,7 @@ def run_connect(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # Ctrl-C reaches a terminal's foreground job with SIGINT at its default disposition; a
-        # run started in the background (`nohup bash .ci/run &`) inherits SIGINT ignored, and
-        # Python then never raises KeyboardInterrupt. Restore the terminal's default.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=sigint_as_from_a_terminal,
     )
     assert proc.stdout is not None
     lines: list[str] = []

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.integration.helpers import wait_until
-from tests.integration.test_kubectl_plugin import PLUGIN, plugin_env, run_connect
+from tests.integration.test_kubectl_plugin import PLUGIN, plugin_env, run_connect, sigint_as_from_a_terminal
 from tests.node.helpers import Agent, Agents
 
 pytestmark = pytest.mark.timeout(1800)
@@ -66,7 +66,7 @@ def test_connect_and_logs_reach_the_real_bridge(agents: Agents, live: Agent) -> 
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        preexec_fn=sigint_as_from_a_terminal,
     )
     assert follow.stdout is not None and follow.stdout.readline()
     follow.send_signal(signal.SIGINT)
