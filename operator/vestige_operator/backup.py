@@ -123,6 +123,11 @@ def latest_fire(schedule: str, now: datetime) -> datetime:
     return next(iter(CronSim(schedule, after, reverse=True)))
 
 
+def next_fire(schedule: str, now: datetime) -> datetime:
+    """The first cron time after ``now`` (UTC, whole seconds)."""
+    return next(iter(CronSim(schedule, now.astimezone(UTC).replace(microsecond=0))))
+
+
 def due_run(schedule: str, baseline: datetime, now: datetime) -> datetime | None:
     """The run to start now, if any: the newest cron time in ``(baseline, now]``.
 

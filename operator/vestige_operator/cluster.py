@@ -151,7 +151,7 @@ class Cluster:
         path: str,
         *,
         query: list[tuple[str, str]] | None = None,
-        body: JsonDict | None = None,
+        body: JsonDict | list[JsonDict] | None = None,
         content_type: str | None = None,
         accept: str = "application/json",
     ) -> tuple[int, bytes]:
@@ -235,6 +235,50 @@ class Cluster:
             return None
         if status != 201 and status != 200:
             raise _error_from(status, "", data, "create", f"{kind.kind} {meta['namespace']}/{meta['name']}")
+        return json.loads(data)
+
+    async def create_applied(self, manifest: JsonDict) -> JsonDict | None:
+        """Create a child that later passes server-side apply; None when the name is taken.
+
+        A plain create never takes over an object of that name (an apply would: it adds fields
+        and an owner reference to whatever exists). But a create records its fields under an
+        ``Update`` entry of the field manager, and a later apply that leaves one out would not
+        remove it; so the entry is handed to ``Apply`` right away (one JSON patch of
+        ``managedFields``, guarded by the resourceVersion: what kubectl's csaupgrade does). If
+        that patch fails, the object stays as created and the failure is only logged.
+        """
+        created = await self.create(manifest)
+        if created is None:
+            return None
+        meta = created.get("metadata") or {}
+        fields = meta.get("managedFields") or []
+        handed = [
+            {**entry, "operation": "Apply"}
+            if entry.get("manager") == self._field_manager and entry.get("operation") == "Update"
+            else entry
+            for entry in fields
+        ]
+        if handed == fields:
+            return created
+        kind = kind_of(created if "apiVersion" in created else manifest)
+        ops = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+            {"op": "replace", "path": "/metadata/managedFields", "value": handed},
+        ]
+        status, data = await self._request(
+            "hand over",
+            kind,
+            "PATCH",
+            kind.path(meta["namespace"], meta["name"]),
+            body=ops,
+            content_type="application/json-patch+json",
+        )
+        if status != 200:
+            error = _error_from(
+                status, "", data, "hand over", f"{kind.kind} {meta['namespace']}/{meta['name']}"
+            )
+            logger.warning("created, but could not hand its fields to server-side apply: %s", error)
+            return created
         return json.loads(data)
 
     async def update(self, manifest: JsonDict) -> JsonDict | None:

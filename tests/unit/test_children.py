@@ -30,7 +30,8 @@ from vestige_operator.children import (
     selector_labels,
     token_hash,
 )
-from vestige_operator.reconcile import apply_reason, first_difference, owned_by, trim
+from vestige_operator.plan import apply_reason, first_difference, owned_by
+from vestige_operator.reconcile import trim
 
 OWNER = Owner(name="agent-a", namespace="team", uid="0f6a1c1e-0000-4000-8000-000000000001")
 IMAGES = Images(vestige="example.org/vestige:3.1.0", bridge="example.org/bridge:0.1.0")
