@@ -44,27 +44,32 @@ def secret(**data: str) -> dict:
         ("90s", timedelta(seconds=90)),
         ("1.5h", timedelta(minutes=90)),
         ("0s", timedelta(0)),
-        ("10", None),
-        ("-5m", None),
-        ("tomorrow", None),
-        ("", None),
-        ("200h", None),  # more than a week
+        ("0", timedelta(0)),
+        ("200h", timedelta(hours=200)),  # no bounds here: the caller checks its own
     ],
 )
-def test_parse_go_duration(raw: str, expected: timedelta | None) -> None:
+def test_parse_go_duration(raw: str, expected: timedelta) -> None:
     assert tokens.parse_duration(raw) == expected
 
 
+@pytest.mark.parametrize("raw", ["10", "-5m", "+5m", "tomorrow", "", "9999999999999999999h"])
+def test_parse_go_duration_refuses(raw: str) -> None:
+    with pytest.raises(ValueError):
+        tokens.parse_duration(raw)
+
+
 def test_rotation_request_defaults_and_bad_grace() -> None:
+    rotate, grace = tokens.ANNOTATION_ROTATE, tokens.ANNOTATION_ROTATE_GRACE
     assert tokens.rotation_request({}) is None
-    assert tokens.rotation_request({tokens.ANNOTATION_ROTATE: " "}) is None
-    assert tokens.rotation_request({tokens.ANNOTATION_ROTATE: "r1"}) == ("r1", timedelta(minutes=10), True)
-    assert tokens.rotation_request(
-        {tokens.ANNOTATION_ROTATE: "r1", tokens.ANNOTATION_ROTATE_GRACE: "30s"}
-    ) == ("r1", timedelta(seconds=30), True)
-    assert tokens.rotation_request(
-        {tokens.ANNOTATION_ROTATE: "r1", tokens.ANNOTATION_ROTATE_GRACE: "soon"}
-    ) == ("r1", timedelta(minutes=10), False)
+    assert tokens.rotation_request({rotate: " "}) is None
+    assert tokens.rotation_request({rotate: "r1"}) == tokens.RotationRequest("r1", timedelta(minutes=10))
+    assert tokens.rotation_request({rotate: "r1", grace: "30s"}) == tokens.RotationRequest(
+        "r1", timedelta(seconds=30)
+    )
+    assert tokens.rotation_request({rotate: "r1", grace: "0"}) == tokens.RotationRequest("r1", timedelta(0))
+    for bad in ("soon", "200h", "-1s"):
+        request = tokens.rotation_request({rotate: "r1", grace: bad})
+        assert request is not None and request.problem is not None and repr(bad) in request.problem
 
 
 def test_vestige_token_is_added_once_and_never_touches_token() -> None:
