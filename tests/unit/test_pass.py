@@ -354,3 +354,17 @@ async def test_an_object_of_an_earlier_resource_of_the_same_name_is_waited_for()
         await w.run("a")
     assert w.condition("a", "Stalled")["status"] == "False"  # type: ignore[index]
     assert "ChildNotOwned" not in w.reasons()
+
+
+async def test_the_queue_arms_the_pass_at_the_expiry_not_a_timer_of_the_pass() -> None:
+    w = World()
+    w.memory("a")
+    await w.settle("a")
+    w.memory("a", **{tokens.ANNOTATION_ROTATE: "r1"})
+    w.attach()
+    w.rec.request((NS, "a"))
+    await w.rec.drain()
+    assert w.rec.queue.scheduled((NS, "a")), "requeue-after at the end of the grace period"
+    assert w.rec.queue.depth() == {"queued": 0, "running": 0, "backoff": 0}
+    w.rec.forget((NS, "a"), None)
+    assert not w.rec.queue.scheduled((NS, "a"))
