@@ -218,6 +218,42 @@ def test_objects_of_a_childs_name_the_operator_did_not_create_are_never_taken_ov
         assert must_get(kubectl, namespace, kind.lower(), "f")["metadata"]["uid"] == obj["metadata"]["uid"]
 
 
+def test_a_created_child_is_owned_by_server_side_apply_so_a_dropped_field_goes(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """Children are created (not applied, so a taken name is never taken over); the create's
+    fields are handed to the operator's Apply entry at once: a field set at creation and later
+    dropped from the spec is removed from the object."""
+    apply_memory(kubectl, namespace, "made", {"vestige": {"env": [{"name": "RUST_LOG", "value": "debug"}]}})
+    wait_settled(kubectl, namespace, "made")
+    for kind in ("deployment", "service", "networkpolicy", "pvc"):
+        managers = {
+            (m["manager"], m["operation"])
+            for m in must_get(kubectl, namespace, kind, "made-data" if kind == "pvc" else "made")["metadata"][
+                "managedFields"
+            ]
+            if m["manager"] == "vestige-operator"
+        }
+        assert managers == {("vestige-operator", "Apply")}, (kind, managers)
+    kubectl(
+        "-n", namespace, "patch", "vmem", "made", "--type=json", "-p",
+        json.dumps([{"op": "remove", "path": "/spec/vestige/env"}]),
+    )  # fmt: skip
+    wait_until(
+        lambda: (
+            "RUST_LOG"
+            not in {
+                e["name"]
+                for e in must_get(kubectl, namespace, "deployment", "made")["spec"]["template"]["spec"][
+                    "containers"
+                ][0]["env"]
+            }
+        ),
+        60,
+        "the env entry set at creation to be removed",
+    )
+
+
 def test_a_claim_without_agent_record_is_adopted_only_when_provably_its_own(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
