@@ -244,13 +244,34 @@ class Cluster:
         and an owner reference to whatever exists). But a create records its fields under an
         ``Update`` entry of the field manager, and a later apply that leaves one out would not
         remove it; so the entry is handed to ``Apply`` right away (one JSON patch of
-        ``managedFields``, guarded by the resourceVersion: what kubectl's csaupgrade does). If
-        that patch fails, the object stays as created and the failure is only logged.
+        ``managedFields``, guarded by the resourceVersion: what kubectl's csaupgrade does; read
+        again and retried when a controller wrote the object meanwhile). If that keeps failing,
+        the object stays as created and it is logged.
         """
         created = await self.create(manifest)
         if created is None:
             return None
-        meta = created.get("metadata") or {}
+        kind = kind_of(manifest)
+        current: JsonDict | None = created
+        for _ in range(3):  # controllers may write right after a create (the PV binder): read again
+            if current is None or (current.get("metadata") or {}).get("uid") != created["metadata"]["uid"]:
+                return created
+            handed = await self._hand_over(kind, current)
+            if handed is not None:
+                return handed
+            current = await self.get(kind, created["metadata"]["namespace"], created["metadata"]["name"])
+        logger.warning(
+            "created %s %s/%s, but could not hand its fields to server-side apply",
+            kind.kind,
+            created["metadata"]["namespace"],
+            created["metadata"]["name"],
+        )
+        return created
+
+    async def _hand_over(self, kind: Kind, obj: JsonDict) -> JsonDict | None:
+        """``obj`` with the field manager's Update entries turned into Apply entries, if its
+        resourceVersion is still current (None: it changed, or the patch failed)."""
+        meta = obj.get("metadata") or {}
         fields = meta.get("managedFields") or []
         handed = [
             {**entry, "operation": "Apply"}
@@ -259,8 +280,7 @@ class Cluster:
             for entry in fields
         ]
         if handed == fields:
-            return created
-        kind = kind_of(created if "apiVersion" in created else manifest)
+            return obj
         ops = [
             {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
             {"op": "replace", "path": "/metadata/managedFields", "value": handed},
@@ -277,8 +297,8 @@ class Cluster:
             error = _error_from(
                 status, "", data, "hand over", f"{kind.kind} {meta['namespace']}/{meta['name']}"
             )
-            logger.warning("created, but could not hand its fields to server-side apply: %s", error)
-            return created
+            logger.debug("handing over the fields of a created object: %s", error)
+            return None
         return json.loads(data)
 
     async def update(self, manifest: JsonDict) -> JsonDict | None:
