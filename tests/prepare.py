@@ -6,7 +6,8 @@ two cores are kept busy by running independent chains side by side, because no s
 keeps both cores busy all the time (module and crate downloads, linkers, debootstrap and pip are
 mostly one thread or the network):
 
-- ``go``: the control plane and the real node's binaries, helm and kstatus, versitygw, kube-router;
+- ``go``: the control plane and the real node's binaries, helm and kstatus, versitygw, Litestream,
+  kube-router;
 - ``images``: the base images and the project's images (debootstrap, pip, buildah), then the real
   Vestige 1.3.0/2.0.0 (cargo) and their images;
 - ``npm``: the OpenClaw plugin's dependencies and its tsc build.
@@ -58,6 +59,7 @@ def lanes() -> dict[str, list[Step]]:
         Step("cluster", (PY, "-m", "tests.cluster", "build")),
         Step("tools", (PY, "-m", "tests.tools", "build")),
         Step("s3", (PY, "-m", "tests.s3.build")),
+        Step("litestream", (PY, "-m", "tests.litestream.build")),
     ]
     images: list[Step] = []
     if _node_tools():
