@@ -57,14 +57,15 @@ def _real(version: str) -> Flavour:
         if binary is None:
             pytest.skip(f"no real vestige-mcp {version} built yet (python -m tests.vestige build)")
         Flavour.db(volume).parent.mkdir(parents=True, exist_ok=True)  # 1.x/2.x do not create it
-        return StdioServer.vestige(binary, Flavour.db(volume), home)
+        return StdioServer.vestige(binary, Flavour.db(volume), home, volume.with_name(f"{volume.name}.log"))
 
     return Flavour(f"vestige-{version}", "ingest", start, "SELECT content FROM knowledge_nodes")
 
 
 def _standin() -> Flavour:
     def start(volume: Path, home: Path) -> StdioServer:
-        return StdioServer.standin(Flavour.db(volume).parent, home)
+        log = volume.with_name(f"{volume.name}.log")
+        return StdioServer.standin(Flavour.db(volume).parent, home, log=log)
 
     return Flavour(
         "standin-v3",

@@ -59,7 +59,9 @@ def _integrity(db: Path) -> str:
         con.close()
 
 
-def _agent(tmp_path: Path, s3: S3Server, agent: str) -> tuple[Path, Settings]:
+def _agent(tmp_path: Path, s3: S3Server, name: str) -> tuple[Path, Settings]:
+    """The agent's volume and its sidecar's settings (agent id: ``name`` as a DNS label)."""
+    agent = name.replace(".", "-")
     volume = tmp_path / agent
     path = replica_path("tenant-a", agent, prefix="continuous/")
     return volume, settings_for(s3, BUCKET, path)
@@ -95,8 +97,9 @@ def test_a_crash_loses_at_most_the_target_window(
         timer = threading.Timer(random.uniform(4.0, 9.0), crash)
         timer.start()
         n = 2
-        while ing.ingest(n):
+        while ing.ingest(n):  # a busy agent: about 50 memories a second
             n += 1
+            time.sleep(0.02)
         timer.join()
     finally:
         sidecar.kill()

@@ -31,13 +31,17 @@ def built_binary(version: str) -> Path | None:
 class StdioServer:
     """One MCP server process on pipes; ``answers[id] = (monotonic time, message)``."""
 
-    def __init__(self, argv: list[str], home: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, argv: list[str], home: Path, env: dict[str, str] | None = None, log: Path | None = None
+    ) -> None:
+        """``log``: where the server's stderr goes (default: nowhere)."""
         full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "RUST_LOG": "error", **(env or {})}
+        self.stderr = log.open("ab") if log is not None else None
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=self.stderr or subprocess.DEVNULL,
             env=full_env,
             text=True,
             bufsize=1,
@@ -48,15 +52,17 @@ class StdioServer:
         self.reader.start()
 
     @classmethod
-    def vestige(cls, binary: Path, db: Path, home: Path) -> StdioServer:
+    def vestige(cls, binary: Path, db: Path, home: Path, log: Path | None = None) -> StdioServer:
         """The real Vestige 1.x/2.x: ``--data-dir`` is the database FILE (its directory must exist)."""
-        return cls([str(binary), "--data-dir", str(db)], home)
+        return cls([str(binary), "--data-dir", str(db)], home, log=log)
 
     @classmethod
-    def standin(cls, data_dir: Path, home: Path, generation: str = "v3") -> StdioServer:
+    def standin(
+        cls, data_dir: Path, home: Path, generation: str = "v3", log: Path | None = None
+    ) -> StdioServer:
         """The stand-in of ``generation``, keeping its memories in ``<data_dir>/vestige.db``."""
         argv = [sys.executable, "-m", "tests.bridge.standin", "--generation", generation, "--stdio"]
-        return cls([*argv, "--data-dir", str(data_dir)], home, {"PYTHONPATH": str(ROOT)})
+        return cls([*argv, "--data-dir", str(data_dir)], home, {"PYTHONPATH": str(ROOT)}, log)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -105,3 +111,5 @@ class StdioServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if self.stderr is not None:
+            self.stderr.close()
