@@ -110,7 +110,11 @@ class Ingestor:
     def ingest(self, n: int, timeout: float = 60) -> bool:
         """Ingest memory ``n``; True once acknowledged, False if the server died first."""
         self.sent = max(self.sent, n)
-        self.server.call_tool(n, self.tool, {"content": f"continuous backup memory number {n} marker{n:05d}"})
+        content = f"continuous backup memory number {n} marker{n:05d}"
+        try:
+            self.server.call_tool(n, self.tool, {"content": content})
+        except OSError:  # BrokenPipeError: killed (the crash test) between two ingests
+            return False
         with self.server.cond:
             self.server.cond.wait_for(
                 lambda: n in self.server.answers or self.server.proc.poll() is not None, timeout=timeout
