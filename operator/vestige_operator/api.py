@@ -474,6 +474,290 @@ class StorageSpec(SpecModel):
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Kubernetes types the spec passes through to the pod (env valueFrom, NetworkPolicy peers,
+# tolerations, affinity): kept as the user wrote them (plain dicts), checked against these
+# models, which also give the CRD their bounded schema.
+# --------------------------------------------------------------------------------------------
+
+#: Lists inside the pass-through types (terms, expressions): smaller than MAX_LIST_ITEMS because
+#: they nest, and the CEL cost of a rule below them grows with the product of the bounds.
+MAX_NESTED_ITEMS = 16
+#: An IPv4 or IPv6 CIDR (NetworkPolicy ipBlock); the API server checks the address itself.
+CIDR_PATTERN = r"^(([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}|[0-9A-Fa-f:.]{2,45}/[0-9]{1,3})$"
+MAX_CIDR_LENGTH = 49
+#: A field path of the pod (fieldRef.fieldPath, e.g. metadata.labels['team']).
+MAX_FIELD_PATH_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class KubernetesShape:
+    """A pass-through Kubernetes object: the models keep the dict as written but validate it
+    against ``model``, and the CRD's schema of the field is ``model``'s (bounded, no unknown
+    fields)."""
+
+    model: type[BaseModel]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def validate(value: Any) -> Any:
+            self.model.model_validate(value)
+            return value
+
+        return core_schema.no_info_after_validator_function(validate, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(self.model.__pydantic_core_schema__)
+
+
+class KeySelector(SpecModel):
+    """A key of a Secret or ConfigMap in the same namespace."""
+
+    name: DNSSubdomain = Field(description="Name of the Secret or ConfigMap (a DNS subdomain).")
+    key: DataKey = Field(description="The key (letters, digits, '-', '_', '.').")
+    optional: bool | None = Field(default=None, description="Start the container even if the key is missing.")
+
+
+class ObjectFieldSelector(SpecModel):
+    """A field of the pod (the downward API)."""
+
+    api_version: str | None = Field(
+        default=None, max_length=64, description="Version of the schema fieldPath is written in (v1)."
+    )
+    field_path: str = Field(
+        min_length=1,
+        max_length=MAX_FIELD_PATH_LENGTH,
+        description=(
+            "Path of the field, e.g. metadata.name; checked when reconciled (by the API server "
+            "when the pod is applied)."
+        ),
+    )
+
+
+class ResourceFieldSelector(SpecModel):
+    """A resource request or limit of a container."""
+
+    container_name: str | None = Field(
+        default=None, max_length=63, pattern=DNS1123_LABEL_PATTERN, description="Container name."
+    )
+    resource: QualifiedName = Field(description="The resource, e.g. limits.memory.")
+    divisor: Quantity | None = Field(default=None, description="Unit of the exposed value (default 1).")
+
+
+class EnvVarSource(SpecModel):
+    """Where an environment variable's value comes from (a Kubernetes EnvVarSource)."""
+
+    secret_key_ref: KeySelector | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: KeySelector | None = Field(default=None, description="A key of a ConfigMap.")
+    field_ref: ObjectFieldSelector | None = Field(default=None, description="A field of the pod.")
+    resource_field_ref: ResourceFieldSelector | None = Field(
+        default=None, description="A resource request or limit of a container."
+    )
+
+
+class SelectorOperator(StrEnum):
+    """Operator of a label selector requirement."""
+
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(SpecModel):
+    """One requirement of a label selector."""
+
+    key: QualifiedName = Field(description="The label key.")
+    operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[LabelValue] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="Label values (for In and NotIn).",
+    )
+
+
+class LabelSelector(SpecModel):
+    """A Kubernetes label selector (matchLabels and matchExpressions are ANDed)."""
+
+    match_labels: dict[QualifiedName, LabelValue] = Field(
+        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Labels that must all match."
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Requirements that must all hold."
+    )
+
+
+class IPBlock(SpecModel):
+    """A range of IP addresses (NetworkPolicy ipBlock)."""
+
+    cidr: str = Field(
+        max_length=MAX_CIDR_LENGTH,
+        pattern=CIDR_PATTERN,
+        description="The range, e.g. 10.0.0.0/8 or 2001:db8::/32.",
+    )
+    except_: list[Annotated[str, StringConstraints(max_length=MAX_CIDR_LENGTH, pattern=CIDR_PATTERN)]] = (
+        Field(
+            default_factory=list,
+            alias="except",
+            max_length=MAX_LIST_ITEMS,
+            description="Ranges inside cidr that are excluded.",
+        )
+    )
+
+
+class NetworkPolicyPeer(SpecModel):
+    """Who may connect (a Kubernetes NetworkPolicyPeer)."""
+
+    pod_selector: LabelSelector | None = Field(default=None, description="Pods with these labels.")
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces with these labels (with podSelector: those pods in them)."
+    )
+    ip_block: IPBlock | None = Field(default=None, description="A range of IP addresses.")
+
+
+class TolerationOperator(StrEnum):
+    """Operator of a toleration."""
+
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    """Effect of a taint."""
+
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(SpecModel):
+    """A Kubernetes toleration of the pod."""
+
+    key: QualifiedName | None = Field(default=None, description="Taint key; every key when unset (Exists).")
+    operator: TolerationOperator | None = Field(default=None, description="Exists or Equal (default).")
+    value: LabelValue | None = Field(default=None, description="Taint value (with Equal).")
+    effect: TaintEffect | None = Field(
+        default=None, description="NoSchedule, PreferNoSchedule or NoExecute; every effect when unset."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=10 * 365 * 86400,
+        description="With NoExecute: how long the pod stays bound to a tainted node.",
+        json_schema_extra={"format": "int64"},
+    )
+
+
+class NodeSelectorOperator(StrEnum):
+    """Operator of a node selector requirement."""
+
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+    GT = "Gt"
+    LT = "Lt"
+
+
+class NodeSelectorRequirement(SpecModel):
+    """One requirement on a node's labels or fields."""
+
+    key: QualifiedName = Field(description="The label key (or field, for matchFields).")
+    operator: NodeSelectorOperator = Field(description="In, NotIn, Exists, DoesNotExist, Gt or Lt.")
+    values: list[LabelValue] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="Values (one integer for Gt and Lt; none for Exists and DoesNotExist).",
+    )
+
+
+class NodeSelectorTerm(SpecModel):
+    """Requirements that must all hold."""
+
+    match_expressions: list[NodeSelectorRequirement] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Requirements on node labels."
+    )
+    match_fields: list[NodeSelectorRequirement] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Requirements on node fields."
+    )
+
+
+class NodeSelector(SpecModel):
+    """Terms of which at least one must hold."""
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(
+        max_length=MAX_NESTED_ITEMS, description="The terms (ORed)."
+    )
+
+
+class PreferredSchedulingTerm(SpecModel):
+    """A weighted node preference."""
+
+    weight: int = Field(ge=1, le=100, description="Weight of the preference.")
+    preference: NodeSelectorTerm = Field(description="The preferred nodes.")
+
+
+class NodeAffinity(SpecModel):
+    """Which nodes the pod may or should run on."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        default=None, description="Nodes the pod must run on."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Nodes the pod should run on."
+    )
+
+
+class PodAffinityTerm(SpecModel):
+    """Pods (in some namespaces) next to which, by topology key, the pod is placed or not."""
+
+    label_selector: LabelSelector | None = Field(default=None, description="The pods.")
+    namespace_selector: LabelSelector | None = Field(default=None, description="Namespaces of the pods.")
+    namespaces: list[Annotated[str, StringConstraints(max_length=63, pattern=DNS1123_LABEL_PATTERN)]] = Field(
+        default_factory=list, max_length=MAX_LIST_ITEMS, description="Namespaces of the pods, by name."
+    )
+    topology_key: QualifiedName = Field(
+        description="Node label that defines 'next to', e.g. kubernetes.io/hostname."
+    )
+    match_label_keys: list[QualifiedName] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Pod label keys also matched by value."
+    )
+    mismatch_label_keys: list[QualifiedName] = Field(
+        default_factory=list,
+        max_length=MAX_NESTED_ITEMS,
+        description="Pod label keys matched by other values.",
+    )
+
+
+class WeightedPodAffinityTerm(SpecModel):
+    """A weighted pod (anti-)affinity preference."""
+
+    weight: int = Field(ge=1, le=100, description="Weight of the preference.")
+    pod_affinity_term: PodAffinityTerm = Field(description="The term.")
+
+
+class PodAffinity(SpecModel):
+    """Pod affinity or anti-affinity."""
+
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Terms that must hold."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Terms that should hold."
+    )
+
+
+class Affinity(SpecModel):
+    """A Kubernetes affinity of the pod."""
+
+    node_affinity: NodeAffinity | None = Field(default=None, description="Node affinity.")
+    pod_affinity: PodAffinity | None = Field(default=None, description="Pod affinity.")
+    pod_anti_affinity: PodAffinity | None = Field(default=None, description="Pod anti-affinity.")
+
+
 class ResourceRequirements(SpecModel):
     """Compute resources of a container (same shape as a Kubernetes container's resources)."""
 
@@ -499,11 +783,11 @@ class EnvVar(SpecModel):
         description="Name of the variable (printable ASCII characters, no '=').",
     )
     value: str | None = Field(default=None, max_length=MAX_ENV_VALUE_LENGTH, description="Literal value.")
-    value_from: dict[str, Any] | None = Field(
+    value_from: Annotated[dict[str, Any], KubernetesShape(EnvVarSource)] | None = Field(
         default=None,
         description=(
             "Source of the value, as in a Kubernetes EnvVar (secretKeyRef, configMapKeyRef, "
-            "fieldRef, resourceFieldRef); passed through to the container unchanged."
+            "fieldRef, resourceFieldRef); passed through to the container."
         ),
     )
 
@@ -694,7 +978,7 @@ class NetworkPolicySpec(SpecModel):
     """The NetworkPolicy `<name>`: ingress to the bridge port only, from the allowed peers."""
 
     enabled: bool = Field(default=True, description="Create the NetworkPolicy.")
-    from_: list[dict[str, Any]] = Field(
+    from_: list[Annotated[dict[str, Any], KubernetesShape(NetworkPolicyPeer)]] = Field(
         default_factory=list,
         alias="from",
         max_length=MAX_LIST_ITEMS,
@@ -743,13 +1027,13 @@ class PodTemplateOptions(SpecModel):
         max_length=MAX_MAP_ENTRIES,
         description="Node labels the pod must match (label keys and values).",
     )
-    tolerations: list[dict[str, Any]] = Field(
+    tolerations: list[Annotated[dict[str, Any], KubernetesShape(Toleration)]] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
-        description="Kubernetes tolerations of the pod, passed through unchanged.",
+        description="Kubernetes tolerations of the pod, passed through.",
     )
-    affinity: dict[str, Any] | None = Field(
-        default=None, description="Kubernetes affinity of the pod, passed through unchanged."
+    affinity: Annotated[dict[str, Any], KubernetesShape(Affinity)] | None = Field(
+        default=None, description="Kubernetes affinity of the pod, passed through."
     )
     priority_class_name: DNSSubdomain | None = Field(
         default=None, description="PriorityClass of the pod (a DNS subdomain)."

@@ -132,6 +132,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, field: bool 
         elif key == "propertyNames":
             if "patternProperties" not in node:
                 out.setdefault("x-kubernetes-validations", []).append(_key_rule(value, path))
+        elif key == "x-kubernetes-validations":
+            out[key] = [*value, *out.get(key, [])]
         else:
             out[key] = value
 
