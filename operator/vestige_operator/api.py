@@ -1052,7 +1052,7 @@ class PodTemplateOptions(SpecModel):
 #: S3 bucket names (3-63 characters, lowercase letters, digits, dots and hyphens).
 S3_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 _CRON_VALUE = r"([0-9]{1,2}|[A-Za-z]{3})"
-_CRON_ITEM = rf"(\*|\?|LW?|{_CRON_VALUE}(-{_CRON_VALUE})?(W|L|#[1-5])?)(/[0-9]{{1,2}})?"
+_CRON_ITEM = rf"(\*|LW?|{_CRON_VALUE}(-{_CRON_VALUE})?(L|#[1-5])?)(/[0-9]{{1,2}})?"
 _CRON_FIELD = rf"{_CRON_ITEM}(,{_CRON_ITEM})*"
 #: The shape of a cron schedule: five fields (minute hour day-of-month month day-of-week), single
 #: spaces, each a list of ``*``, numbers, ranges, steps or three-letter names. Value ranges and
