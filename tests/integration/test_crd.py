@@ -120,6 +120,13 @@ def test_crd_is_established_and_explained(kubectl: Kubectl) -> None:
         assert field in out and words in " ".join(out.split()), field
     detail = _explain(kubectl, "vmem.spec.storage.reclaimPolicy")
     assert "Retain" in detail and "Delete" in detail
+    # The bounds are in the descriptions, and so is what only reconcile checks.
+    env = " ".join(_explain(kubectl, "vmem.spec.vestige.env").split())
+    assert f"At most {MAX_ENV} items" in env
+    value = " ".join(_explain(kubectl, "vmem.spec.vestige.env.value").split())
+    assert f"At most {MAX_ENV_VALUE_LENGTH} characters" in value
+    schedule = " ".join(_explain(kubectl, "vmem.spec.backup.schedule").split())
+    assert "checked when reconciled" in schedule
 
 
 # -- 2. examples and defaults ---------------------------------------------------------------------------
