@@ -97,3 +97,43 @@ def test_the_vocabulary_is_the_bottom_layer() -> None:
     allowed = {PACKAGE, f"{PACKAGE}.vocabulary", f"{PACKAGE}.times"}
     for module in ("vocabulary", "times", "events"):
         assert edges[f"{PACKAGE}.{module}"] <= allowed, module
+
+
+def _top_level_names(path: Path) -> tuple[set[str], set[str]]:
+    """(names a module defines, names it only imports) at its top level."""
+    defined: set[str] = set()
+    imported: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            defined |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            imported |= {alias.asname or alias.name for alias in node.names}
+    return defined, imported - defined
+
+
+def test_no_name_is_reached_through_a_module_that_only_imports_it() -> None:
+    """A moved name is imported from its new home, never through its old module (no re-exports)."""
+    mods = modules()
+    names = {name: _top_level_names(path) for name, path in mods.items()}
+    found = []
+    for path in [*ROOT.parent.joinpath("tests").rglob("*.py"), *mods.values()]:
+        tree = ast.parse(path.read_text())
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in names:
+                for alias in node.names:
+                    if f"{node.module}.{alias.name}" in mods:
+                        aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                    elif alias.name in names[node.module][1]:
+                        found.append(f"{path.name}:{node.lineno} from {node.module} import {alias.name}")
+            elif isinstance(node, ast.Import):
+                aliases |= {a.asname: a.name for a in node.names if a.asname and a.name in mods}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                module = aliases.get(node.value.id)
+                if module is not None and node.attr in names[module][1]:
+                    found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not found, "names reached through a module that only imports them: " + ", ".join(found)
