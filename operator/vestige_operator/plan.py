@@ -32,16 +32,13 @@ from typing import Any
 from vestige_operator import KIND
 from vestige_operator.api import VestigeMemorySpec, parse_quantity
 from vestige_operator.children import (
-    ANNOTATION_APPLIED_HASH,
-    Images,
     IngressClaim,
-    Owner,
     mounts_claim,
-    pvc_name,
     render_children,
     volume_agent_id,
     with_applied_hash,
 )
+from vestige_operator.vocabulary import ANNOTATION_APPLIED_HASH, Images, Owner, pvc_name
 
 Obj = Mapping[str, Any]
 Manifest = dict[str, Any]

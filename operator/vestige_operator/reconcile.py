@@ -27,17 +27,7 @@ from vestige_operator import plan as p
 from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec
 from vestige_operator.backup import BackupSummary
-from vestige_operator.children import (
-    ANNOTATION_TOKEN_HASH,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
-    Images,
-    IngressClaim,
-    Owner,
-    ignored_env,
-    ingress_host_holder,
-    pvc_name,
-)
+from vestige_operator.children import IngressClaim, ignored_env, ingress_host_holder
 from vestige_operator.config import OperatorConfig
 from vestige_operator.port import ApiPort
 from vestige_operator.status import (
@@ -49,7 +39,16 @@ from vestige_operator.status import (
     status_patch,
     transition_events,
 )
+from vestige_operator.times import utc_now
 from vestige_operator.token_secret import TokenSecrets, secret_hashes
+from vestige_operator.vocabulary import (
+    ANNOTATION_TOKEN_HASH,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Images,
+    Owner,
+    pvc_name,
+)
 from vestige_operator.workqueue import RetryLater, WorkQueue
 
 logger = logging.getLogger("vestige_operator.reconcile")
@@ -150,10 +149,6 @@ def _uid(obj: Mapping[str, Any]) -> str | None:
 
 def _named(objs: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
     return next((o for o in objs if (o.get("metadata") or {}).get("name") == name), None)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _now() -> datetime:

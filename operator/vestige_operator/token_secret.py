@@ -32,17 +32,12 @@ from typing import Any
 from vestige_operator import cluster as k8s
 from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.children import (
-    Owner,
-    auth_secret_ref,
-    render_secret,
-    render_vestige_secret,
-    token_hash,
-    vestige_secret_name,
-)
+from vestige_operator.children import auth_secret_ref, render_secret, render_vestige_secret, token_hash
+from vestige_operator.events import make_event
 from vestige_operator.plan import ownership
 from vestige_operator.port import ApiPort
-from vestige_operator.status import make_event
+from vestige_operator.times import format_time
+from vestige_operator.vocabulary import Owner, vestige_secret_name
 
 logger = logging.getLogger("vestige_operator.tokens")
 
@@ -246,7 +241,7 @@ class TokenSecrets:
             if request.grace.total_seconds() > 0:
                 message = (
                     "token rotated on request; the previous token stays valid until "
-                    f"{tokens.format_time(now + request.grace)}"
+                    f"{format_time(now + request.grace)}"
                 )
             else:
                 message = "token rotated on request; the previous token was revoked at once (grace 0)"

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import base64
 import copy
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from vestige_operator import GROUP
+from vestige_operator.times import format_time, parse_duration, parse_time
 
 TOKEN_KEY = "token"  # noqa: S105 (Secret key names, not secrets)
 VESTIGE_TOKEN_KEY = "vestige-token"  # noqa: S105
@@ -42,52 +42,6 @@ ANNOTATION_PREVIOUS_EXPIRES = f"{GROUP}/token-previous-expires"
 
 DEFAULT_GRACE = timedelta(minutes=10)
 MAX_GRACE = timedelta(days=7)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(text: str) -> timedelta:
-    """A Go duration (``10m``, ``1h30m``, ``90s``, ``0``) as a timedelta; ValueError if it is not
-    one (a sign, no unit, garbage, too large for a timedelta). No bounds: callers check theirs."""
-    raw = text.strip()
-    if raw == "0":
-        return timedelta(0)
-    if not raw or raw[0] in "+-":
-        raise ValueError(f"not a duration: {text!r}")
-    pos = 0
-    seconds = 0.0
-    while pos < len(raw):
-        match = _DURATION_PART.match(raw, pos)
-        if match is None:
-            raise ValueError(f"not a duration: {text!r}")
-        seconds += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        raise ValueError(f"duration out of range: {text!r}") from None
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(raw: str | None) -> datetime | None:
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo is not None else None
 
 
 def _b64(value: str) -> str:
@@ -118,7 +72,7 @@ def rotation_request(owner_annotations: Mapping[str, str]) -> RotationRequest | 
     if raw_grace is None or not raw_grace.strip():
         return RotationRequest(request, DEFAULT_GRACE)
     try:
-        grace = parse_duration(raw_grace)
+        grace: timedelta | None = parse_duration(raw_grace)
     except ValueError:
         grace = None
     if grace is None or grace > MAX_GRACE:

@@ -15,16 +15,10 @@ from typing import Any
 import pytest
 from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.children import (
-    LABEL_INSTANCE,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
-    IngressClaim,
-    Owner,
-    render_pvc,
-)
+from vestige_operator.children import IngressClaim, render_pvc
 from vestige_operator.config import OperatorConfig
 from vestige_operator.reconcile import CHILD_KINDS, Reconciler, trim, trim_owner
+from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, Owner
 from vestige_operator.workqueue import RetryLater
 
 from tests.unit.fake_port import FakePort

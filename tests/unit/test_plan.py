@@ -6,7 +6,8 @@ from typing import Any
 
 from vestige_operator import plan as p
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.children import Images, IngressClaim, Owner, render_children, render_pvc
+from vestige_operator.children import IngressClaim, render_children, render_pvc
+from vestige_operator.vocabulary import Images, Owner
 
 OWNER = Owner(name="a", namespace="team", uid="uid-a")
 IMAGES = Images(vestige="example.org/vestige:3", bridge="example.org/bridge:1")

@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.children import Owner, render_secret
+from vestige_operator.children import render_secret
 from vestige_operator.reconcile import trim, trim_owner
 from vestige_operator.status import ANONYMOUS_NOTE, Observation, anonymous_event, compute_status
+from vestige_operator.vocabulary import Owner
 
 OWNER = Owner("agent-a", "team", "uid-1")
 NOW = datetime(2026, 12, 2, 10, 0, 0, tzinfo=UTC)
@@ -44,32 +45,39 @@ def secret(**data: str) -> dict:
         ("90s", timedelta(seconds=90)),
         ("1.5h", timedelta(minutes=90)),
         ("0s", timedelta(0)),
-        ("0", timedelta(0)),
-        ("200h", timedelta(hours=200)),  # no bounds here: the caller checks its own
+        ("0", timedelta(0)),  # what `kubectl vestige rotate-token --grace 0` writes
+        ("168h", tokens.MAX_GRACE),
+        ("10", None),
+        ("-5m", None),
+        ("+5m", None),
+        ("tomorrow", None),
+        ("200h", None),  # more than a week
     ],
 )
-def test_parse_go_duration(raw: str, expected: timedelta) -> None:
-    assert tokens.parse_duration(raw) == expected
+def test_grace_annotation(raw: str, expected: timedelta | None) -> None:
+    """The grace annotation is read with times.parse_duration, bounded by MAX_GRACE; a bad one is
+    refused (never replaced by a default)."""
+    got = tokens.rotation_request({tokens.ANNOTATION_ROTATE: "r1", tokens.ANNOTATION_ROTATE_GRACE: raw})
+    assert got is not None
+    if expected is not None:
+        assert got == tokens.RotationRequest("r1", expected)
+    else:
+        assert got.problem is not None and repr(raw) in got.problem
 
 
-@pytest.mark.parametrize("raw", ["10", "-5m", "+5m", "tomorrow", "", "9999999999999999999h"])
-def test_parse_go_duration_refuses(raw: str) -> None:
-    with pytest.raises(ValueError):
-        tokens.parse_duration(raw)
-
-
-def test_rotation_request_defaults_and_bad_grace() -> None:
-    rotate, grace = tokens.ANNOTATION_ROTATE, tokens.ANNOTATION_ROTATE_GRACE
+def test_rotation_request_defaults() -> None:
     assert tokens.rotation_request({}) is None
-    assert tokens.rotation_request({rotate: " "}) is None
-    assert tokens.rotation_request({rotate: "r1"}) == tokens.RotationRequest("r1", timedelta(minutes=10))
-    assert tokens.rotation_request({rotate: "r1", grace: "30s"}) == tokens.RotationRequest(
-        "r1", timedelta(seconds=30)
+    assert tokens.rotation_request({tokens.ANNOTATION_ROTATE: " "}) is None
+    assert tokens.rotation_request({tokens.ANNOTATION_ROTATE: "r1"}) == tokens.RotationRequest(
+        "r1", timedelta(minutes=10)
     )
-    assert tokens.rotation_request({rotate: "r1", grace: "0"}) == tokens.RotationRequest("r1", timedelta(0))
-    for bad in ("soon", "200h", "-1s"):
-        request = tokens.rotation_request({rotate: "r1", grace: bad})
-        assert request is not None and request.problem is not None and repr(bad) in request.problem
+
+
+def test_grace_zero_keeps_no_previous_token() -> None:
+    after = tokens.rotated(secret(token="old", vestige_token="internal"), "leak", "new", NOW, timedelta(0))
+    assert after["data"]["token"] == b64("new")
+    assert "token-previous" not in after["data"] and "token-previous-expires" not in after["data"]
+    assert tokens.ANNOTATION_PREVIOUS_EXPIRES not in after["metadata"]["annotations"]
 
 
 def test_vestige_token_is_added_once_and_never_touches_token() -> None:
