@@ -275,22 +275,22 @@ class Cluster:
         return created
 
     async def _hand_over(self, kind: Kind, obj: JsonDict) -> JsonDict | None:
-        """``obj`` with the field manager's Update entries turned into Apply entries, if its
-        resourceVersion is still current (None: it changed, or the patch failed)."""
+        """``obj`` with the field manager's Update entries turned into Apply entries (None: the
+        patch failed). Each changed entry is tested first (same manager, still an Update at that
+        index), not the resourceVersion: controllers write a new object's status at once (the
+        Deployment controller, the PV binder), which does not touch these entries."""
         meta = obj.get("metadata") or {}
-        fields = meta.get("managedFields") or []
-        handed = [
-            {**entry, "operation": "Apply"}
-            if entry.get("manager") == self._field_manager and entry.get("operation") == "Update"
-            else entry
-            for entry in fields
-        ]
-        if handed == fields:
+        ops: list[JsonDict] = []
+        for i, entry in enumerate(meta.get("managedFields") or []):
+            if entry.get("manager") == self._field_manager and entry.get("operation") == "Update":
+                path = f"/metadata/managedFields/{i}"
+                ops += [
+                    {"op": "test", "path": f"{path}/manager", "value": self._field_manager},
+                    {"op": "test", "path": f"{path}/operation", "value": "Update"},
+                    {"op": "replace", "path": f"{path}/operation", "value": "Apply"},
+                ]
+        if not ops:
             return obj
-        ops = [
-            {"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
-            {"op": "replace", "path": "/metadata/managedFields", "value": handed},
-        ]
         status, data = await self._request(
             "hand over",
             kind,
