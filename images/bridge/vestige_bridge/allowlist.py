@@ -37,10 +37,11 @@ from typing import Any
 
 import mcp_types as types
 
+from vestige_bridge import models
 from vestige_bridge.mapping import Generation, ServerProfile
 
-FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-"""A plain file name (matched with ``fullmatch``); POST /export's ``filename`` has the same rule."""
+FILE_NAME = re.compile(models.FILE_NAME)
+"""POST /export's ``filename`` rule, matched with ``fullmatch``."""
 MAX_ID = 256
 """Longest id, name or selector string accepted (Vestige's ids are UUIDs)."""
 RESOURCE_URI = re.compile(r"(memory|codebase)://[a-z0-9/_-]{1,64}")
