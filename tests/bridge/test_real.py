@@ -290,7 +290,7 @@ def test_mcp_lists_only_the_allowed_tools(real: Real) -> None:
 
     tools = through_mcp(real, body)
     assert {"search", "smart_ingest", "memory", "codebase", "intention", "backup", "export"} <= set(tools)
-    assert not {"gc", "consolidate", "restore", "dream", "ingest", "delete_knowledge"} & set(tools)
+    assert not {"gc", "consolidate", "restore", "dream", "delete_knowledge", "get_knowledge"} & set(tools)
     assert "delete" not in tools["memory"]["properties"]["action"]["enum"]
     assert set(tools["export"]["properties"]) == {"format", "tags", "since", "path"}
 
