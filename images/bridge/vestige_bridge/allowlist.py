@@ -224,10 +224,10 @@ def check_args(allowed: Mapping[str, Arg], arguments: Mapping[str, Any], where: 
 @dataclass(frozen=True)
 class Tool:
     """One allowed tool: its arguments, and (for a tool with a selector such as ``action``) the
-    allowed selector values, each with the arguments it may carry (None: every argument)."""
+    allowed selector values, each with the arguments it may carry (None: every argument). Why
+    each tool is allowed, and with what: docs/bridge.md, the allow-list table."""
 
     args: Mapping[str, Arg]
-    why: str
     selector: str | None = None
     actions: Mapping[str, frozenset[str] | None] = field(default_factory=dict)
 
@@ -288,9 +288,6 @@ _CODEBASE_ACTIONS: dict[str, frozenset[str] | None] = {
     "get_context": None,
 }
 _EXPORT = _args(format=choice("json", "jsonl"), tags=STRINGS, since=ID, path=FileName())
-_READ = "reads memories; changes nothing but access statistics"
-_WRITE = "stores or updates the agent's own memories, one at a time"
-_FILE = "writes one copy into Vestige's own folder (as POST /backup and POST /export)"
 
 V1_TOOLS: dict[str, Tool] = {
     "search": Tool(
@@ -303,43 +300,39 @@ V1_TOOLS: dict[str, Tool] = {
             context_topics=STRINGS,
             token_budget=INT,
         ),
-        _READ,
     ),
     "memory": Tool(
         _args(id=ID, reason=Text(), content=Text()),
-        "get, state, promote, demote, edit one memory; delete only through POST /memory",
         selector="action",
         actions={"get": None, "state": None, "promote": None, "demote": None, "edit": None},
     ),
-    "codebase": Tool(_CODEBASE, _WRITE, selector="action", actions=_CODEBASE_ACTIONS),
+    "codebase": Tool(_CODEBASE, selector="action", actions=_CODEBASE_ACTIONS),
     "intention": Tool(
         _INTENTION,
-        _WRITE,
         selector="action",
         actions={"set": None, "check": None, "update": None, "list": None},
     ),
-    "ingest": Tool(_V1_INGEST, _WRITE),
-    "smart_ingest": Tool({**_V1_INGEST, "forceCreate": Flag(), "items": ListOf(_V1_ITEM)}, _WRITE),
-    "session_checkpoint": Tool(_args(items=ListOf(_V1_ITEM)), _WRITE),
-    "promote_memory": Tool(_args(id=ID, reason=Text()), _WRITE),
-    "demote_memory": Tool(_args(id=ID, reason=Text()), _WRITE),
+    "ingest": Tool(_V1_INGEST),
+    "smart_ingest": Tool({**_V1_INGEST, "forceCreate": Flag(), "items": ListOf(_V1_ITEM)}),
+    "session_checkpoint": Tool(_args(items=ListOf(_V1_ITEM))),
+    "promote_memory": Tool(_args(id=ID, reason=Text())),
+    "demote_memory": Tool(_args(id=ID, reason=Text())),
     "memory_timeline": Tool(
-        _args(start=ID, end=ID, node_type=ID, tags=STRINGS, limit=INT, detail_level=_DETAIL), _READ
+        _args(start=ID, end=ID, node_type=ID, tags=STRINGS, limit=INT, detail_level=_DETAIL)
     ),
-    "memory_changelog": Tool(_args(memory_id=ID, start=ID, end=ID, limit=INT), _READ),
-    "health_check": Tool({}, _READ),
-    "stats": Tool({}, _READ),
-    "system_status": Tool({}, _READ),
-    "memory_health": Tool({}, _READ),
-    "importance_score": Tool(_args(content=Text(), context_topics=STRINGS, project=ID), _READ),
-    "find_duplicates": Tool(_args(similarity_threshold=NUM, limit=INT, tags=STRINGS), _READ),
+    "memory_changelog": Tool(_args(memory_id=ID, start=ID, end=ID, limit=INT)),
+    "health_check": Tool({}),
+    "stats": Tool({}),
+    "system_status": Tool({}),
+    "memory_health": Tool({}),
+    "importance_score": Tool(_args(content=Text(), context_topics=STRINGS, project=ID)),
+    "find_duplicates": Tool(_args(similarity_threshold=NUM, limit=INT, tags=STRINGS)),
     "explore_connections": Tool(
         _args(**{"from": ID, "to": ID, "limit": INT}),
-        _READ,
         selector="action",
         actions={"chain": None, "associations": None, "bridges": None},
     ),
-    "predict": Tool(_args(context=DATA), _READ),
+    "predict": Tool(_args(context=DATA)),
     "session_context": Tool(
         _args(
             queries=STRINGS,
@@ -349,11 +342,10 @@ V1_TOOLS: dict[str, Tool] = {
             include_intentions=Flag(),
             include_predictions=Flag(),
         ),
-        _READ,
     ),
-    "memory_graph": Tool(_args(center_id=ID, query=Text(), depth=INT, max_nodes=INT), _READ),
-    "backup": Tool({}, _FILE),
-    "export": Tool(_EXPORT, _FILE),
+    "memory_graph": Tool(_args(center_id=ID, query=Text(), depth=INT, max_nodes=INT)),
+    "backup": Tool({}),
+    "export": Tool(_EXPORT),
 }
 
 # 3.x ------------------------------------------------------------------------------------------
@@ -393,7 +385,6 @@ V3_TOOLS: dict[str, Tool] = {
             since=ID,
             min_trust=NUM,
         ),
-        _READ,
     ),
     "smart_ingest": Tool(
         {
@@ -402,11 +393,10 @@ V3_TOOLS: dict[str, Tool] = {
             "role": ID,
             "items": ListOf(Obj(_V3_ITEM_FIELDS)),
         },
-        _WRITE,
     ),
+    # not delete/purge (nor their `confirm`): POST /memory with action delete is the confirmation
     "memory": Tool(
         _args(id=ID, ids=STRINGS, reason=Text(), role=ID, content=Text()),
-        "get, get_batch, state, promote, demote, edit one memory; delete/purge only through POST /memory",
         selector="action",
         actions={
             "get": None,
@@ -432,18 +422,17 @@ V3_TOOLS: dict[str, Tool] = {
             all_scopes=Flag(),
             limit=INT,
         ),
-        _READ,
     ),
-    "codebase": Tool(_CODEBASE, _WRITE, selector="action", actions=_CODEBASE_ACTIONS),
+    "codebase": Tool(_CODEBASE, selector="action", actions=_CODEBASE_ACTIONS),
+    # not `command`: an object whose content upstream does not document
     "intention": Tool(
         {**_INTENTION, "scope": ID, "at": ID},
-        _WRITE + " (no `command`: its content is not documented)",
         selector="action",
         actions={"set": None, "check": None, "update": None, "list": None, "graph": None},
     ),
+    # only backup and export (as POST /backup, POST /export); the other actions rewrite the store
     "maintain": Tool(
         {**_EXPORT, "format": choice("json", "jsonl", "portable")},
-        "only the actions backup and export: " + _FILE,
         selector="action",
         actions={"backup": frozenset(), "export": frozenset({"format", "tags", "since", "path"})},
     ),
