@@ -34,6 +34,9 @@ from tests import cluster as local_cluster
 JsonDict = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Where a run writes its results instead of RESULTS (and its report instead of docs/): the smoke
+#: run of every benchmark (tests/integration/test_bench_smoke.py) points it at a temporary directory.
+RESULTS_ENV = "VESTIGE_BENCH_RESULTS"
 TIMEOUT = (10.0, 60.0)
 #: How long a request is retried while the API server does not answer.
 RETRY_SECONDS = 180.0
@@ -400,10 +403,17 @@ def environment(kube: Kube | None = None) -> JsonDict:
     return env
 
 
+def results_dir() -> Path:
+    """RESULTS, or the directory named by ``$VESTIGE_BENCH_RESULTS``."""
+    override = os.environ.get(RESULTS_ENV)
+    return Path(override) if override else RESULTS
+
+
 def write_result(name: str, key: str, run: JsonDict, limits: Mapping[str, str]) -> Path:
     """Merge one run (``key``: e.g. the N) into ``results/<name>.json``."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
     doc: JsonDict = {"bench": name, "runs": {}}
     if path.exists():
         with contextlib.suppress(ValueError):
