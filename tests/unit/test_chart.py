@@ -308,9 +308,12 @@ def test_the_rules_read_the_operator_through_its_service_monitor() -> None:
     ]
     # The ServiceMonitor's job is its Service's name; it keeps the metrics' own namespace/name.
     service = docs[("Service", NAMESPACE, f"{RELEASE}-metrics")]
-    selector = f'job="{service["metadata"]["name"]}", namespace="{NAMESPACE}"'
-    for name in ("VestigeOperatorDown", "VestigeOperatorNotReconciling", "VestigeAgentNotReady"):
-        assert selector in alerts[name]["expr"], alerts[name]["expr"]
+    job = f'job="{service["metadata"]["name"]}"'
+    for name in ("VestigeOperatorDown", "VestigeOperatorNotReconciling"):
+        assert f'{job}, namespace="{NAMESPACE}"' in alerts[name]["expr"], alerts[name]["expr"]
+    # The per-resource series carry the VestigeMemory's namespace: selected by job alone.
+    for name in ("VestigeAgentNotReady", "VestigeBackupOverdue"):
+        assert f"{{{job}" in alerts[name]["expr"] and NAMESPACE not in alerts[name]["expr"]
     (endpoint,) = docs[("ServiceMonitor", NAMESPACE, RELEASE)]["spec"]["endpoints"]
     assert endpoint["honorLabels"] is True
 
