@@ -175,8 +175,10 @@ class Kube:
         on_event: Callable[[str, JsonDict], None],
         stop: threading.Event,
         label_selector: str | None = None,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
-        """Stream watch events of ``path`` into ``on_event`` until ``stop`` is set (reconnects)."""
+        """Stream watch events of ``path`` into ``on_event`` until ``stop`` is set (reconnects).
+        A request that fails is retried; ``on_error`` hears of it first (see ``refused``)."""
         rv = resource_version
         while not stop.is_set():
             query = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true")]
@@ -185,7 +187,13 @@ class Kube:
                 query.append(("labelSelector", label_selector))
             try:
                 resp = self.raw("GET", path, query=query, timeout=(10.0, 60.0), stream=True)
-            except Exception:
+                if resp.status != 200:
+                    body = resp.read().decode(errors="replace")
+                    resp.release_conn()
+                    raise KubeError(resp.status, body)
+            except Exception as exc:
+                if on_error is not None:
+                    on_error(exc)
                 if stop.wait(0.5):
                     return
                 continue
@@ -212,6 +220,12 @@ class Kube:
                     return
             finally:
                 resp.release_conn()
+
+
+def refused(exc: Exception) -> bool:
+    """An answer that retrying does not change (a 4xx other than 410 Gone and 429): a harness
+    error, not a slow or restarting API server."""
+    return isinstance(exc, KubeError) and 400 <= exc.status < 500 and exc.status not in (410, 429)
 
 
 def namespace_path(ns: str) -> str:

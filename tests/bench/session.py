@@ -50,6 +50,7 @@ from tests.bench.kube import (
     create_namespace,
     delete_namespace,
     dispatched_by_flow_schema,
+    refused,
     shared_cluster,
 )
 from tests.cluster import kubectl_binary
@@ -328,6 +329,7 @@ class ReadyTracker:
         self.ready_at: dict[str, float] = {}
         self._lock = threading.Condition()
         self._stop = threading.Event()
+        self._refused: str | None = None
         listing = kube.request("GET", memories_path(namespace))
         self._thread = threading.Thread(
             target=kube.watch,
@@ -337,9 +339,16 @@ class ReadyTracker:
                 self._on_event,
                 self._stop,
             ),
+            kwargs={"on_error": self._on_watch_error},
             daemon=True,
         )
         self._thread.start()
+
+    def _on_watch_error(self, exc: Exception) -> None:
+        if refused(exc):
+            with self._lock:
+                self._refused = f"the watch of {memories_path(self.namespace)} was refused: {exc}"
+                self._lock.notify_all()
 
     def _on_event(self, type_: str, obj: JsonDict) -> None:
         if type_ == "DELETED" or not is_ready(obj):
@@ -355,6 +364,8 @@ class ReadyTracker:
         deadline = time.monotonic() + timeout
         with self._lock:
             while len(self.ready_at) < n:
+                if self._refused is not None:
+                    raise HarnessError(self._refused)
                 if check is not None:
                     check()
                 left = deadline - time.monotonic()
@@ -536,7 +547,7 @@ class Floor:
             t = threading.Thread(
                 target=kube.watch,
                 args=(path, rv, lambda typ, obj, kind=kind: self._on_child(kind, typ, obj), self._stop),
-                kwargs={"label_selector": selector},
+                kwargs={"label_selector": selector, "on_error": self._on_watch_error},
                 daemon=True,
             )
             t.start()
@@ -549,6 +560,11 @@ class Floor:
         with self._lock:
             self._owners[owner.name] = (owner, spec, int(meta.get("generation") or 1))
             self._futures.append(self.pool.submit(self._children, owner, spec))
+
+    def _on_watch_error(self, exc: Exception) -> None:
+        if refused(exc):
+            with self._lock:
+                self._errors.append(f"watch: {exc}")
 
     def _count(self, what: str) -> None:
         with self._lock:
