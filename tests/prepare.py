@@ -6,7 +6,8 @@ two cores are kept busy by running independent chains side by side, because no s
 keeps both cores busy all the time (module and crate downloads, linkers, debootstrap and pip are
 mostly one thread or the network):
 
-- ``go``: the control plane and the real node's binaries, helm and kstatus, versitygw, kube-router;
+- ``go``: the control plane and the real node's binaries, helm and kstatus, promtool, versitygw,
+  kube-router;
 - ``images``: the base images and the project's images (debootstrap, pip, buildah), then the real
   Vestige 1.3.0/2.0.0 (cargo) and their images;
 - ``npm``: the OpenClaw plugin's dependencies and its tsc build, then Litestream (a Go build, here
@@ -57,7 +58,8 @@ def _node_tools() -> bool:
 def lanes() -> dict[str, list[Step]]:
     go = [
         Step("cluster", (PY, "-m", "tests.cluster", "build")),
-        Step("tools", (PY, "-m", "tests.tools", "build")),
+        Step("tools", (PY, "-m", "tests.tools", "build", "helm", "kstatus")),
+        Step("promtool", (PY, "-m", "tests.tools", "build", "promtool")),
         Step("s3", (PY, "-m", "tests.s3.build")),
     ]
     images: list[Step] = []

@@ -245,3 +245,134 @@ def test_packaged_chart_embeds_the_linked_files(tmp_path: Path) -> None:
     (archive,) = tmp_path.glob("vestige-operator-*.tgz")
     packaged = helm("template", RELEASE, str(archive), "--namespace", NAMESPACE).stdout
     assert [d for d in yaml.safe_load_all(packaged) if d] == render_chart()
+
+
+# -- the monitoring pack ---------------------------------------------------------------------------
+
+MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap")
+PACK_ON = (
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "monitoring.podMonitor.enabled=true",
+    "--set",
+    "monitoring.rules.enabled=true",
+    "--set",
+    "monitoring.dashboard.enabled=true",
+)
+
+
+def test_the_monitoring_pack_is_off_by_default() -> None:
+    assert not [d for d in render_chart() if d["kind"] in MONITORING_KINDS]
+
+
+def test_the_monitoring_pack_lints_clean() -> None:
+    out = helm("lint", "--strict", str(CHART), *PACK_ON)
+    assert "0 chart(s) failed" in out.stdout, out.stdout
+
+
+def test_the_pod_monitor_scrapes_every_agents_bridge() -> None:
+    """Its selector matches the pods the operator renders (children.py), its port is the bridge's."""
+    from vestige_operator.api import VestigeMemorySpec
+    from vestige_operator.children import Images, Owner, render_deployment
+
+    docs = by_key(render_chart(*PACK_ON))
+    monitor = docs[("PodMonitor", NAMESPACE, f"{RELEASE}-bridges")]
+    owner = Owner(name="agent-a", namespace="agents", uid="uid-a")
+    pod = render_deployment(owner, VestigeMemorySpec(), Images(vestige="v:1", bridge="b:1"), "hash")["spec"][
+        "template"
+    ]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    bridge = next(c for c in pod["spec"]["containers"] if c["name"] == "bridge")
+    assert endpoint["port"] in [p["name"] for p in bridge["ports"]]
+    assert endpoint["path"] == "/metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    # A namespaced operator: only the namespaces it watches.
+    scoped = by_key(render_chart(*PACK_ON, "--set", "watch.namespaces={team-a,team-b}"))
+    assert scoped[("PodMonitor", NAMESPACE, f"{RELEASE}-bridges")]["spec"]["namespaceSelector"] == {
+        "matchNames": ["team-a", "team-b"]
+    }
+
+
+def test_the_rules_read_the_operator_through_its_service_monitor() -> None:
+    docs = by_key(render_chart(*PACK_ON))
+    rule = docs[("PrometheusRule", NAMESPACE, RELEASE)]
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert sorted(alerts) == [
+        "VestigeAgentNotReady",
+        "VestigeBackupOverdue",
+        "VestigeBridgeAuthFailureBurst",
+        "VestigeOperatorDown",
+        "VestigeOperatorNotReconciling",
+    ]
+    # The ServiceMonitor's job is its Service's name; it keeps the metrics' own namespace/name.
+    service = docs[("Service", NAMESPACE, f"{RELEASE}-metrics")]
+    job = f'job="{service["metadata"]["name"]}"'
+    for name in ("VestigeOperatorDown", "VestigeOperatorNotReconciling"):
+        assert f'{job}, namespace="{NAMESPACE}"' in alerts[name]["expr"], alerts[name]["expr"]
+    # The per-resource series carry the VestigeMemory's namespace: selected by job alone.
+    for name in ("VestigeAgentNotReady", "VestigeBackupOverdue"):
+        assert f"{{{job}" in alerts[name]["expr"] and NAMESPACE not in alerts[name]["expr"]
+    (endpoint,) = docs[("ServiceMonitor", NAMESPACE, RELEASE)]["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+
+
+def test_rule_settings_reach_the_rules(tmp_path: Path) -> None:
+    values = {
+        "monitoring": {
+            "rules": {
+                "enabled": True,
+                "labels": {"release": "prom"},
+                "alertLabels": {"team": "platform"},
+                "operatorJob": "custom-job",
+                "backupGraceSeconds": 7200,
+                "authFailureBurst": 5,
+                "authFailureWindow": "10m",
+                "agentNotReadyFor": "30m",
+            }
+        }
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    rule = next(d for d in render_chart("--values", str(path)) if d["kind"] == "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert all(r["labels"]["team"] == "platform" for r in alerts.values())
+    assert 'job="custom-job"' in alerts["VestigeOperatorDown"]["expr"]
+    assert alerts["VestigeBackupOverdue"]["expr"].endswith("> 7200")
+    assert "[10m]" in alerts["VestigeBridgeAuthFailureBurst"]["expr"]
+    assert alerts["VestigeBridgeAuthFailureBurst"]["expr"].endswith("> 5")
+    assert alerts["VestigeAgentNotReady"]["for"] == "30m"
+
+
+def test_the_dashboard_config_map_is_for_grafanas_sidecar() -> None:
+    docs = render_chart(*PACK_ON, "--set", "monitoring.dashboard.annotations.grafana_folder=Vestige")
+    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Vestige"}
+    dashboard = json.loads(cm["data"]["vestige-operator.json"])
+    assert dashboard["uid"] == "vestige-operator"
+    assert dashboard["panels"]
+    elsewhere = render_chart(
+        "--set", "monitoring.dashboard.enabled=true", "--set", "monitoring.dashboard.namespace=grafana"
+    )
+    assert [d["metadata"]["namespace"] for d in elsewhere if d["kind"] == "ConfigMap"] == ["grafana"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("monitoring.rules.backupGraceSeconds=-1", "backupGraceSeconds"),
+        ("monitoring.rules.operatorDownFor=five", "operatorDownFor"),
+        ("monitoring.rules.authFailureBurst=0", "authFailureBurst"),
+        ("monitoring.podMonitor.interval=30", "interval"),
+        ("monitoring.dashboard.namespace=Bad_NS", "namespace"),
+        ("monitoring.bogus=1", "bogus"),
+    ],
+)
+def test_schema_rejects_bad_monitoring_values(setting: str, complaint: str) -> None:
+    proc = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0, f"{setting} was accepted"
+    assert complaint in proc.stderr, proc.stderr
