@@ -31,22 +31,21 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 import kopf
 from aiohttp import web
-from cronsim import CronSim, CronSimError
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from vestige_operator.api import Phase
-from vestige_operator.backup import parse_time
+from vestige_operator.backup import next_fire
 from vestige_operator.config import OperatorConfig
 from vestige_operator.handlers import OWNER_INDEX
 from vestige_operator.reconcile import Reconciler
+from vestige_operator.times import parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +62,6 @@ NO_PHASE = "Unknown"
 Owners = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
 
 
-@lru_cache(maxsize=16384)
-def _first_fire_after(schedule: str, baseline: datetime) -> datetime | None:
-    try:
-        return next(iter(CronSim(schedule, baseline)))
-    except (CronSimError, StopIteration):
-        return None
-
-
 def backup_due(body: Mapping[str, Any]) -> datetime | None:
     """When the next scheduled backup of a VestigeMemory is due: the first cron time after its
     newest completed backup (after its creation while none completed). None without an active
@@ -81,7 +72,7 @@ def backup_due(body: Mapping[str, Any]) -> datetime | None:
     if not schedule or backup.get("suspend"):
         return None
     baseline = last_backup(body) or parse_time((body.get("metadata") or {}).get("creationTimestamp"))
-    return _first_fire_after(schedule, baseline) if baseline is not None else None
+    return next_fire(schedule, baseline) if baseline is not None else None
 
 
 def last_backup(body: Mapping[str, Any]) -> datetime | None:

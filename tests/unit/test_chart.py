@@ -274,7 +274,8 @@ def test_the_monitoring_pack_lints_clean() -> None:
 def test_the_pod_monitor_scrapes_every_agents_bridge() -> None:
     """Its selector matches the pods the operator renders (children.py), its port is the bridge's."""
     from vestige_operator.api import VestigeMemorySpec
-    from vestige_operator.children import Images, Owner, render_deployment
+    from vestige_operator.children import render_deployment
+    from vestige_operator.vocabulary import Images, Owner
 
     docs = by_key(render_chart(*PACK_ON))
     monitor = docs[("PodMonitor", NAMESPACE, f"{RELEASE}-bridges")]
