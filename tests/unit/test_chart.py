@@ -11,6 +11,8 @@ the values schema, and what each value changes.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -245,3 +247,136 @@ def test_packaged_chart_embeds_the_linked_files(tmp_path: Path) -> None:
     (archive,) = tmp_path.glob("vestige-operator-*.tgz")
     packaged = helm("template", RELEASE, str(archive), "--namespace", NAMESPACE).stdout
     assert [d for d in yaml.safe_load_all(packaged) if d] == render_chart()
+
+
+# -- the admission policy (docs/admission.md) ------------------------------------------------------
+
+BASE = ROOT / "manifests" / "base"
+POLICY_NAME = f"{RELEASE}-policy"
+
+
+def _policy_docs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ConfigMap")
+    return {d["kind"]: d for d in docs if d["kind"] in kinds}
+
+
+def test_the_admission_policy_is_part_of_both_default_installs() -> None:
+    for docs in (render_chart(), render_kustomize(ROOT / "manifests")):
+        policy = _policy_docs(docs)
+        assert sorted(policy) == [
+            "ConfigMap",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ]
+        binding = policy["ValidatingAdmissionPolicyBinding"]
+        # Cluster-scoped objects carry no namespace (kustomize would add one with a `namespace:`).
+        assert "namespace" not in binding["metadata"]
+        assert "namespace" not in policy["ValidatingAdmissionPolicy"]["metadata"]
+        assert binding["spec"]["policyName"] == POLICY_NAME
+        assert binding["spec"]["validationActions"] == ["Deny"]
+        assert binding["spec"]["paramRef"] == {
+            "name": POLICY_NAME,
+            "namespace": NAMESPACE,
+            "parameterNotFoundAction": "Deny",
+        }
+        assert "matchResources" not in binding["spec"]  # every namespace
+        assert policy["ConfigMap"]["metadata"]["namespace"] == NAMESPACE
+
+
+def _render_kustomization(tmp_path: Path, body: dict[str, Any]) -> list[dict[str, Any]]:
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(body))
+    return render_kustomize(tmp_path)
+
+
+def test_the_admission_policy_can_be_switched_off(tmp_path: Path) -> None:
+    """Helm: admissionPolicy.enabled=false; kustomize: the component no-admission-policy. Both
+    leave everything else as it was."""
+    chart = render_chart("--set", "admissionPolicy.enabled=false")
+    assert not _policy_docs(chart)
+    body = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        # kustomize takes relative paths only
+        "resources": [os.path.relpath(ROOT / "manifests", tmp_path)],
+        "components": [os.path.relpath(ROOT / "manifests" / "components" / "no-admission-policy", tmp_path)],
+    }
+    kustomize = _render_kustomization(tmp_path, body)
+    assert not _policy_docs(kustomize)
+    assert_same(chart, kustomize)
+
+
+def test_admission_values_reach_the_objects(tmp_path: Path) -> None:
+    values = {
+        "fullnameOverride": "vop-x",
+        "watch": {"namespaces": ["team-a", "team-b"]},
+        "admissionPolicy": {
+            "validationActions": ["Warn", "Audit"],
+            "params": {
+                "images": ["ghcr.io/vestige-operator/*", "registry.example/agents/*"],
+                "ingressHosts": "*.{namespace}.apps.example.com",
+                "allowAnonymous": "true",
+            },
+        },
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    policy = _policy_docs(render_chart("--values", str(path)))
+    binding = policy["ValidatingAdmissionPolicyBinding"]
+    assert policy["ValidatingAdmissionPolicy"]["metadata"]["name"] == "vop-x-policy"
+    assert binding["metadata"]["name"] == binding["spec"]["policyName"] == "vop-x-policy"
+    assert binding["spec"]["validationActions"] == ["Warn", "Audit"]
+    assert binding["spec"]["paramRef"]["name"] == "vop-x-policy"
+    # Namespaced: the policy applies where this operator acts.
+    assert binding["spec"]["matchResources"] == {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+            ]
+        }
+    }
+    data = policy["ConfigMap"]["data"]
+    defaults = yaml.safe_load((BASE / "admission-params.yaml").read_text())["data"]
+    assert data == {
+        **defaults,
+        "images": "ghcr.io/vestige-operator/*,registry.example/agents/*",
+        "ingressHosts": "*.{namespace}.apps.example.com",
+        "allowAnonymous": "true",
+    }
+
+
+def test_the_params_the_policy_reads_are_the_documented_ones() -> None:
+    """Each key of admission-params.yaml is read by the policy, documented in the chart's schema
+    and in docs/admission.md, and the policy reads no other key."""
+    text = (BASE / "admission-policy.yaml").read_text()
+    read = set(re.findall(r"'(\w+)' in variables\.data", text))
+    params = set(yaml.safe_load((BASE / "admission-params.yaml").read_text())["data"])
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    in_schema = set(schema["properties"]["admissionPolicy"]["properties"]["params"]["properties"])
+    assert read == params == in_schema
+    doc = (ROOT / "docs" / "admission.md").read_text()
+    assert not [k for k in params if f"`{k}`" not in doc]
+
+
+def test_the_policy_refuses_exactly_the_secret_names_the_operator_derives() -> None:
+    from vestige_operator import children
+
+    text = (BASE / "admission-policy.yaml").read_text()
+    derived = re.search(r"- name: derivedSecret\n\s+expression: [>|]-\n(.*?)\n\s+- name:", text, re.S)
+    assert derived is not None
+    suffixes = set(re.findall(r"endsWith\('([^']+)'\)", derived.group(1)))
+    own = {children.secret_name("x")[1:], children.vestige_secret_name("x")[1:]}
+    assert suffixes == own, "the policy's derived Secret names differ from the operator's"
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("admissionPolicy.params.bogus=1", "bogus"),
+        ("admissionPolicy.validationActions={Maybe}", "validationActions"),
+        ("admissionPolicy.enabled=yes", "enabled"),
+    ],
+)
+def test_schema_rejects_bad_admission_values(setting: str, complaint: str) -> None:
+    proc = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0, f"{setting} was accepted"
+    assert complaint in proc.stderr, proc.stderr
