@@ -71,6 +71,14 @@ class Release:
                 "resyncSeconds": 60,
             },
             "metrics": {"enabled": True},
+            # The release's admission policy (on by default, scoped to the watched namespace)
+            # lets its agents onto the real node, in the one place (docs/admission.md).
+            "admissionPolicy": {
+                "params": {
+                    "nodeSelectors": ["kubernetes.io/os=*", "kubernetes.io/arch=*", f"{node.NODE_LABEL}=real"],
+                    "tolerationKeys": [node.TAINT_KEY],
+                }
+            },
             **node.POD_PLACEMENT,
         }
         return ["--set-json", f"image={json.dumps(placement.pop('image'))}"] + [
