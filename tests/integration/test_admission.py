@@ -113,7 +113,7 @@ def policy(kubectl: Kubectl) -> Iterator[Policy]:
 
 @dataclass
 class Tenant:
-    """A user who may only manage VestigeMemory resources in ``namespace``."""
+    """A user who may only manage VestigeMemory (and VestigeBackup) resources in ``namespace``."""
 
     kubectl: Kubectl
     policy: Policy
@@ -175,7 +175,7 @@ def tenant(kubectl: Kubectl, namespace: str, policy: Policy) -> Iterator[Tenant]
         "rules": [
             {
                 "apiGroups": ["vestige.dev"],
-                "resources": ["vestigememories"],
+                "resources": ["vestigememories", "vestigebackups"],
                 "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
             }
         ],
