@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -342,30 +341,6 @@ def test_admission_values_reach_the_objects(tmp_path: Path) -> None:
         "ingressHosts": "*.{namespace}.apps.example.com",
         "allowAnonymous": "true",
     }
-
-
-def test_the_params_the_policy_reads_are_the_documented_ones() -> None:
-    """Each key of admission-params.yaml is read by the policy, documented in the chart's schema
-    and in docs/admission.md, and the policy reads no other key."""
-    text = (BASE / "admission-policy.yaml").read_text()
-    read = set(re.findall(r"'(\w+)' in variables\.data", text))
-    params = set(yaml.safe_load((BASE / "admission-params.yaml").read_text())["data"])
-    schema = json.loads((CHART / "values.schema.json").read_text())
-    in_schema = set(schema["properties"]["admissionPolicy"]["properties"]["params"]["properties"])
-    assert read == params == in_schema
-    doc = (ROOT / "docs" / "admission.md").read_text()
-    assert not [k for k in params if f"`{k}`" not in doc]
-
-
-def test_the_policy_refuses_exactly_the_secret_names_the_operator_derives() -> None:
-    from vestige_operator import children
-
-    text = (BASE / "admission-policy.yaml").read_text()
-    derived = re.search(r"- name: derivedSecret\n\s+expression: [>|]-\n(.*?)\n\s+- name:", text, re.S)
-    assert derived is not None
-    suffixes = set(re.findall(r"endsWith\('([^']+)'\)", derived.group(1)))
-    own = {children.secret_name("x")[1:], children.vestige_secret_name("x")[1:]}
-    assert suffixes == own, "the policy's derived Secret names differ from the operator's"
 
 
 @pytest.mark.parametrize(
