@@ -75,8 +75,12 @@ class Release:
             # lets its agents onto the real node, in the one place (docs/admission.md).
             "admissionPolicy": {
                 "params": {
-                    "nodeSelectors": ["kubernetes.io/os=*", "kubernetes.io/arch=*", f"{node.NODE_LABEL}=real"],
-                    "tolerationKeys": [node.TAINT_KEY],
+                    "nodeSelectors": [
+                        "kubernetes.io/os=*",
+                        "kubernetes.io/arch=*",
+                        *(f"{key}={value}" for key, value in node.POD_PLACEMENT["nodeSelector"].items()),
+                    ],
+                    "tolerationKeys": [t["key"] for t in node.POD_PLACEMENT["tolerations"]],
                 }
             },
             **node.POD_PLACEMENT,
