@@ -11,6 +11,7 @@ the values schema, and what each value changes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -249,7 +250,20 @@ def test_packaged_chart_embeds_the_linked_files(tmp_path: Path) -> None:
 
 # -- the monitoring pack ---------------------------------------------------------------------------
 
-MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap")
+MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+
+
+def _monitoring(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pack's objects: its kinds, and ConfigMaps carrying Grafana's dashboard label (the
+    admission policy's params are a ConfigMap too)."""
+    return [
+        d
+        for d in docs
+        if d["kind"] in MONITORING_KINDS
+        or (d["kind"] == "ConfigMap" and "grafana_dashboard" in (d["metadata"].get("labels") or {}))
+    ]
+
+
 PACK_ON = (
     "--set",
     "metrics.serviceMonitor.enabled=true",
@@ -263,7 +277,7 @@ PACK_ON = (
 
 
 def test_the_monitoring_pack_is_off_by_default() -> None:
-    assert not [d for d in render_chart() if d["kind"] in MONITORING_KINDS]
+    assert not _monitoring(render_chart())
 
 
 def test_the_monitoring_pack_lints_clean() -> None:
@@ -349,7 +363,7 @@ def test_rule_settings_reach_the_rules(tmp_path: Path) -> None:
 
 def test_the_dashboard_config_map_is_for_grafanas_sidecar() -> None:
     docs = render_chart(*PACK_ON, "--set", "monitoring.dashboard.annotations.grafana_folder=Vestige")
-    (cm,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    (cm,) = [d for d in _monitoring(docs) if d["kind"] == "ConfigMap"]
     assert cm["metadata"]["namespace"] == NAMESPACE
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert cm["metadata"]["annotations"] == {"grafana_folder": "Vestige"}
@@ -359,7 +373,9 @@ def test_the_dashboard_config_map_is_for_grafanas_sidecar() -> None:
     elsewhere = render_chart(
         "--set", "monitoring.dashboard.enabled=true", "--set", "monitoring.dashboard.namespace=grafana"
     )
-    assert [d["metadata"]["namespace"] for d in elsewhere if d["kind"] == "ConfigMap"] == ["grafana"]
+    assert [d["metadata"]["namespace"] for d in _monitoring(elsewhere) if d["kind"] == "ConfigMap"] == [
+        "grafana"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -374,6 +390,115 @@ def test_the_dashboard_config_map_is_for_grafanas_sidecar() -> None:
     ],
 )
 def test_schema_rejects_bad_monitoring_values(setting: str, complaint: str) -> None:
+    proc = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0, f"{setting} was accepted"
+    assert complaint in proc.stderr, proc.stderr
+
+
+# -- the admission policy (docs/admission.md) ------------------------------------------------------
+
+BASE = ROOT / "manifests" / "base"
+POLICY_NAME = f"{RELEASE}-policy"
+
+
+def _policy_docs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ConfigMap")
+    return {d["kind"]: d for d in docs if d["kind"] in kinds}
+
+
+def test_the_admission_policy_is_part_of_both_default_installs() -> None:
+    for docs in (render_chart(), render_kustomize(ROOT / "manifests")):
+        policy = _policy_docs(docs)
+        assert sorted(policy) == [
+            "ConfigMap",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ]
+        binding = policy["ValidatingAdmissionPolicyBinding"]
+        # Cluster-scoped objects carry no namespace (kustomize would add one with a `namespace:`).
+        assert "namespace" not in binding["metadata"]
+        assert "namespace" not in policy["ValidatingAdmissionPolicy"]["metadata"]
+        assert binding["spec"]["policyName"] == POLICY_NAME
+        assert binding["spec"]["validationActions"] == ["Deny"]
+        assert binding["spec"]["paramRef"] == {
+            "name": POLICY_NAME,
+            "namespace": NAMESPACE,
+            "parameterNotFoundAction": "Deny",
+        }
+        assert "matchResources" not in binding["spec"]  # every namespace
+        assert policy["ConfigMap"]["metadata"]["namespace"] == NAMESPACE
+
+
+def _render_kustomization(tmp_path: Path, body: dict[str, Any]) -> list[dict[str, Any]]:
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(body))
+    return render_kustomize(tmp_path)
+
+
+def test_the_admission_policy_can_be_switched_off(tmp_path: Path) -> None:
+    """Helm: admissionPolicy.enabled=false; kustomize: the component no-admission-policy. Both
+    leave everything else as it was."""
+    chart = render_chart("--set", "admissionPolicy.enabled=false")
+    assert not _policy_docs(chart)
+    body = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        # kustomize takes relative paths only
+        "resources": [os.path.relpath(ROOT / "manifests", tmp_path)],
+        "components": [os.path.relpath(ROOT / "manifests" / "components" / "no-admission-policy", tmp_path)],
+    }
+    kustomize = _render_kustomization(tmp_path, body)
+    assert not _policy_docs(kustomize)
+    assert_same(chart, kustomize)
+
+
+def test_admission_values_reach_the_objects(tmp_path: Path) -> None:
+    values = {
+        "fullnameOverride": "vop-x",
+        "watch": {"namespaces": ["team-a", "team-b"]},
+        "admissionPolicy": {
+            "validationActions": ["Warn", "Audit"],
+            "params": {
+                "images": ["ghcr.io/vestige-operator/*", "registry.example/agents/*"],
+                "ingressHosts": "*.{namespace}.apps.example.com",
+                "allowAnonymous": "true",
+            },
+        },
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    policy = _policy_docs(render_chart("--values", str(path)))
+    binding = policy["ValidatingAdmissionPolicyBinding"]
+    assert policy["ValidatingAdmissionPolicy"]["metadata"]["name"] == "vop-x-policy"
+    assert binding["metadata"]["name"] == binding["spec"]["policyName"] == "vop-x-policy"
+    assert binding["spec"]["validationActions"] == ["Warn", "Audit"]
+    assert binding["spec"]["paramRef"]["name"] == "vop-x-policy"
+    # Namespaced: the policy applies where this operator acts.
+    assert binding["spec"]["matchResources"] == {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+            ]
+        }
+    }
+    data = policy["ConfigMap"]["data"]
+    defaults = yaml.safe_load((BASE / "admission-params.yaml").read_text())["data"]
+    assert data == {
+        **defaults,
+        "images": "ghcr.io/vestige-operator/*,registry.example/agents/*",
+        "ingressHosts": "*.{namespace}.apps.example.com",
+        "allowAnonymous": "true",
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("admissionPolicy.params.bogus=1", "bogus"),
+        ("admissionPolicy.validationActions={Maybe}", "validationActions"),
+        ("admissionPolicy.enabled=yes", "enabled"),
+    ],
+)
+def test_schema_rejects_bad_admission_values(setting: str, complaint: str) -> None:
     proc = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
     assert proc.returncode != 0, f"{setting} was accepted"
     assert complaint in proc.stderr, proc.stderr
