@@ -9,8 +9,8 @@ mostly one thread or the network):
 - ``go``: the control plane and the real node's binaries, helm and kstatus, versitygw, kube-router;
 - ``images``: the base images and the project's images (debootstrap, pip, buildah), then the real
   Vestige 1.3.0/2.0.0 (cargo) and their images;
-- ``npm``: the OpenClaw plugin's dependencies and its tsc build, then Litestream (a Go build, here
-  because this lane is by far the shortest).
+- ``npm``: the OpenClaw plugin's dependencies and its tsc build, then Litestream and promtool (Go
+  builds, here because this lane is by far the shortest).
 
 After the lanes: the kube-router and Litestream images (each needs the base image and a binary
 of another lane). Every step writes its output to ``<cache>/logs/prepare-<step>.log``; a failed
@@ -57,7 +57,7 @@ def _node_tools() -> bool:
 def lanes() -> dict[str, list[Step]]:
     go = [
         Step("cluster", (PY, "-m", "tests.cluster", "build")),
-        Step("tools", (PY, "-m", "tests.tools", "build")),
+        Step("tools", (PY, "-m", "tests.tools", "build", "helm", "kstatus")),
         Step("s3", (PY, "-m", "tests.s3.build")),
     ]
     images: list[Step] = []
@@ -71,8 +71,9 @@ def lanes() -> dict[str, list[Step]]:
     npm = [
         Step("npm-ci", ("npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"), openclaw),
         Step("openclaw-build", ("npm", "run", "--silent", "build"), openclaw),
-        # Litestream (a Go build) rides here: the go lane is the longest one, this the shortest.
+        # Litestream and promtool (Go builds) ride here: the go lane is the longest, this the shortest.
         Step("litestream", (PY, "-m", "tests.litestream.build")),
+        Step("promtool", (PY, "-m", "tests.tools", "build", "promtool")),
     ]
     return {"go": go, "images": images, "npm": npm}
 

@@ -4,10 +4,15 @@
   dependency), with the version stamped in like helm's Makefile does.
 - ``kstatus``: the real ``sigs.k8s.io/cli-utils`` kstatus (``status.Compute``) behind a small
   command (``tests/kstatus/go``) that reads objects from stdin and prints one verdict per object.
+- ``promtool``: ``go install github.com/prometheus/prometheus/cmd/promtool@<PROMETHEUS_MODULE_VERSION>``
+  with the ``remove_all_sd`` build tag (Prometheus' own switch that leaves out the cloud service
+  discoveries promtool never needs here: AWS, Azure, GCE, ...), for ``promtool check rules`` and
+  ``promtool test rules`` on the chart's alert rules (tests/monitoring).
 
 Each binary carries a stamp (a hash of the inputs that built it): a changed pin or source
-rebuilds, an unchanged one is reused in milliseconds. ``python -m tests.tools build`` builds both
-(``tests/run.sh`` calls it before pytest); ``python -m tests.tools path helm`` prints a path.
+rebuilds, an unchanged one is reused in milliseconds. ``python -m tests.tools build [NAME ...]``
+builds them (all without a name; ``tests/prepare.py`` calls it in its go lane);
+``python -m tests.tools path helm`` prints a path.
 """
 
 from __future__ import annotations
@@ -27,8 +32,14 @@ HELM_VERSION = "v4.3.2"
 #: The cli-utils release whose kstatus the helper runs (pinned in tests/kstatus/go/go.mod).
 CLI_UTILS_VERSION = "v0.37.2"
 
+#: Prometheus publishes its Go module as v0.<minor>.<patch> for release v3.<minor>.<patch>:
+#: v0.316.0 is Prometheus 3.16.0 (its go.mod asks for Go 1.26.7).
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
+PROMETHEUS_MODULE_VERSION = "v0.316.0"
+PROMTOOL_TAGS = "remove_all_sd"
+
 KSTATUS_DIR = Path(__file__).resolve().parent / "kstatus" / "go"
-TOOLS = ("helm", "kstatus")
+TOOLS = ("helm", "kstatus", "promtool")
 
 
 class BuildError(RuntimeError):
@@ -98,8 +109,30 @@ def ensure_kstatus() -> Path:
     return out / "kstatus"
 
 
-def ensure_all() -> dict[str, Path]:
-    return {"helm": ensure_helm(), "kstatus": ensure_kstatus()}
+def _promtool_stamp() -> str:
+    return _stamp(PROMETHEUS_MODULE, PROMETHEUS_MODULE_VERSION, PROMTOOL_TAGS)
+
+
+def ensure_promtool() -> Path:
+    out = tools_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = _promtool_stamp()
+    if not _fresh("promtool", stamp):
+        minor, patch = PROMETHEUS_MODULE_VERSION.removeprefix("v0.").split(".")
+        release = f"3.{int(minor) - 300}.{patch}"  # what `promtool --version` prints
+        ldflags = f"-s -w -X github.com/prometheus/common/version.Version={release}"
+        module = f"{PROMETHEUS_MODULE}/cmd/promtool@{PROMETHEUS_MODULE_VERSION}"
+        cmd = [_go(), "install", "-trimpath", "-tags", PROMTOOL_TAGS, "-ldflags", ldflags, module]
+        _run(cmd, None, {**_env(), "GOBIN": str(out)}, f"promtool {PROMETHEUS_MODULE_VERSION}")
+        (out / ".promtool.stamp").write_text(stamp)
+    return out / "promtool"
+
+
+BUILDERS = {"helm": ensure_helm, "kstatus": ensure_kstatus, "promtool": ensure_promtool}
+
+
+def ensure_all(names: tuple[str, ...] = TOOLS) -> dict[str, Path]:
+    return {name: BUILDERS[name]() for name in names}
 
 
 def helm_binary() -> Path:
@@ -108,6 +141,10 @@ def helm_binary() -> Path:
 
 def kstatus_binary() -> Path:
     return ensure_kstatus()
+
+
+def promtool_binary() -> Path:
+    return ensure_promtool()
 
 
 def kstatus(objects: list[dict]) -> list[dict]:
@@ -122,14 +159,17 @@ def kstatus(objects: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["build"]:
-        for name, path in ensure_all().items():
+    if argv[:1] == ["build"] and set(argv[1:]) <= set(TOOLS):
+        for name, path in ensure_all(tuple(argv[1:]) or TOOLS).items():
             print(f"{name}\t{path}")
         return 0
     if len(argv) == 2 and argv[0] == "path" and argv[1] in TOOLS:
-        print({"helm": ensure_helm, "kstatus": ensure_kstatus}[argv[1]]())
+        print(BUILDERS[argv[1]]())
         return 0
-    print("usage: python -m tests.tools build | path {helm,kstatus}", file=sys.stderr)
+    print(
+        f"usage: python -m tests.tools build [{' '.join(TOOLS)}] | path {{{','.join(TOOLS)}}}",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -13,9 +13,10 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from cronsim import CronSim
+from cronsim import CronSim, CronSimError
 
 from vestige_operator import BACKUP_KIND, GROUP, VERSION
 from vestige_operator.api import (
@@ -109,9 +110,13 @@ def latest_fire(schedule: str, now: datetime) -> datetime:
     return next(iter(CronSim(schedule, after, reverse=True)))
 
 
-def next_fire(schedule: str, now: datetime) -> datetime:
-    """The first cron time after ``now`` (UTC, whole seconds)."""
-    return next(iter(CronSim(schedule, now.astimezone(UTC).replace(microsecond=0))))
+@lru_cache(maxsize=16384)
+def next_fire(schedule: str, after: datetime) -> datetime | None:
+    """The first cron time after ``after`` (None for a schedule cronsim refuses)."""
+    try:
+        return next(iter(CronSim(schedule, after)))
+    except (CronSimError, StopIteration):
+        return None
 
 
 def due_run(schedule: str, baseline: datetime, now: datetime) -> datetime | None:

@@ -194,7 +194,8 @@ class BackupController:
             self.on_change(key)
         if spec.backup is None or not spec.backup.schedule or spec.backup.suspend:
             return None
-        return max(0.0, (b.next_fire(spec.backup.schedule, now) - now).total_seconds()) + 1.0
+        fire = b.next_fire(spec.backup.schedule, now)
+        return None if fire is None else max(0.0, (fire - now).total_seconds()) + 1.0
 
     async def _finish(
         self,

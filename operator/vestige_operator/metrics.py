@@ -15,12 +15,22 @@ VestigeMemory, and ``Cluster.requests`` / ``Cluster.errors`` (API requests by ve
 | ``vestige_operator_api_requests_total`` | counter | ``verb``, ``kind`` |
 | ``vestige_operator_api_errors_total`` | counter | ``verb``, ``kind``, ``code`` |
 | ``vestige_operator_watch_restarts_total`` | counter | ``resource`` |
+| ``vestige_operator_resource_phase`` | gauge | ``namespace``, ``name``, ``phase`` (value 1) |
+| ``vestige_operator_backup_last_success_timestamp_seconds`` | gauge | ``namespace``, ``name`` |
+| ``vestige_operator_backup_due_timestamp_seconds`` | gauge | ``namespace``, ``name`` |
+
+The per-resource families are read from the VestigeMemory watch cache (kopf's owner index): one
+series per resource (a fleet of 5,000 agents: 5,000 phase series), labelled like
+kube-state-metrics (``namespace``, ``name``: scrape with ``honor_labels``, as the chart's
+ServiceMonitor does). The monitoring pack's alert rules read them (manifests/helm/vestige-operator,
+templates/monitoring.yaml).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -31,8 +41,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from vestige_operator.api import Phase
+from vestige_operator.backup import next_fire
 from vestige_operator.config import OperatorConfig
+from vestige_operator.handlers import OWNER_INDEX
 from vestige_operator.reconcile import Reconciler
+from vestige_operator.times import parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +58,27 @@ QUEUE_STATES = ("queued", "running", "backoff")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: A resource the operator has not written a status for yet.
 NO_PHASE = "Unknown"
+#: (namespace, name) -> the cached VestigeMemory bodies of that key (kopf's owner index).
+Owners = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
+
+
+def backup_due(body: Mapping[str, Any]) -> datetime | None:
+    """When the next scheduled backup of a VestigeMemory is due: the first cron time after its
+    newest completed backup (after its creation while none completed). None without an active
+    schedule (none set, or ``backup.suspend``). A backup is overdue once a grace period after this
+    time has passed without a newer completed backup (the monitoring pack's alert)."""
+    backup = (body.get("spec") or {}).get("backup") or {}
+    schedule = backup.get("schedule")
+    if not schedule or backup.get("suspend"):
+        return None
+    baseline = last_backup(body) or parse_time((body.get("metadata") or {}).get("creationTimestamp"))
+    return next_fire(schedule, baseline) if baseline is not None else None
+
+
+def last_backup(body: Mapping[str, Any]) -> datetime | None:
+    """When the newest completed backup of a VestigeMemory completed (its status says)."""
+    last = ((body.get("status") or {}).get("backup") or {}).get("lastSuccessful") or {}
+    return parse_time(last.get("time"))
 
 
 class _StateCollector(Collector):
@@ -52,6 +86,7 @@ class _StateCollector(Collector):
 
     def __init__(self, reconciler: Reconciler) -> None:
         self._reconciler = reconciler
+        self.owners: Owners = {}
 
     def collect(self) -> Iterator[Any]:
         rec = self._reconciler
@@ -94,6 +129,40 @@ class _StateCollector(Collector):
         for (verb, kind, code), n in sorted(rec.port.errors.items()):
             errors.add_metric([verb, kind, str(code)], n)
         yield errors
+        yield from self._per_resource()
+
+    def _per_resource(self) -> Iterator[Any]:
+        keys = ["namespace", "name"]
+        phase = GaugeMetricFamily(
+            f"{PREFIX}_resource_phase",
+            "Each VestigeMemory's status.phase (value 1; Unknown: no status yet).",
+            labels=[*keys, "phase"],
+        )
+        last = GaugeMetricFamily(
+            f"{PREFIX}_backup_last_success_timestamp_seconds",
+            "Unix time the newest completed backup of a VestigeMemory completed (status.backup).",
+            labels=keys,
+        )
+        due = GaugeMetricFamily(
+            f"{PREFIX}_backup_due_timestamp_seconds",
+            "Unix time of the first scheduled backup after the newest completed one (after the "
+            "resource's creation while none completed); only with an active backup.schedule.",
+            labels=keys,
+        )
+        for (namespace, name), bodies in sorted(self.owners.items()):
+            body = next(iter(bodies), None)
+            if body is None:
+                continue
+            phase.add_metric([namespace, name, (body.get("status") or {}).get("phase") or NO_PHASE], 1)
+            when = last_backup(body)
+            if when is not None:
+                last.add_metric([namespace, name], when.timestamp())
+            when = backup_due(body)
+            if when is not None:
+                due.add_metric([namespace, name], when.timestamp())
+        yield phase
+        yield last
+        yield due
 
 
 class Metrics:
@@ -122,9 +191,14 @@ class Metrics:
             ["resource"],
             registry=self.registry,
         )
-        self.registry.register(_StateCollector(reconciler))
+        self._state = _StateCollector(reconciler)
+        self.registry.register(self._state)
         reconciler.queue.on_pass = self.observe_pass
         self._watches: set[tuple[str, str | None]] = set()
+
+    def attach(self, owners: Owners) -> None:
+        """Read the per-resource families from ``owners`` (kopf's VestigeMemory owner index)."""
+        self._state.owners = owners
 
     def observe_pass(self, result: str, seconds: float) -> None:
         self.reconciles.labels(result).inc()
@@ -179,7 +253,8 @@ def install(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: Ope
     runners: list[web.AppRunner] = []
 
     @kopf.on.startup(id="metrics", registry=registry)
-    async def start_metrics(**_: Any) -> None:
+    async def start_metrics(**kwargs: Any) -> None:
+        metrics.attach(kwargs[OWNER_INDEX])
         if config.metrics_port:
             try:
                 runners.append(await metrics.serve(config.metrics_host, config.metrics_port))

@@ -217,8 +217,8 @@ async def bench(args: argparse.Namespace, tmp: Path) -> JsonDict:
             for concurrency in CONCURRENCY:
                 total = args.requests * concurrency if concurrency > 1 else args.requests
                 total = min(total, args.max_requests)
-                await run_load(direct, concurrency, 50)  # warm-up
-                await run_load(via_bridge, concurrency, 50)
+                await run_load(direct, concurrency, args.warmup)
+                await run_load(via_bridge, concurrency, args.warmup)
                 lat: dict[str, list[float]] = {"direct": [], "bridge": []}
                 elapsed = {"direct": 0.0, "bridge": 0.0}
                 bridge_cpu = 0.0
@@ -274,6 +274,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per round per client")
     parser.add_argument("--max-requests", type=int, default=3000, help="cap of requests per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating direct/bridge rounds")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed calls per path and concurrency")
     parser.add_argument(
         "--bridge-extra-path",
         default=None,

@@ -34,6 +34,9 @@ from tests import cluster as local_cluster
 JsonDict = dict[str, Any]
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
+#: Where a run writes its results instead of RESULTS (and its report instead of docs/): the smoke
+#: run of every benchmark (tests/integration/test_bench_smoke.py) points it at a temporary directory.
+RESULTS_ENV = "VESTIGE_BENCH_RESULTS"
 TIMEOUT = (10.0, 60.0)
 #: How long a request is retried while the API server does not answer.
 RETRY_SECONDS = 180.0
@@ -172,8 +175,10 @@ class Kube:
         on_event: Callable[[str, JsonDict], None],
         stop: threading.Event,
         label_selector: str | None = None,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> None:
-        """Stream watch events of ``path`` into ``on_event`` until ``stop`` is set (reconnects)."""
+        """Stream watch events of ``path`` into ``on_event`` until ``stop`` is set (reconnects).
+        A request that fails is retried; ``on_error`` hears of it first (see ``refused``)."""
         rv = resource_version
         while not stop.is_set():
             query = [("watch", "true"), ("resourceVersion", rv), ("allowWatchBookmarks", "true")]
@@ -182,7 +187,13 @@ class Kube:
                 query.append(("labelSelector", label_selector))
             try:
                 resp = self.raw("GET", path, query=query, timeout=(10.0, 60.0), stream=True)
-            except Exception:
+                if resp.status != 200:
+                    body = resp.read().decode(errors="replace")
+                    resp.release_conn()
+                    raise KubeError(resp.status, body)
+            except Exception as exc:
+                if on_error is not None:
+                    on_error(exc)
                 if stop.wait(0.5):
                     return
                 continue
@@ -209,6 +220,12 @@ class Kube:
                     return
             finally:
                 resp.release_conn()
+
+
+def refused(exc: Exception) -> bool:
+    """An answer that retrying does not change (a 4xx other than 410 Gone and 429): a harness
+    error, not a slow or restarting API server."""
+    return isinstance(exc, KubeError) and 400 <= exc.status < 500 and exc.status not in (410, 429)
 
 
 def namespace_path(ns: str) -> str:
@@ -400,10 +417,17 @@ def environment(kube: Kube | None = None) -> JsonDict:
     return env
 
 
+def results_dir() -> Path:
+    """RESULTS, or the directory named by ``$VESTIGE_BENCH_RESULTS``."""
+    override = os.environ.get(RESULTS_ENV)
+    return Path(override) if override else RESULTS
+
+
 def write_result(name: str, key: str, run: JsonDict, limits: Mapping[str, str]) -> Path:
     """Merge one run (``key``: e.g. the N) into ``results/<name>.json``."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    results = results_dir()
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"{name}.json"
     doc: JsonDict = {"bench": name, "runs": {}}
     if path.exists():
         with contextlib.suppress(ValueError):

@@ -73,13 +73,11 @@ def floor_run(kube: Kube, info: ClusterInfo, n: int, timeout: float) -> JsonDict
         try:
             comp0 = component_cpu()
             start, created = create_memories(kube, ns, n, on_created=floor.on_created)
-            ok = tracker.wait_all(n, timeout)
+            ok = tracker.wait_all(n, timeout, check=floor.check)
             comp1 = component_cpu()
-            if not ok or floor.errors:
-                raise RuntimeError(
-                    f"floor: {len(tracker.ready_at)}/{n} Ready within {timeout:.0f}s; "
-                    f"errors: {floor.errors[:5]}"
-                )
+            floor.check()
+            if not ok:
+                raise RuntimeError(f"floor: {len(tracker.ready_at)}/{n} Ready within {timeout:.0f}s")
             end = max(tracker.ready_at.values())
             result.update(
                 seconds=round(end - start, 2),
@@ -134,13 +132,13 @@ def operator_run(
             tracker = ReadyTracker(kube, ns)
             try:
                 # VestigeMemory + 6 child kinds: every cache is listed and watched before timing.
-                identity.wait_watching(7)
+                identity.wait_watching(7, check=op.check_running)
                 time.sleep(1.0)
                 result["rss_kib_started"] = memory_kib(op.pid)
                 cpu0, comp0 = cpu_seconds(op.pid), component_cpu()
                 flows0 = identity.by_verb(dispatched_by_flow_schema(kube.metrics()))
                 start, created = create_memories(kube, ns, n)
-                ok = tracker.wait_all(n, timeout)
+                ok = tracker.wait_all(n, timeout, check=op.check_running)
                 if not ok:
                     raise RuntimeError(f"operator: {len(tracker.ready_at)}/{n} Ready within {timeout:.0f}s")
                 end = max(tracker.ready_at.values())

@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,7 @@ from tests.bench.kube import (
     create_namespace,
     delete_namespace,
     dispatched_by_flow_schema,
+    refused,
     shared_cluster,
 )
 from tests.cluster import kubectl_binary
@@ -61,6 +62,12 @@ SPEC: JsonDict = {
     "bridge": {"resources": {"requests": {"cpu": "5m", "memory": "32Mi"}}},
 }
 MEMORIES = f"/apis/{GROUP}/{VERSION}"
+#: How often a wait re-checks that its run can still succeed.
+CHECK_SECONDS = 0.5
+
+
+class HarnessError(RuntimeError):
+    """The benchmark cannot produce a result (not a slow run): reported at once."""
 
 
 def memories_path(ns: str, name: str | None = None, sub: str | None = None) -> str:
@@ -269,12 +276,16 @@ class Identity:
         self.kubeconfig.write_text(json.dumps(doc))
         self.kubeconfig.chmod(0o600)
 
-    def wait_watching(self, watches: int, timeout: float = 60) -> None:
+    def wait_watching(
+        self, watches: int, timeout: float = 60, check: Callable[[], None] | None = None
+    ) -> None:
         """Wait until the operator has opened ``watches`` watches (its caches are being filled)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.by_verb(dispatched_by_flow_schema(self.kube.metrics())).get("watch", 0) >= watches:
                 return
+            if check is not None:
+                check()
             time.sleep(0.25)
         raise RuntimeError(f"the operator did not open {watches} watches within {timeout:.0f}s")
 
@@ -312,6 +323,7 @@ class ReadyTracker:
         self.ready_at: dict[str, float] = {}
         self._lock = threading.Condition()
         self._stop = threading.Event()
+        self._refused: str | None = None
         listing = kube.request("GET", memories_path(namespace))
         self._thread = threading.Thread(
             target=kube.watch,
@@ -321,9 +333,16 @@ class ReadyTracker:
                 self._on_event,
                 self._stop,
             ),
+            kwargs={"on_error": self._on_watch_error},
             daemon=True,
         )
         self._thread.start()
+
+    def _on_watch_error(self, exc: Exception) -> None:
+        if refused(exc):
+            with self._lock:
+                self._refused = f"the watch of {memories_path(self.namespace)} was refused: {exc}"
+                self._lock.notify_all()
 
     def _on_event(self, type_: str, obj: JsonDict) -> None:
         if type_ == "DELETED" or not is_ready(obj):
@@ -332,9 +351,22 @@ class ReadyTracker:
             self.ready_at.setdefault(obj["metadata"]["name"], time.monotonic())
             self._lock.notify_all()
 
-    def wait_all(self, n: int, timeout: float) -> bool:
+    def wait_all(self, n: int, timeout: float, check: Callable[[], None] | None = None) -> bool:
+        """Wait until ``n`` resources were Ready; ``check`` runs every CHECK_SECONDS and raises
+        when the run can no longer succeed (a harness error, the operator gone), so that the
+        failure is reported at once rather than after ``timeout``."""
+        deadline = time.monotonic() + timeout
         with self._lock:
-            return self._lock.wait_for(lambda: len(self.ready_at) >= n, timeout)
+            while len(self.ready_at) < n:
+                if self._refused is not None:
+                    raise HarnessError(self._refused)
+                if check is not None:
+                    check()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._lock.wait(min(left, CHECK_SECONDS))
+            return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -443,8 +475,15 @@ class OperatorUnderTest:
             for line in self.resync_lines():
                 if int(line["resync"]) > after:
                     return line
+            self.check_running()
             time.sleep(0.2)
         raise RuntimeError(f"no resync after #{after} within {timeout:.0f}s")
+
+    def check_running(self) -> None:
+        """Raise at once when the operator process has exited (its log's tail says why)."""
+        if self.proc.poll() is not None:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise HarnessError(f"the operator exited with {self.proc.returncode}:\n{tail}")
 
     def warnings(self) -> list[str]:
         out = []
@@ -502,7 +541,7 @@ class Floor:
             t = threading.Thread(
                 target=kube.watch,
                 args=(path, rv, lambda typ, obj, kind=kind: self._on_child(kind, typ, obj), self._stop),
-                kwargs={"label_selector": selector},
+                kwargs={"label_selector": selector, "on_error": self._on_watch_error},
                 daemon=True,
             )
             t.start()
@@ -516,17 +555,24 @@ class Floor:
             self._owners[owner.name] = (owner, spec, int(meta.get("generation") or 1))
             self._futures.append(self.pool.submit(self._children, owner, spec))
 
+    def _on_watch_error(self, exc: Exception) -> None:
+        if refused(exc):
+            with self._lock:
+                self._errors.append(f"watch: {exc}")
+
     def _count(self, what: str) -> None:
         with self._lock:
             self.requests[what] += 1
 
     def _children(self, owner: Owner, spec: VestigeMemorySpec) -> None:
         try:
-            token = secrets.token_urlsafe(32)
-            secret = render_secret(owner, token)
+            # The agents' token and Vestige's internal token, as the operator creates them; the pod
+            # template carries the hash of the internal one.
+            vestige_token = secrets.token_urlsafe(32)
+            secret = render_secret(owner, secrets.token_urlsafe(32), vestige_token)
             self._count("create")
             self.kube.create(KINDS["Secret"].path(owner.namespace), secret, self.FIELD_MANAGER)
-            desired = render_children(owner, spec, IMAGES, token_hash(token.encode()))
+            desired = render_children(owner, spec, IMAGES, token_hash(vestige_token.encode()))
             for manifest in desired.apply:
                 self._count("apply")
                 result = self.kube.apply(
@@ -584,6 +630,12 @@ class Floor:
         with self._lock:
             return list(self._errors)
 
+    def check(self) -> None:
+        """Raise at once when a write failed: a floor that failed is not a floor."""
+        errors = self.errors
+        if errors:
+            raise HarnessError(f"floor: {len(errors)} write(s) failed, first: {errors[:3]}")
+
     def close(self) -> None:
         self._stop.set()
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -637,6 +689,7 @@ def rv_changes(before: dict[str, dict[str, str]], after: dict[str, dict[str, str
 __all__ = [
     "CONCURRENCY",
     "Floor",
+    "HarnessError",
     "Identity",
     "OperatorUnderTest",
     "ReadyTracker",

@@ -26,6 +26,7 @@ import httpx2
 import pytest
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.bridge.conftest import TOKEN, Bridge, start_bridge
 from tests.bridge.real import REAL_VERSIONS, RealUpstream, start_real, vestige_pids
@@ -254,6 +255,112 @@ def test_mcp_passthrough_reaches_the_real_server(real: Real) -> None:
     node_id = json.loads(stored.content[0].text)["nodeId"]
     assert [r["id"] for r in json.loads(search.content[0].text)["results"]] == [node_id]
     assert found(real, w) == [node_id]  # and REST sees what MCP stored
+
+
+# ---------------------------------------------------------------------- the /mcp allow-list
+def through_mcp(real: Real, body: Any) -> Any:
+    """Run `body(session)` on an official MCP SDK client session through the bridge's /mcp."""
+
+    async def run() -> Any:
+        http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=httpx2.Timeout(60))
+        async with (
+            http,
+            streamable_http_client(real.bridge.url + "/mcp", http_client=http) as (read, write),
+            ClientSession(read, write, read_timeout_seconds=60) as mcp,
+        ):
+            await mcp.initialize()
+            return await body(mcp)
+
+    return anyio.run(run)
+
+
+def files(real: Real) -> dict[str, int]:
+    """Every file on the data volume and in HOME (name -> size), the live database files aside."""
+    out = {}
+    for root in (real.upstream.data, real.upstream.home):
+        for path in root.rglob("*"):
+            if path.is_file() and not path.name.startswith("vestige.db"):
+                out[str(path)] = path.stat().st_size
+    return out
+
+
+def test_mcp_lists_only_the_allowed_tools(real: Real) -> None:
+    async def body(mcp: ClientSession) -> dict[str, Any]:
+        return {t.name: t.input_schema for t in (await mcp.list_tools()).tools}
+
+    tools = through_mcp(real, body)
+    assert {"search", "smart_ingest", "memory", "codebase", "intention", "backup", "export"} <= set(tools)
+    assert not {"gc", "consolidate", "restore", "dream", "delete_knowledge", "get_knowledge"} & set(tools)
+    assert "delete" not in tools["memory"]["properties"]["action"]["enum"]
+    assert set(tools["export"]["properties"]) == {"format", "tags", "since", "path"}
+
+
+def test_mcp_refuses_what_the_allow_list_does_not_name_and_the_store_is_unchanged(real: Real) -> None:
+    """Store-destroying tools, a hidden alias, a delete, unknown and override arguments, path
+    traversal and a trailing newline in a file name: each refused with a JSON-RPC error naming
+    it; afterwards every memory is still there and no file appeared or changed."""
+    w = word()
+    first, second = ingest(real, f"first kept ({w})"), ingest(real, f"second kept ({w})")
+    refused = [
+        ("gc", {"dry_run": False, "min_retention": 1.0, "max_age_days": 0}, ""),
+        ("consolidate", {}, ""),
+        ("delete_knowledge", {"id": first}, ""),
+        ("restore", {"path": "/etc/passwd"}, ""),
+        ("memory", {"action": "delete", "id": second}, "action"),
+        ("export", {"path": "../escape.json"}, "path"),
+        ("export", {"path": "nested/dir/escape.json"}, "path"),
+        ("export", {"path": f"{w}.json\n"}, "path"),
+        ("export", {"format": "json", "outputDir": "/tmp"}, "outputDir"),
+        ("backup", {"path": "/tmp/stolen.db"}, "path"),
+        ("search", {"query": w, "allowAnyPath": True}, "allowAnyPath"),
+        ("smart_ingest", {"content": f"third ({w})", "allowSecrets": True}, "allowSecrets"),
+        ("smart_ingest", {"items": [{"content": f"fourth ({w})", "path": "../x"}]}, "items.0.path"),
+    ]
+    before = files(real)
+
+    async def body(mcp: ClientSession) -> list[Any]:
+        out = []
+        for tool, arguments, _ in refused:
+            try:
+                out.append(await mcp.call_tool(tool, arguments))
+            except MCPError as exc:
+                out.append(exc)
+        return out
+
+    outcomes = through_mcp(real, body)
+    for (tool, arguments, argument), outcome in zip(refused, outcomes, strict=True):
+        assert isinstance(outcome, MCPError), f"{tool} {arguments} reached Vestige: {outcome}"
+        assert outcome.error.code == -32602, (tool, outcome.error)
+        expected = f"argument '{argument}' of '{tool}'" if argument else f"tool '{tool}'"
+        assert expected in outcome.error.message, outcome.error.message
+    assert sorted(found(real, w)) == sorted([first, second])
+    assert node(real, first)["content"] == f"first kept ({w})"
+    assert files(real) == before
+
+
+def test_mcp_allowed_tools_work_on_the_real_server(real: Real) -> None:
+    w = word()
+
+    async def body(mcp: ClientSession) -> list[Any]:
+        stored = await mcp.call_tool("smart_ingest", {"content": f"allowed through /mcp ({w})", "tags": [w]})
+        node_id = json.loads(stored.content[0].text)["nodeId"]
+        return [
+            stored,
+            await mcp.call_tool("search", {"query": w, "limit": 5}),
+            await mcp.call_tool("memory", {"action": "get", "id": node_id}),
+            await mcp.call_tool("export", {"format": "json", "tags": [w], "path": f"{w}.json"}),
+        ]
+
+    # (backup is allowed too, but Vestige names backups by the second: a second one within the
+    # same second as test_backup_and_export_land_on_the_data_volume's fails in Vestige itself)
+    stored, search, got, export = through_mcp(real, body)
+    for result in (stored, search, got, export):
+        assert not result.is_error, result
+    node_id = json.loads(stored.content[0].text)["nodeId"]
+    assert [r["id"] for r in json.loads(search.content[0].text)["results"]] == [node_id]
+    exported = Path(json.loads(export.content[0].text)["path"])
+    assert exported.name == f"{w}.json" and exported.is_file()
+    assert exported.is_relative_to(real.upstream.data) or exported.is_relative_to(real.upstream.home)
 
 
 # ---------------------------------------------------------------------- load and leaks

@@ -24,7 +24,15 @@ from tests.integration.conftest import ROOT, Kubectl
 from tests.integration.helpers import get, must_get, wait_until
 from tests.integration.operator_fixtures import OperatorFactory
 from tests.integration.operator_fixtures import operator_factory as operator_factory  # fixture
-from tests.integration.test_install import FORBIDDEN, NEEDED, _sa_kubeconfig, can
+from tests.integration.test_install import (
+    FORBIDDEN,
+    FOREIGN_IMAGE,
+    NEEDED,
+    POLICY_OBJECTS,
+    _sa_kubeconfig,
+    can,
+    expect_policy,
+)
 
 CHART = ROOT / "manifests" / "helm" / "vestige-operator"
 RELEASE = "vestige-operator"
@@ -32,6 +40,7 @@ SYSTEM = "vestige-system"
 WATCHED = "agents"
 CRD = "vestigememories.vestige.dev"
 CLUSTER_OBJECTS = [
+    *POLICY_OBJECTS,  # the binding first: without its params it refuses every VestigeMemory
     ("clusterrolebinding", "vestige-operator"),
     ("clusterrolebinding", "vestige-operator-discovery"),
     ("clusterrole", "vestige-operator"),
@@ -154,6 +163,11 @@ def test_helm_install_upgrade_uninstall(
         assert can(kubectl, verb, resource, namespace), f"cannot {verb} {resource}"
     for verb, resource in FORBIDDEN:
         assert not can(kubectl, verb, resource, None), f"may {verb} {resource} cluster-wide"
+    # The admission policy is on by default, in every namespace (docs/admission.md).
+    assert must_get(kubectl, SYSTEM, "configmap", f"{RELEASE}-policy")["data"]["images"] == (
+        "ghcr.io/vestige-operator/*"
+    )
+    expect_policy(kubectl, namespace, FOREIGN_IMAGE, refused=True)
 
     # The operator, authenticated as the chart's ServiceAccount, reconciles an agent to Ready and
     # reports it on /metrics (the process runs here, with exactly the chart's RBAC).
@@ -188,6 +202,7 @@ def test_helm_install_upgrade_uninstall(
         "--set", f"watch.namespaces={{{WATCHED}}}",
         "--set", "operator.resyncSeconds=30",
         "--set", "podAnnotations.example\\.org/upgraded=yes",
+        "--set", "admissionPolicy.params.images={ghcr.io/vestige-operator/*,docker.io/evil/*}",
     )  # fmt: skip
     dep = wait_until(lambda: _rolled_out(kubectl), 120, "the upgraded Deployment to roll out")
     assert dep["metadata"]["generation"] > before["metadata"]["generation"]
@@ -206,6 +221,11 @@ def test_helm_install_upgrade_uninstall(
     assert must_get(kubectl, WATCHED, "rolebinding", RELEASE)["roleRef"]["name"] == RELEASE
     assert can(kubectl, "create", "deployments.apps", WATCHED)
     assert not can(kubectl, "create", "deployments.apps", namespace)
+    # The policy follows the scope (only the watched namespace) and the loosened param.
+    twin = {"vestige": {"image": "docker.io/evil-twin/vestige:3"}}
+    expect_policy(kubectl, WATCHED, FOREIGN_IMAGE, refused=False)
+    expect_policy(kubectl, WATCHED, twin, refused=True)
+    expect_policy(kubectl, namespace, twin, refused=False)
     history = json.loads(helm("history", RELEASE, "-n", SYSTEM, "-o", "json").stdout)
     assert [h["revision"] for h in history] == [1, 2] and history[-1]["status"] == "deployed"
 
@@ -216,6 +236,8 @@ def test_helm_install_upgrade_uninstall(
     assert get(kubectl, SYSTEM, "serviceaccount", RELEASE) is None
     assert get(kubectl, "default", "clusterrole", RELEASE) is None
     assert get(kubectl, WATCHED, "rolebinding", RELEASE) is None
+    for kind, name in POLICY_OBJECTS:
+        assert get(kubectl, "default", kind, name) is None
     crd = must_get(kubectl, "default", "crd", CRD)
     assert "deletionTimestamp" not in crd["metadata"]
     assert must_get(kubectl, namespace, "vmem", "my-agent")

@@ -90,13 +90,38 @@ FORBIDDEN = [
 ]
 
 
+POLICY = "vestige-operator-policy"
+#: The admission policy of the default install (docs/admission.md), cluster-scoped.
+POLICY_OBJECTS = [("validatingadmissionpolicybinding", POLICY), ("validatingadmissionpolicy", POLICY)]
+FOREIGN_IMAGE = {"vestige": {"image": "docker.io/evil/vestige:3"}}
+
+
+def expect_policy(kubectl: Kubectl, namespace: str, spec: dict, refused: bool, timeout: float = 60) -> None:
+    """The installed policy refuses (or admits) ``spec`` in ``namespace`` (a server-side dry run),
+    once a change of the install is in force (within ``timeout``)."""
+    doc = {"apiVersion": "vestige.dev/v1alpha1", "kind": "VestigeMemory", "metadata": {"name": "probe"}}
+    doc["spec"] = spec
+    deadline = time.monotonic() + timeout
+    while True:
+        res = kubectl(
+            "-n", namespace, "create", "--dry-run=server", "-f", "-", input=json.dumps(doc), check=False
+        )
+        if (res.returncode != 0) == refused:
+            assert not refused or POLICY in res.stderr, res.stderr
+            return
+        assert time.monotonic() < deadline, f"{spec} in {namespace}: refused={not refused}: {res.stderr}"
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def cleanup(kubectl: Kubectl) -> Iterator[None]:
     for ns in ("vestige-system", WATCHED):  # left over by an interrupted earlier run
         _delete_namespace(kubectl, ns)
     yield
-    # Remove what the install created, except the CRD (shared by the rest of the session).
+    # Remove what the install created, except the CRD (shared by the rest of the session). The
+    # policy binding first: without its params (in vestige-system) it refuses every VestigeMemory.
     for kind, name in [
+        *POLICY_OBJECTS,
         ("clusterrolebinding", "vestige-operator"),
         ("clusterrolebinding", "vestige-operator-discovery"),
         ("clusterrole", "vestige-operator"),
@@ -138,6 +163,9 @@ def test_namespaced_overlay_grants_rights_only_where_it_watches(kubectl: Kubectl
     env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["VESTIGE_NAMESPACES"] == WATCHED
 
+    # The admission policy applies where this operator acts: in the watched namespace only.
+    expect_policy(kubectl, WATCHED, FOREIGN_IMAGE, refused=True)
+    expect_policy(kubectl, namespace, FOREIGN_IMAGE, refused=False)
     for verb, resource in NEEDED:
         assert can(kubectl, verb, resource, WATCHED), f"cannot {verb} {resource} in {WATCHED}"
         assert not can(kubectl, verb, resource, namespace), f"can {verb} {resource} in unwatched {namespace}"
@@ -183,6 +211,13 @@ def test_cluster_install_is_restricted_and_least_privilege(kubectl: Kubectl, nam
     )
     assert "violate" not in warn.stderr
 
+    # The admission policy is part of the install, in every namespace (docs/admission.md; each
+    # rule: test_admission.py): a foreign image is refused, naming the param that allows it.
+    expect_policy(kubectl, namespace, FOREIGN_IMAGE, refused=True)
+    res = kubectl(
+        "-n", namespace, "create", "--dry-run=server", "-f", str(ROOT / "manifests/examples/minimal.yaml")
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
     for verb, resource in NEEDED:
         assert can(kubectl, verb, resource, namespace), f"cannot {verb} {resource}"
     assert can(kubectl, "list", "vestigememories.vestige.dev", None)

@@ -1,6 +1,6 @@
 """Isolation and trust (issue 13) against the real local control plane: a data claim serves only
 its own agent (1), other managers' list entries are not drift (5), the operator's Secret access
-(6), a failed expansion can be undone (7) and the platform admission policy (8)."""
+(6) and a failed expansion can be undone (7). The platform admission policy: test_admission.py."""
 
 from __future__ import annotations
 
@@ -606,94 +606,3 @@ def test_an_expansion_the_volume_never_does_is_undone(
         "the claim to request 2Gi",
     )
     assert condition(wait_settled(kubectl, namespace, "grow"), "Stalled")["status"] == "False"
-
-
-# -- 8. the platform policy (ValidatingAdmissionPolicy) -----------------------------------------
-
-POLICY_DIR = ROOT / "manifests" / "policy"
-
-
-@pytest.fixture
-def platform_policy(kubectl: Kubectl) -> Iterator[None]:
-    kubectl("create", "namespace", "vestige-system", check=False)
-    kubectl("apply", "-k", str(POLICY_DIR))
-    yield
-    kubectl("delete", "-k", str(POLICY_DIR), "--ignore-not-found", "--wait=true", check=False)
-
-
-def create(kubectl: Kubectl, ns: str, name: str, spec: dict[str, Any]) -> Any:
-    return kubectl("-n", ns, "create", "-f", "-", input=json.dumps(memory(name, spec)), check=False)
-
-
-@pytest.mark.usefixtures("platform_policy")
-def test_platform_policy_rejects_what_it_does_not_allow(kubectl: Kubectl, namespace: str) -> None:
-    # The API server takes a moment to load a new policy: wait until it denies.
-    # Denied by the policy, not by anything else: a "probe" created before the policy was in force
-    # makes the next attempt fail with AlreadyExists, which must not count (delete it and retry).
-    def denied_by_policy() -> bool:
-        res = create(kubectl, namespace, "probe", {"service": {"type": "LoadBalancer"}})
-        if res.returncode == 0:
-            kubectl("-n", namespace, "delete", "vmem", "probe", "--wait=true", check=False)
-        return res.returncode != 0 and "vestige-policy" in res.stderr
-
-    wait_until(denied_by_policy, 60, "the policy to be in force")
-    policy = json.loads(kubectl("get", "validatingadmissionpolicy", "vestige-policy", "-o", "json").stdout)
-    assert not policy.get("status", {}).get("typeChecking", {}).get("expressionWarnings"), policy["status"]
-
-    violations = {
-        "vimg": (
-            {"vestige": {"image": "docker.io/evil/vestige:3"}},
-            "spec.vestige.image docker.io/evil/vestige:3",
-        ),
-        "bimg": (
-            {"bridge": {"image": "ghcr.io/vestige-operator-evil/bridge:1"}},
-            "spec.bridge.image ghcr.io/vestige-operator-evil/bridge:1",
-        ),
-        "lb": ({"service": {"type": "LoadBalancer"}}, "spec.service.type LoadBalancer"),
-        "np": ({"service": {"type": "NodePort"}}, "spec.service.type NodePort"),
-        "annot": (
-            {"ingress": {"enabled": True, "annotations": {"nginx.ingress.kubernetes.io/auth-url": "x"}}},
-            "spec.ingress.annotations",
-        ),
-        "open": ({"networkPolicy": {"enabled": False}}, "spec.networkPolicy.enabled: false"),
-    }
-    for name, (spec, message) in violations.items():
-        res = create(kubectl, namespace, name, spec)
-        assert res.returncode != 0, f"{name} was admitted"
-        assert "vestige-policy" in res.stderr and message in res.stderr, res.stderr
-        assert get(kubectl, namespace, "vmem", name) is None
-
-    # Compliant resources are admitted: defaults (the operator fills in its own images), the
-    # operator's default images written out, ClusterIP, an Ingress without annotations.
-    compliant = {
-        "defaults": {},
-        "explicit": {
-            "vestige": {"image": "ghcr.io/vestige-operator/vestige:3"},
-            "bridge": {"image": "ghcr.io/vestige-operator/vestige-bridge:0.1.0"},
-            "service": {"type": "ClusterIP"},
-            "ingress": {"enabled": True, "host": "a.example.com"},
-            "networkPolicy": {"enabled": True},
-        },
-    }
-    for name, spec in compliant.items():
-        res = create(kubectl, namespace, name, spec)
-        assert res.returncode == 0, res.stderr
-    # An update into a violation is rejected too.
-    res = patch_spec(kubectl, namespace, "defaults", {"service": {"type": "LoadBalancer"}}, check=False)
-    assert res.returncode != 0 and "spec.service.type LoadBalancer" in res.stderr, res.stderr
-
-    # The platform team changes its mind once, in the ConfigMap: LoadBalancer is now allowed.
-    kubectl(
-        "-n", "vestige-system", "patch", "configmap", "vestige-policy", "--type=merge",
-        "-p", json.dumps({"data": {"allowedServiceTypes": "ClusterIP,LoadBalancer"}}),
-    )  # fmt: skip
-    wait_until(
-        lambda: create(kubectl, namespace, "lb", {"service": {"type": "LoadBalancer"}}).returncode == 0,
-        30,
-        "the new parameters to be in force",
-    )
-    assert create(kubectl, namespace, "np", {"service": {"type": "NodePort"}}).returncode != 0
-
-    # Without its parameters the policy denies everything (fails closed).
-    kubectl("-n", "vestige-system", "delete", "configmap", "vestige-policy")
-    wait_until(lambda: create(kubectl, namespace, "none", {}).returncode != 0, 30, "deny without params")

@@ -96,6 +96,13 @@ def test_metrics_report_what_the_operator_did(
     assert value(m, "vestige_operator_resources", phase="Ready") == 3
     assert value(m, "vestige_operator_resources", phase="Failed") == 1
     assert sum(value(m, "vestige_operator_resources", phase=p) for p in PHASES) == 4
+    # One phase series per resource, labelled with its namespace and name (read from the watch
+    # cache, which sees the status writes a moment later).
+    expected = {(("name", n), ("namespace", ns), ("phase", "Ready")): 1.0 for n in agents}
+    expected[(("name", "no-token"), ("namespace", ns), ("phase", "Failed"))] = 1.0
+    wait_until(
+        lambda: scrape(op).get("vestige_operator_resource_phase") == expected, 30, "the per-resource phases"
+    )
 
     # Reconciles: every pass succeeded; the histogram saw each; the probe counted the same passes.
     passes = value(m, "vestige_operator_reconciles_total", result="success")

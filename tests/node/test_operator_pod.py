@@ -71,6 +71,18 @@ class Release:
                 "resyncSeconds": 60,
             },
             "metrics": {"enabled": True},
+            # The release's admission policy (on by default, scoped to the watched namespace)
+            # lets its agents onto the real node, in the one place (docs/admission.md).
+            "admissionPolicy": {
+                "params": {
+                    "nodeSelectors": [
+                        "kubernetes.io/os=*",
+                        "kubernetes.io/arch=*",
+                        *(f"{key}={value}" for key, value in node.POD_PLACEMENT["nodeSelector"].items()),
+                    ],
+                    "tolerationKeys": [t["key"] for t in node.POD_PLACEMENT["tolerations"]],
+                }
+            },
             **node.POD_PLACEMENT,
         }
         return ["--set-json", f"image={json.dumps(placement.pop('image'))}"] + [

@@ -34,3 +34,35 @@ def test_describe_never_includes_headers() -> None:
     assert "s3cret" not in text
     assert describe(MCPError(-32600, "unauthorized")) == "MCP error -32600: unauthorized"
     assert describe(RuntimeError()) == "RuntimeError"
+
+
+def test_concurrent_health_checks_share_one_round_trip() -> None:
+    """/health and /readyz are public: 50 concurrent probes cost Vestige one tools/list, and a
+    probe that gives up does not cancel it for the others."""
+    import asyncio
+
+    from vestige_bridge.mapping import ServerProfile
+    from vestige_bridge.mcp_client import VestigeClient
+    from vestige_bridge.metrics import Metrics
+    from vestige_bridge.settings import Settings
+
+    client = VestigeClient(Settings(VESTIGE_AUTH_TOKEN="t"), Metrics())
+    profile = ServerProfile(name="vestige", version="3.1.1", protocol_version="2025-11-25", tools={})
+    calls = 0
+
+    async def run(call: object, limit: float) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        client._conn = type("Conn", (), {"profile": profile, "closed": asyncio.Event()})()  # type: ignore[assignment]
+
+    client.run = run  # type: ignore[method-assign]
+
+    async def probes() -> list[ServerProfile]:
+        impatient = asyncio.ensure_future(client.check(5))
+        await asyncio.sleep(0)
+        impatient.cancel()
+        return await asyncio.gather(*(client.check(5) for _ in range(50)))
+
+    assert asyncio.run(probes()) == [profile] * 50
+    assert calls == 1

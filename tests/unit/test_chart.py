@@ -11,6 +11,7 @@ the values schema, and what each value changes.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -245,3 +246,259 @@ def test_packaged_chart_embeds_the_linked_files(tmp_path: Path) -> None:
     (archive,) = tmp_path.glob("vestige-operator-*.tgz")
     packaged = helm("template", RELEASE, str(archive), "--namespace", NAMESPACE).stdout
     assert [d for d in yaml.safe_load_all(packaged) if d] == render_chart()
+
+
+# -- the monitoring pack ---------------------------------------------------------------------------
+
+MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+
+
+def _monitoring(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pack's objects: its kinds, and ConfigMaps carrying Grafana's dashboard label (the
+    admission policy's params are a ConfigMap too)."""
+    return [
+        d
+        for d in docs
+        if d["kind"] in MONITORING_KINDS
+        or (d["kind"] == "ConfigMap" and "grafana_dashboard" in (d["metadata"].get("labels") or {}))
+    ]
+
+
+PACK_ON = (
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "monitoring.podMonitor.enabled=true",
+    "--set",
+    "monitoring.rules.enabled=true",
+    "--set",
+    "monitoring.dashboard.enabled=true",
+)
+
+
+def test_the_monitoring_pack_is_off_by_default() -> None:
+    assert not _monitoring(render_chart())
+
+
+def test_the_monitoring_pack_lints_clean() -> None:
+    out = helm("lint", "--strict", str(CHART), *PACK_ON)
+    assert "0 chart(s) failed" in out.stdout, out.stdout
+
+
+def test_the_pod_monitor_scrapes_every_agents_bridge() -> None:
+    """Its selector matches the pods the operator renders (children.py), its port is the bridge's."""
+    from vestige_operator.api import VestigeMemorySpec
+    from vestige_operator.children import render_deployment
+    from vestige_operator.vocabulary import Images, Owner
+
+    docs = by_key(render_chart(*PACK_ON))
+    monitor = docs[("PodMonitor", NAMESPACE, f"{RELEASE}-bridges")]
+    owner = Owner(name="agent-a", namespace="agents", uid="uid-a")
+    pod = render_deployment(owner, VestigeMemorySpec(), Images(vestige="v:1", bridge="b:1"), "hash")["spec"][
+        "template"
+    ]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    bridge = next(c for c in pod["spec"]["containers"] if c["name"] == "bridge")
+    assert endpoint["port"] in [p["name"] for p in bridge["ports"]]
+    assert endpoint["path"] == "/metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    # A namespaced operator: only the namespaces it watches.
+    scoped = by_key(render_chart(*PACK_ON, "--set", "watch.namespaces={team-a,team-b}"))
+    assert scoped[("PodMonitor", NAMESPACE, f"{RELEASE}-bridges")]["spec"]["namespaceSelector"] == {
+        "matchNames": ["team-a", "team-b"]
+    }
+
+
+def test_the_rules_read_the_operator_through_its_service_monitor() -> None:
+    docs = by_key(render_chart(*PACK_ON))
+    rule = docs[("PrometheusRule", NAMESPACE, RELEASE)]
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert sorted(alerts) == [
+        "VestigeAgentNotReady",
+        "VestigeBackupOverdue",
+        "VestigeBridgeAuthFailureBurst",
+        "VestigeOperatorDown",
+        "VestigeOperatorNotReconciling",
+    ]
+    # The ServiceMonitor's job is its Service's name; it keeps the metrics' own namespace/name.
+    service = docs[("Service", NAMESPACE, f"{RELEASE}-metrics")]
+    job = f'job="{service["metadata"]["name"]}"'
+    for name in ("VestigeOperatorDown", "VestigeOperatorNotReconciling"):
+        assert f'{job}, namespace="{NAMESPACE}"' in alerts[name]["expr"], alerts[name]["expr"]
+    # The per-resource series carry the VestigeMemory's namespace: selected by job alone.
+    for name in ("VestigeAgentNotReady", "VestigeBackupOverdue"):
+        assert f"{{{job}" in alerts[name]["expr"] and NAMESPACE not in alerts[name]["expr"]
+    (endpoint,) = docs[("ServiceMonitor", NAMESPACE, RELEASE)]["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True
+
+
+def test_rule_settings_reach_the_rules(tmp_path: Path) -> None:
+    values = {
+        "monitoring": {
+            "rules": {
+                "enabled": True,
+                "labels": {"release": "prom"},
+                "alertLabels": {"team": "platform"},
+                "operatorJob": "custom-job",
+                "backupGraceSeconds": 7200,
+                "authFailureBurst": 5,
+                "authFailureWindow": "10m",
+                "agentNotReadyFor": "30m",
+            }
+        }
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    rule = next(d for d in render_chart("--values", str(path)) if d["kind"] == "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert all(r["labels"]["team"] == "platform" for r in alerts.values())
+    assert 'job="custom-job"' in alerts["VestigeOperatorDown"]["expr"]
+    assert alerts["VestigeBackupOverdue"]["expr"].endswith("> 7200")
+    assert "[10m]" in alerts["VestigeBridgeAuthFailureBurst"]["expr"]
+    assert alerts["VestigeBridgeAuthFailureBurst"]["expr"].endswith("> 5")
+    assert alerts["VestigeAgentNotReady"]["for"] == "30m"
+
+
+def test_the_dashboard_config_map_is_for_grafanas_sidecar() -> None:
+    docs = render_chart(*PACK_ON, "--set", "monitoring.dashboard.annotations.grafana_folder=Vestige")
+    (cm,) = [d for d in _monitoring(docs) if d["kind"] == "ConfigMap"]
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Vestige"}
+    dashboard = json.loads(cm["data"]["vestige-operator.json"])
+    assert dashboard["uid"] == "vestige-operator"
+    assert dashboard["panels"]
+    elsewhere = render_chart(
+        "--set", "monitoring.dashboard.enabled=true", "--set", "monitoring.dashboard.namespace=grafana"
+    )
+    assert [d["metadata"]["namespace"] for d in _monitoring(elsewhere) if d["kind"] == "ConfigMap"] == [
+        "grafana"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("monitoring.rules.backupGraceSeconds=-1", "backupGraceSeconds"),
+        ("monitoring.rules.operatorDownFor=five", "operatorDownFor"),
+        ("monitoring.rules.authFailureBurst=0", "authFailureBurst"),
+        ("monitoring.podMonitor.interval=30", "interval"),
+        ("monitoring.dashboard.namespace=Bad_NS", "namespace"),
+        ("monitoring.bogus=1", "bogus"),
+    ],
+)
+def test_schema_rejects_bad_monitoring_values(setting: str, complaint: str) -> None:
+    proc = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0, f"{setting} was accepted"
+    assert complaint in proc.stderr, proc.stderr
+
+
+# -- the admission policy (docs/admission.md) ------------------------------------------------------
+
+BASE = ROOT / "manifests" / "base"
+POLICY_NAME = f"{RELEASE}-policy"
+
+
+def _policy_docs(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    kinds = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "ConfigMap")
+    return {d["kind"]: d for d in docs if d["kind"] in kinds}
+
+
+def test_the_admission_policy_is_part_of_both_default_installs() -> None:
+    for docs in (render_chart(), render_kustomize(ROOT / "manifests")):
+        policy = _policy_docs(docs)
+        assert sorted(policy) == [
+            "ConfigMap",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ]
+        binding = policy["ValidatingAdmissionPolicyBinding"]
+        # Cluster-scoped objects carry no namespace (kustomize would add one with a `namespace:`).
+        assert "namespace" not in binding["metadata"]
+        assert "namespace" not in policy["ValidatingAdmissionPolicy"]["metadata"]
+        assert binding["spec"]["policyName"] == POLICY_NAME
+        assert binding["spec"]["validationActions"] == ["Deny"]
+        assert binding["spec"]["paramRef"] == {
+            "name": POLICY_NAME,
+            "namespace": NAMESPACE,
+            "parameterNotFoundAction": "Deny",
+        }
+        assert "matchResources" not in binding["spec"]  # every namespace
+        assert policy["ConfigMap"]["metadata"]["namespace"] == NAMESPACE
+
+
+def _render_kustomization(tmp_path: Path, body: dict[str, Any]) -> list[dict[str, Any]]:
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(body))
+    return render_kustomize(tmp_path)
+
+
+def test_the_admission_policy_can_be_switched_off(tmp_path: Path) -> None:
+    """Helm: admissionPolicy.enabled=false; kustomize: the component no-admission-policy. Both
+    leave everything else as it was."""
+    chart = render_chart("--set", "admissionPolicy.enabled=false")
+    assert not _policy_docs(chart)
+    body = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        # kustomize takes relative paths only
+        "resources": [os.path.relpath(ROOT / "manifests", tmp_path)],
+        "components": [os.path.relpath(ROOT / "manifests" / "components" / "no-admission-policy", tmp_path)],
+    }
+    kustomize = _render_kustomization(tmp_path, body)
+    assert not _policy_docs(kustomize)
+    assert_same(chart, kustomize)
+
+
+def test_admission_values_reach_the_objects(tmp_path: Path) -> None:
+    values = {
+        "fullnameOverride": "vop-x",
+        "watch": {"namespaces": ["team-a", "team-b"]},
+        "admissionPolicy": {
+            "validationActions": ["Warn", "Audit"],
+            "params": {
+                "images": ["ghcr.io/vestige-operator/*", "registry.example/agents/*"],
+                "ingressHosts": "*.{namespace}.apps.example.com",
+                "allowAnonymous": "true",
+            },
+        },
+    }
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    policy = _policy_docs(render_chart("--values", str(path)))
+    binding = policy["ValidatingAdmissionPolicyBinding"]
+    assert policy["ValidatingAdmissionPolicy"]["metadata"]["name"] == "vop-x-policy"
+    assert binding["metadata"]["name"] == binding["spec"]["policyName"] == "vop-x-policy"
+    assert binding["spec"]["validationActions"] == ["Warn", "Audit"]
+    assert binding["spec"]["paramRef"]["name"] == "vop-x-policy"
+    # Namespaced: the policy applies where this operator acts.
+    assert binding["spec"]["matchResources"] == {
+        "namespaceSelector": {
+            "matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}
+            ]
+        }
+    }
+    data = policy["ConfigMap"]["data"]
+    defaults = yaml.safe_load((BASE / "admission-params.yaml").read_text())["data"]
+    assert data == {
+        **defaults,
+        "images": "ghcr.io/vestige-operator/*,registry.example/agents/*",
+        "ingressHosts": "*.{namespace}.apps.example.com",
+        "allowAnonymous": "true",
+    }
+
+
+@pytest.mark.parametrize(
+    ("setting", "complaint"),
+    [
+        ("admissionPolicy.params.bogus=1", "bogus"),
+        ("admissionPolicy.validationActions={Maybe}", "validationActions"),
+        ("admissionPolicy.enabled=yes", "enabled"),
+    ],
+)
+def test_schema_rejects_bad_admission_values(setting: str, complaint: str) -> None:
+    proc = helm("template", RELEASE, str(CHART), "--set", setting, check=False)
+    assert proc.returncode != 0, f"{setting} was accepted"
+    assert complaint in proc.stderr, proc.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import urllib.request
+from datetime import datetime
 from typing import Any
 
 import kopf
@@ -96,6 +97,51 @@ async def test_every_metric_reflects_what_happened(reconciler: Reconciler) -> No
     assert ("vestige_operator_watch_restarts_total", (("resource", "services"),)) not in after
     for key in ("b", "c"):
         reconciler.forget(("ns", key), None)
+
+
+def test_per_resource_phase_and_backup_times(reconciler: Reconciler) -> None:
+    """One phase series per VestigeMemory; the newest completed backup; when the next scheduled
+    run is due: the first cron time after that backup, or after the creation while none completed,
+    and nothing without an active schedule."""
+
+    def memory(name: str, spec: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        meta = {"name": name, "namespace": "ns", "creationTimestamp": "2026-05-01T10:20:00Z"}
+        return {"metadata": meta, "spec": spec, "status": status}
+
+    daily = {"backup": {"schedule": "0 3 * * *"}}
+    done = {"phase": "Ready", "backup": {"lastSuccessful": {"time": "2026-05-03T03:00:40Z"}}}
+    m = Metrics(reconciler)
+    m.attach(
+        {
+            ("ns", "fresh"): [memory("fresh", daily, {"phase": "Provisioning"})],
+            ("ns", "backed-up"): [memory("backed-up", daily, done)],
+            ("ns", "paused"): [
+                memory("paused", {"backup": {"schedule": "0 3 * * *", "suspend": True}}, done)
+            ],
+            ("ns", "no-status"): [memory("no-status", {}, {})],
+            ("ns", "gone"): [],
+        }
+    )
+    got = samples(m.exposition().decode())
+
+    def ts(value: str) -> float:
+        return datetime.fromisoformat(value).timestamp()
+
+    phase = {k[1]: v for k, v in got.items() if k[0] == "vestige_operator_resource_phase"}
+    assert phase == {
+        (("name", "fresh"), ("namespace", "ns"), ("phase", "Provisioning")): 1,
+        (("name", "backed-up"), ("namespace", "ns"), ("phase", "Ready")): 1,
+        (("name", "paused"), ("namespace", "ns"), ("phase", "Ready")): 1,
+        (("name", "no-status"), ("namespace", "ns"), ("phase", "Unknown")): 1,
+    }
+    last = {
+        k[1][0][1]: v
+        for k, v in got.items()
+        if k[0] == "vestige_operator_backup_last_success_timestamp_seconds"
+    }
+    assert last == {"backed-up": ts("2026-05-03T03:00:40+00:00"), "paused": ts("2026-05-03T03:00:40+00:00")}
+    due = {k[1][0][1]: v for k, v in got.items() if k[0] == "vestige_operator_backup_due_timestamp_seconds"}
+    assert due == {"fresh": ts("2026-05-02T03:00:00+00:00"), "backed-up": ts("2026-05-04T03:00:00+00:00")}
 
 
 async def test_queue_depth_counts_waiting_and_running_passes() -> None:

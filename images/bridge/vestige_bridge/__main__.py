@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         log_config=None,
         log_level=settings.log_level.lower(),
         proxy_headers=False,
+        # No access log: one line per request, 401s included, would carry each client's raw path
+        # (up to the 16 KiB head limit) into the log at the client's pace. Requests are counted
+        # in /metrics under bounded labels instead.
+        access_log=False,
         server_header=False,
         timeout_graceful_shutdown=10,
         # uvloop when installed (the bridge extra has it): less CPU per request. HTTP parsing

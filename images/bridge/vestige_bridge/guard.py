@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.routing import Match, Router
 
-from vestige_bridge.metrics import Metrics
+from vestige_bridge.metrics import UNMATCHED, Metrics, method_label, status_label
 from vestige_bridge.tokens import Tokens
 
 Scope = MutableMapping[str, Any]
@@ -92,11 +92,11 @@ class Guard:
         for route in self.router.routes:
             match, child = route.matches(scope)
             if match == Match.FULL:
-                template = getattr(route, "path", "unmatched") or "unmatched"
+                template = getattr(route, "path", UNMATCHED) or UNMATCHED
                 if not child.get("path_params"):
                     self._templates[key] = template
                 return template
-        return "unmatched"
+        return UNMATCHED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -114,8 +114,8 @@ class Guard:
             await self._guarded(scope, receive, send_tracking)
         finally:
             route = self._route(scope)
-            method = scope.get("method", "")
-            status = str(status_holder["status"])
+            method = method_label(scope.get("method", ""))
+            status = status_label(status_holder["status"])
             self.metrics.requests.labels(route=route, method=method, status=status).inc()
             self.metrics.latency.labels(route=route, method=method).observe(time.perf_counter() - started)
 

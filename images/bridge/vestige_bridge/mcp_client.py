@@ -430,6 +430,7 @@ class VestigeClient:
         self._lock = anyio.Lock()
         self._ever_connected = False
         self._last_failure: tuple[float, str] | None = None
+        self._health: asyncio.Future[ServerProfile] | None = None
 
     @property
     def profile(self) -> ServerProfile | None:
@@ -555,8 +556,19 @@ class VestigeClient:
         return made[-1], result
 
     async def check(self, limit: float) -> ServerProfile:
-        """Deep health check: a ``tools/list`` round trip on the (re)connected session."""
+        """Deep health check: a ``tools/list`` round trip on the (re)connected session.
 
+        The probes that run it (/health, /readyz) are public, so concurrent checks share one
+        round trip: a burst of unauthenticated probes costs Vestige one call at a time, not one
+        each. A caller that gives up does not cancel the shared check.
+        """
+        shared = self._health
+        if shared is None or shared.done():
+            shared = self._health = asyncio.ensure_future(self._check(limit))
+            shared.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return await asyncio.shield(shared)
+
+    async def _check(self, limit: float) -> ServerProfile:
         async def call(link: Link) -> types.ListToolsResult:
             return await link.session.list_tools()
 

@@ -8,10 +8,31 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""HTTP methods counted under their own name; any other (h11 accepts any token) is ``other``."""
+STATUSES = frozenset({200, 202, 204, 400, 401, 403, 404, 405, 406, 413, 422, 500, 501, 502, 503, 504})
+"""Status codes counted under their own value; any other under its class (``4xx``, ...)."""
+UNMATCHED = "unmatched"
+"""The route label of a request no route matches (never its raw path)."""
+
+
+def method_label(method: str) -> str:
+    """The bounded ``method`` label: a standard method, or ``other``."""
+    return method if method in METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    """The bounded ``status`` label: a code the bridge answers, else its class (``5xx``)."""
+    if status in STATUSES:
+        return str(status)
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
+
 
 @dataclass
 class Metrics:
-    """The bridge's metric families; label values are bounded (route templates, tool names)."""
+    """The bridge's metric families. Every label value comes from a fixed set, whatever a client
+    sends: route templates or ``unmatched``, :func:`method_label`, :func:`status_label`, tool names
+    of the allow-list or the REST mapping, fixed outcome and error kinds."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 

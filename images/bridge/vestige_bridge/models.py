@@ -168,13 +168,20 @@ class IntentionRequest(Body):
     )
 
 
+FILE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}"
+"""A plain file name inside one of Vestige's folders (no directory, no '..', no leading '.', no
+control character): POST /export's ``filename`` and every file-name argument through /mcp
+(vestige_bridge.allowlist). Match it as a whole (``fullmatch``; pydantic's ``$`` is the end of
+the text), never with Python's ``re`` and ``$``, which also matches before a trailing newline."""
+
+
 class ExportRequest(Body):
     format: Literal["json", "jsonl", "portable"] = Field(default="json", description="portable: 3.x only.")
     tags: list[str] | None = Field(default=None, max_length=50, description="Only memories with ALL tags.")
     since: date | None = Field(default=None, description="Only memories created after this date.")
     filename: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        pattern=rf"^{FILE_NAME}$",
         description="File name (not a path) inside Vestige's exports folder.",
     )
 
