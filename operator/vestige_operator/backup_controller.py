@@ -1,7 +1,8 @@
 """Scheduled backups, VestigeBackup runs, retention and restore refusals: the I/O around backup.py.
 
-One pass per VestigeMemory (serialized per memory), triggered by events of its VestigeBackups and
-Jobs and by a tick every ``VESTIGE_BACKUP_INTERVAL_SECONDS``:
+One pass per VestigeMemory, run by the shared work queue (workqueue.py: merged per memory,
+bounded, retried with backoff), triggered by events of its VestigeBackups and Jobs, by a tick
+every ``VESTIGE_BACKUP_INTERVAL_SECONDS`` and by its own requeue-after (the next cron time):
 
 1. finish Running backups whose Job ended: read the runner's result from the Job pod's
    termination message, set the VestigeBackup Completed or Failed (one Warning Event on the
@@ -13,7 +14,9 @@ Jobs and by a tick every ``VESTIGE_BACKUP_INTERVAL_SECONDS``:
 5. restore: while the agent is not available, read why its restore init container refused.
 
 The VestigeMemory's ``status.backup`` and condition ``LastBackupSucceeded`` are written by the
-reconciler (the single writer of that status) from the same VestigeBackup cache.
+reconciler (the single writer of that status), which reads them through this controller's
+read-only view (``summary``, ``restore_problem``); this controller asks for a reconcile of a
+memory through ``on_change`` when either changed.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from vestige_operator import backup as b
 from vestige_operator import cluster as k8s
 from vestige_operator.api import BackupPhase, VestigeMemorySpec
 from vestige_operator.events import make_event
+from vestige_operator.port import ApiPort
 from vestige_operator.times import format_time, parse_time
 from vestige_operator.vocabulary import (
     ANNOTATION_PRUNES,
@@ -47,12 +51,14 @@ from vestige_operator.vocabulary import (
     Images,
     Owner,
 )
+from vestige_operator.workqueue import RetryLater, WorkQueue
 
 logger = logging.getLogger("vestige_operator.backup")
 
 Key = tuple[str, str]
 Cache = Mapping[Key, Iterable[Mapping[str, Any]]]
 DEFAULT_INTERVAL_SECONDS = 10.0
+DEFAULT_CONCURRENCY = 4
 MISSING_MEMORY_GRACE = timedelta(seconds=60)
 
 
@@ -69,19 +75,20 @@ def _phase(obj: Mapping[str, Any]) -> str | None:
 
 
 class BackupController:
-    """Runs backup passes. ``owners``, ``backups`` and ``jobs`` are watch caches keyed by
-    (namespace, memory name); the tests may pass plain dicts built from LISTs."""
+    """Runs backup passes. ``owners``, ``backups``, ``jobs`` and ``deployments`` are watch caches
+    keyed by (namespace, memory name) (``attach``); the tests may pass plain dicts built from LISTs."""
 
     def __init__(
         self,
-        cluster: k8s.Cluster,
+        port: ApiPort,
         images: Images,
         *,
         clock: Callable[[], datetime] = _now,
         interval: float = DEFAULT_INTERVAL_SECONDS,
         on_change: Callable[[Key], None] | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
-        self.cluster = cluster
+        self.port = port
         self.images = images
         self.clock = clock
         self.interval = interval
@@ -90,21 +97,34 @@ class BackupController:
         self.backups: Cache = {}
         self.jobs: Cache = {}
         self.deployments: Cache = {}
-        self.restore_problems: dict[Key, str] = {}
-        self._locks: dict[Key, asyncio.Lock] = {}
+        self._restore_problems: dict[Key, str] = {}
         #: Newest cron time a run was created for, per memory (the objects may lag or be pruned).
         self._scheduled: dict[Key, datetime] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        #: Keys requested while their pass was running: that pass runs once more.
-        self._again: set[Key] = set()
-        self.passes = 0
+        self.queue: WorkQueue[Key] = WorkQueue(
+            "backup", self._pass, concurrency=concurrency, max_backoff=max(interval, 1.0) * 6
+        )
+
+    def attach(self, owners: Cache, backups: Cache, jobs: Cache, deployments: Cache) -> None:
+        self.owners, self.backups, self.jobs, self.deployments = owners, backups, jobs, deployments
+
+    # -- the reconciler's read-only view --------------------------------------------------------
+
+    def summary(self, key: Key) -> b.BackupSummary | None:
+        """The memory's backups for its status (None: the cache holds none under ``key``)."""
+        return b.summarize(list(self.backups.get(key, ()))) if key in self.backups else None
+
+    def restore_problem(self, key: Key) -> str | None:
+        """Why the memory's restore init container refused to run, as last read."""
+        return self._restore_problems.get(key)
 
     # -- scheduling of passes -------------------------------------------------------------------
 
+    @property
+    def passes(self) -> int:
+        return self.queue.passes
+
     def request(self, key: Key) -> None:
-        task = asyncio.get_running_loop().create_task(self.run_pass(key), name=f"backup {key[0]}/{key[1]}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.queue.request(key)
 
     def keys(self) -> list[Key]:
         """Memories with something to do: a backup spec, VestigeBackups, or a restore."""
@@ -126,30 +146,15 @@ class BackupController:
                 logger.exception("backup tick failed")
 
     async def drain(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.queue.drain()
 
-    async def run_pass(self, key: Key) -> None:
-        """One pass for ``key``; a request while a pass runs is not dropped: the running pass
-        goes again once it is done (an event it started too early to see, e.g. a Job that just
-        completed, is acted on now, not only at the next tick)."""
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        if lock.locked():
-            self._again.add(key)
-            return
-        async with lock:
-            while True:
-                self._again.discard(key)
-                try:
-                    await self.reconcile(*key)
-                except k8s.ApiError as exc:
-                    logger.warning("backup pass of %s/%s: %s", key[0], key[1], exc)
-                except Exception:
-                    logger.exception("backup pass of %s/%s failed", *key)
-                finally:
-                    self.passes += 1
-                if key not in self._again:
-                    break
+    async def _pass(self, key: Key) -> float | None:
+        try:
+            return await self.reconcile(*key)
+        except k8s.ApiError as exc:
+            if exc.transient:
+                raise RetryLater(str(exc)) from exc
+            raise
 
     # -- one pass -------------------------------------------------------------------------------
 
@@ -159,7 +164,8 @@ class BackupController:
     def _list(self, cache: Cache, key: Key) -> list[Mapping[str, Any]]:
         return list(cache.get(key, ())) if key in cache else []
 
-    async def reconcile(self, namespace: str, name: str) -> None:
+    async def reconcile(self, namespace: str, name: str) -> float | None:
+        """One pass; the seconds until the next scheduled run is due (None: no schedule)."""
         key = (namespace, name)
         body = self._owner(key)
         backups = self._list(self.backups, key)
@@ -171,13 +177,13 @@ class BackupController:
                 # A grace period: a VestigeBackup created with its memory may be seen first.
                 if _phase(obj) in (None, BackupPhase.PENDING) and now - created > MISSING_MEMORY_GRACE:
                     await self._finish(namespace, obj, False, {}, f"VestigeMemory {name} not found", None)
-            return
+            return None
         meta = _meta(body)
         memory = Owner(name=name, namespace=namespace, uid=meta["uid"])
         try:
             spec = VestigeMemorySpec.model_validate(body.get("spec") or {})
         except ValidationError:
-            return  # the reconciler reports an invalid spec
+            return None  # the reconciler reports an invalid spec
         changed = False
         changed |= await self._finish_running(memory, backups, jobs)
         changed |= await self._start_pending(memory, spec, backups)
@@ -186,6 +192,10 @@ class BackupController:
         changed |= await self._restore_refusal(memory, spec)
         if changed:
             self.on_change(key)
+        if spec.backup is None or not spec.backup.schedule or spec.backup.suspend:
+            return None
+        fire = b.next_fire(spec.backup.schedule, now)
+        return None if fire is None else max(0.0, (fire - now).total_seconds()) + 1.0
 
     async def _finish(
         self,
@@ -206,7 +216,7 @@ class BackupController:
             patch.update(
                 {"key": result.get("key"), "size": result.get("size"), "sha256": result.get("sha256")}
             )
-        done = await self.cluster.patch_status(
+        done = await self.port.patch_status(
             namespace,
             meta["name"],
             meta["uid"],
@@ -218,7 +228,7 @@ class BackupController:
             return  # deleted, or changed since this pass read it (a later pass decides again)
         logger.info("VestigeBackup %s/%s %s: %s", namespace, meta["name"], patch["phase"], message)
         if not ok and memory is not None:
-            await self.cluster.post_event(
+            await self.port.post_event(
                 make_event(
                     memory,
                     "Warning",
@@ -239,14 +249,14 @@ class BackupController:
             name = _meta(obj)["name"]
             job = by_backup.get(name)
             if job is None:
-                job_obj = await self.cluster.get(k8s.JOB, memory.namespace, b.job_name(name))
+                job_obj = await self.port.get(k8s.JOB, memory.namespace, b.job_name(name))
                 if job_obj is None:
                     await self._finish(memory.namespace, obj, False, {}, "the backup Job disappeared", memory)
                     changed = True
                 continue
             outcome = await self._outcome(memory.namespace, job, "backup")
             if outcome is None:
-                pods = await self.cluster.list_objects(
+                pods = await self.port.list_objects(
                     k8s.POD, memory.namespace, f"job-name={_meta(job)['name']}"
                 )
                 stuck = b.stuck_reason(pods, "backup")
@@ -266,7 +276,7 @@ class BackupController:
             for c in (job.get("status") or {}).get("conditions") or []
         ):
             return None
-        pods = await self.cluster.list_objects(k8s.POD, namespace, f"job-name={_meta(job)['name']}")
+        pods = await self.port.list_objects(k8s.POD, namespace, f"job-name={_meta(job)['name']}")
         return b.job_outcome(job, pods, container)
 
     async def _start_pending(
@@ -280,7 +290,7 @@ class BackupController:
         for waiting in pending[1:]:  # queued behind the first one: Pending, not silent
             if _phase(waiting) is None:
                 wmeta = _meta(waiting)
-                await self.cluster.patch_status(
+                await self.port.patch_status(
                     memory.namespace,
                     wmeta["name"],
                     wmeta["uid"],
@@ -294,7 +304,7 @@ class BackupController:
             )
             return True
         job = b.render_backup_job(meta["name"], meta["uid"], memory, spec, self.images)
-        await self.cluster.create(job)  # None: it exists already (an earlier pass created it)
+        await self.port.create(job)  # None: it exists already (an earlier pass created it)
         key = job["spec"]["template"]["spec"]["containers"][0]["args"]
         patch = {
             "phase": str(BackupPhase.RUNNING),
@@ -304,7 +314,7 @@ class BackupController:
             "vestigeVersion": b.vestige_version(spec, self.images),
             "message": "the backup Job runs",
         }
-        done = await self.cluster.patch_status(
+        done = await self.port.patch_status(
             memory.namespace,
             meta["name"],
             meta["uid"],
@@ -334,7 +344,7 @@ class BackupController:
         if due is None or b.active(backups):
             return False  # nothing due, or a backup of this memory is still active (one at a time)
         manifest = b.backup_manifest(memory, b.scheduled_name(memory.name, due), due)
-        if await self.cluster.create(manifest) is not None:
+        if await self.port.create(manifest) is not None:
             logger.info("scheduled VestigeBackup %s/%s", memory.namespace, manifest["metadata"]["name"])
         self._scheduled[key] = due  # also when it existed: the cache lags behind the create
         return True
@@ -369,7 +379,7 @@ class BackupController:
                     "retention removed %d backup(s) of %s/%s", len(names), memory.namespace, memory.name
                 )
             else:
-                await self.cluster.post_event(
+                await self.port.post_event(
                     make_event(
                         memory,
                         "Warning",
@@ -382,7 +392,7 @@ class BackupController:
             return True
         if plan.prune:
             job = b.render_prune_job(memory, spec, self.images, plan.prune)
-            if await self.cluster.create(job) is not None:
+            if await self.port.create(job) is not None:
                 logger.info(
                     "prune Job %s/%s for %d snapshot(s)",
                     memory.namespace,
@@ -400,21 +410,21 @@ class BackupController:
             available = ((deployment or {}).get("status") or {}).get("availableReplicas")
             if not available:
                 selector = f"{LABEL_INSTANCE}={memory.name},{LABEL_COMPONENT}={COMPONENT_MEMORY}"
-                pods = await self.cluster.list_objects(k8s.POD, memory.namespace, selector)
+                pods = await self.port.list_objects(k8s.POD, memory.namespace, selector)
                 problem = b.restore_refusal(pods)
             else:
                 problem = None
-        if self.restore_problems.get(key) == problem:
+        if self._restore_problems.get(key) == problem:
             return False
         if problem is None:
-            self.restore_problems.pop(key, None)
+            self._restore_problems.pop(key, None)
         else:
-            self.restore_problems[key] = problem
+            self._restore_problems[key] = problem
         return True
 
     async def _delete(self, kind: k8s.Kind, namespace: str, obj: Mapping[str, Any]) -> bool:
         meta = _meta(obj)
-        return await self.cluster.delete(kind, namespace, meta["name"], meta["uid"])
+        return await self.port.delete(kind, namespace, meta["name"], meta["uid"])
 
 
 __all__ = ["BACKUP_KIND", "BackupController"]
@@ -469,7 +479,7 @@ def register_backups(
     from vestige_operator import BACKUP_PLURAL
 
     controller = BackupController(
-        reconciler.cluster, reconciler.images, interval=interval_from_env(), on_change=reconciler.request
+        reconciler.port, reconciler.images, interval=interval_from_env(), on_change=reconciler.request
     )
 
     @kopf.index(GROUP, VERSION, BACKUP_PLURAL, id=BACKUP_INDEX, registry=registry)
@@ -507,18 +517,19 @@ def register_backups(
 
     @kopf.on.startup(registry=registry)
     async def start_backups(**kwargs: Any) -> None:
-        controller.owners = kwargs[owner_index]
-        controller.backups = kwargs[BACKUP_INDEX]
-        controller.jobs = kwargs[JOB_INDEX]
-        controller.deployments = kwargs[deployment_index]
-        controller.restore_problems = reconciler.restore_problems
-        reconciler.backups = controller.backups
+        controller.attach(
+            owners=kwargs[owner_index],
+            backups=kwargs[BACKUP_INDEX],
+            jobs=kwargs[JOB_INDEX],
+            deployments=kwargs[deployment_index],
+        )
         tasks.append(asyncio.get_running_loop().create_task(controller.tick_forever(), name="backup-tick"))
 
     @kopf.on.cleanup(registry=registry)
     async def stop_backups(**_: Any) -> None:
         for task in tasks:
             task.cancel()
+        controller.queue.close()
         await controller.drain()
 
     return controller

@@ -157,7 +157,7 @@ class Cluster:
         path: str,
         *,
         query: list[tuple[str, str]] | None = None,
-        body: JsonDict | None = None,
+        body: JsonDict | list[JsonDict] | None = None,
         content_type: str | None = None,
         accept: str = "application/json",
     ) -> tuple[int, bytes]:
@@ -241,6 +241,70 @@ class Cluster:
             return None
         if status != 201 and status != 200:
             raise _error_from(status, "", data, "create", f"{kind.kind} {meta['namespace']}/{meta['name']}")
+        return json.loads(data)
+
+    async def create_applied(self, manifest: JsonDict) -> JsonDict | None:
+        """Create a child that later passes server-side apply; None when the name is taken.
+
+        A plain create never takes over an object of that name (an apply would: it adds fields
+        and an owner reference to whatever exists). But a create records its fields under an
+        ``Update`` entry of the field manager, and a later apply that leaves one out would not
+        remove it; so the entry is handed to ``Apply`` right away (one JSON patch of
+        ``managedFields``, guarded by the resourceVersion: what kubectl's csaupgrade does; read
+        again and retried when a controller wrote the object meanwhile). If that keeps failing,
+        the object stays as created and it is logged.
+        """
+        created = await self.create(manifest)
+        if created is None:
+            return None
+        kind = kind_of(manifest)
+        current: JsonDict | None = created
+        for _ in range(3):  # controllers may write right after a create (the PV binder): read again
+            if current is None or (current.get("metadata") or {}).get("uid") != created["metadata"]["uid"]:
+                return created
+            handed = await self._hand_over(kind, current)
+            if handed is not None:
+                return handed
+            current = await self.get(kind, created["metadata"]["namespace"], created["metadata"]["name"])
+        logger.warning(
+            "created %s %s/%s, but could not hand its fields to server-side apply",
+            kind.kind,
+            created["metadata"]["namespace"],
+            created["metadata"]["name"],
+        )
+        return created
+
+    async def _hand_over(self, kind: Kind, obj: JsonDict) -> JsonDict | None:
+        """``obj`` with the field manager's Update entries turned into Apply entries (None: the
+        patch failed). Each changed entry is tested first (same manager, still an Update at that
+        index), not the resourceVersion: controllers write a new object's status at once (the
+        Deployment controller, the PV binder), which does not touch these entries."""
+        meta = obj.get("metadata") or {}
+        ops: list[JsonDict] = []
+        for i, entry in enumerate(meta.get("managedFields") or []):
+            if entry.get("manager") == self._field_manager and entry.get("operation") == "Update":
+                path = f"/metadata/managedFields/{i}"
+                ops += [
+                    {"op": "test", "path": f"{path}/manager", "value": self._field_manager},
+                    {"op": "test", "path": f"{path}/operation", "value": "Update"},
+                    {"op": "replace", "path": f"{path}/operation", "value": "Apply"},
+                ]
+        if not ops:
+            return obj
+        status, data = await self._request(
+            "hand over",
+            kind,
+            "PATCH",
+            kind.path(meta["namespace"], meta["name"]),
+            body=ops,
+            content_type="application/json-patch+json",
+        )
+        if status != 200:
+            error = _error_from(
+                status, "", data, "hand over", f"{kind.kind} {meta['namespace']}/{meta['name']}"
+            )
+            logger.debug("handing over the fields of a created object: %s", error)
+            return None
         return json.loads(data)
 
     async def update(self, manifest: JsonDict) -> JsonDict | None:

@@ -121,7 +121,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             child_event
         )
 
-    register_backups(registry, reconciler, OWNER_INDEX, CHILD_RESOURCES["Deployment"][3])
+    backups = register_backups(registry, reconciler, OWNER_INDEX, CHILD_RESOURCES["Deployment"][3])
 
     tasks: list[asyncio.Task[None]] = []
 
@@ -131,6 +131,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             owners=kwargs[OWNER_INDEX],
             children={kind: kwargs[res[3]] for kind, res in CHILD_RESOURCES.items()},
             hosts=kwargs[HOST_INDEX],
+            backups=backups,
         )
         tasks.append(asyncio.get_running_loop().create_task(reconciler.resync_forever(), name="resync"))
 
@@ -140,12 +141,13 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        reconciler.queue.close()
         await reconciler.drain()
-        reconciler.cluster.close()
+        reconciler.port.close()
 
     @kopf.on.probe(id="reconciler", registry=registry)
     def reconciler_stats(**_: Any) -> dict[str, Any]:
-        requests = reconciler.cluster.requests
+        requests = reconciler.port.requests
         return {
             "passes": reconciler.passes,
             "api_requests": sum(requests.values()),

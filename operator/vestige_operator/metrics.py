@@ -116,7 +116,7 @@ class _StateCollector(Collector):
             "Requests the reconciler sent to the API server, by verb and kind (kopf's watches aside).",
             labels=["verb", "kind"],
         )
-        for (verb, kind), n in sorted(rec.cluster.requests.items()):
+        for (verb, kind), n in sorted(rec.port.requests.items()):
             requests.add_metric([verb, kind], n)
         yield requests
 
@@ -126,7 +126,7 @@ class _StateCollector(Collector):
             "HTTP status (404 and 409 included: a GET of an absent object, a create that found one).",
             labels=["verb", "kind", "code"],
         )
-        for (verb, kind, code), n in sorted(rec.cluster.errors.items()):
+        for (verb, kind, code), n in sorted(rec.port.errors.items()):
             errors.add_metric([verb, kind, str(code)], n)
         yield errors
         yield from self._per_resource()
@@ -193,7 +193,7 @@ class Metrics:
         )
         self._state = _StateCollector(reconciler)
         self.registry.register(self._state)
-        reconciler.on_pass = self.observe_pass
+        reconciler.queue.on_pass = self.observe_pass
         self._watches: set[tuple[str, str | None]] = set()
 
     def attach(self, owners: Owners) -> None:

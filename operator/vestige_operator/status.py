@@ -26,6 +26,8 @@ RECONCILING = "Reconciling"
 STALLED = "Stalled"
 STORAGE_READY = "StorageReady"
 CONDITION_TYPES = (READY, RECONCILING, STALLED, STORAGE_READY)
+#: Present (True) only while a token rotation request is refused (bad grace, existingSecret).
+ROTATION_REFUSED = "RotationRefused"
 #: Part of the Ready condition's message while spec.bridge.allowAnonymous is true.
 ANONYMOUS_NOTE = (
     "OPEN: spec.bridge.allowAnonymous is true, the bridge serves every caller that reaches it without a token"
@@ -69,6 +71,10 @@ class Observation:
     backup: BackupSummary | None = None
     #: Why the restore init container refused to run (the volume already holds a store).
     restore_refused: str | None = None
+    #: (reason, message) of every child name held by an object this resource did not create.
+    not_owned: tuple[tuple[str, str], ...] = ()
+    #: (reason, message) of a token rotation request that is not carried out.
+    rotation_refused: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +236,8 @@ def compute_status(
     stalled: _Cond | None = None
     if obs.volume_problem is not None:
         stalled = _Cond(True, *obs.volume_problem)
+    elif obs.not_owned:
+        stalled = _Cond(True, obs.not_owned[0][0], "; ".join(m for _, m in obs.not_owned))
     elif obs.auth_problem is not None:
         stalled = _Cond(True, "AuthSecretUnavailable", obs.auth_problem)
     elif obs.ingress_conflict is not None:
@@ -302,6 +310,9 @@ def compute_status(
     if obs.backup is not None and obs.backup.condition is not None:
         conds[LAST_BACKUP_SUCCEEDED] = _Cond(*obs.backup.condition)
         types.append(LAST_BACKUP_SUCCEEDED)
+    if obs.rotation_refused is not None:
+        conds[ROTATION_REFUSED] = _Cond(True, *obs.rotation_refused)
+        types.append(ROTATION_REFUSED)
     secret, key = auth_secret_ref(owner.name, spec)
     status: dict[str, Any] = {
         "phase": str(phase),
@@ -376,24 +387,23 @@ def changed_conditions(previous: Sequence[Mapping[str, Any]], new: Sequence[Mapp
     return [str(c["type"]) for c in new if old.get(c["type"]) != c["status"]]
 
 
-def _stalled_condition(status: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+def _find_condition(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
     for cond in (status or {}).get("conditions") or []:
-        if isinstance(cond, Mapping) and cond.get("type") == STALLED:
+        if isinstance(cond, Mapping) and cond.get("type") == type_:
             return cond
     return None
 
 
-def stalled_event(
-    owner: Owner, previous: Mapping[str, Any] | None, new: Mapping[str, Any], now: str
+def condition_event(
+    owner: Owner, previous: Mapping[str, Any] | None, new: Mapping[str, Any], type_: str, now: str
 ) -> dict[str, Any] | None:
-    """A Warning Event (core/v1) when ``Stalled`` turns True or changes reason or message; else None.
-
-    Tied to status transitions, so a resource that stays stuck yields one Event, not one per pass.
-    """
-    after = _stalled_condition(new)
+    """A Warning Event when the abnormal-true condition ``type_`` turns True or changes reason or
+    message; else None. Tied to status transitions, so a resource that stays stuck yields one
+    Event, not one per pass."""
+    after = _find_condition(new, type_)
     if after is None or after.get("status") != "True":
         return None
-    before = _stalled_condition(previous)
+    before = _find_condition(previous, type_)
     if (
         before is not None
         and before.get("status") == "True"
@@ -402,8 +412,24 @@ def stalled_event(
     ):
         return None
     return make_event(
-        owner, "Warning", str(after.get("reason") or STALLED), str(after.get("message") or ""), now
+        owner, "Warning", str(after.get("reason") or type_), str(after.get("message") or ""), now
     )
+
+
+def stalled_event(
+    owner: Owner, previous: Mapping[str, Any] | None, new: Mapping[str, Any], now: str
+) -> dict[str, Any] | None:
+    """The Warning Event of a Stalled transition (see ``condition_event``)."""
+    return condition_event(owner, previous, new, STALLED, now)
+
+
+def transition_events(
+    owner: Owner, previous: Mapping[str, Any] | None, new: Mapping[str, Any], now: str
+) -> list[dict[str, Any]]:
+    """The Events a status change calls for: Stalled, a refused rotation, an agent turned open."""
+    events = [condition_event(owner, previous, new, t, now) for t in (STALLED, ROTATION_REFUSED)]
+    events.append(anonymous_event(owner, previous, new, now))
+    return [e for e in events if e is not None]
 
 
 def _ready_message(status: Mapping[str, Any] | None) -> str:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,19 +52,39 @@ def _annotations(secret: Mapping[str, Any]) -> Mapping[str, str]:
     return (secret.get("metadata") or {}).get("annotations") or {}
 
 
-def rotation_request(owner_annotations: Mapping[str, str]) -> tuple[str, timedelta, bool] | None:
-    """(request id, grace, grace understood) of the VestigeMemory's rotation annotation, or None."""
+@dataclass(frozen=True, slots=True)
+class RotationRequest:
+    """A rotation asked for on the VestigeMemory: its opaque id and grace period, or why it is
+    refused (``problem``: the grace annotation is not a duration in ``[0, MAX_GRACE]``). A
+    refused request is never carried out with another grace."""
+
+    id: str
+    grace: timedelta
+    problem: str | None = None
+
+
+def rotation_request(owner_annotations: Mapping[str, str]) -> RotationRequest | None:
+    """The VestigeMemory's rotation request, or None when there is none."""
     request = (owner_annotations.get(ANNOTATION_ROTATE) or "").strip()
     if not request:
         return None
     raw_grace = owner_annotations.get(ANNOTATION_ROTATE_GRACE)
     if raw_grace is None or not raw_grace.strip():
-        return request, DEFAULT_GRACE, True
+        return RotationRequest(request, DEFAULT_GRACE)
     try:
-        grace = parse_duration(raw_grace)
+        grace: timedelta | None = parse_duration(raw_grace)
     except ValueError:
-        return request, DEFAULT_GRACE, False
-    return (request, grace, True) if grace <= MAX_GRACE else (request, DEFAULT_GRACE, False)
+        grace = None
+    if grace is None or grace > MAX_GRACE:
+        shown = raw_grace.strip()[:64]
+        return RotationRequest(
+            request,
+            DEFAULT_GRACE,
+            f"annotation {ANNOTATION_ROTATE_GRACE}={shown!r} is not a duration from 0 to "
+            f"{int(MAX_GRACE.total_seconds() // 3600)}h (e.g. 0, 90s, 10m, 24h): the token was not "
+            "rotated; fix the annotation and the rotation is carried out",
+        )
+    return RotationRequest(request, grace)
 
 
 def rotation_due(secret: Mapping[str, Any], request: str | None) -> bool:
@@ -101,11 +122,12 @@ def rotated(
     secret: Mapping[str, Any], request: str, new_token: str, now: datetime, grace: timedelta
 ) -> dict[str, Any]:
     """The Secret after a rotation: ``token`` = ``new_token``, the old value kept as
-    ``token-previous`` until ``now + grace``, the request recorded as handled."""
-    out = _copy(secret)
+    ``token-previous`` until ``now + grace`` (grace 0: revoked at once, no previous token kept),
+    the request recorded as handled."""
+    out = without_previous(secret) if grace <= timedelta(0) else _copy(secret)
     data = out["data"]
     expires = format_time(now + grace)
-    if TOKEN_KEY in data:
+    if TOKEN_KEY in data and grace > timedelta(0):
         data[PREVIOUS_KEY] = data[TOKEN_KEY]
         data[PREVIOUS_EXPIRES_KEY] = _b64(expires)
         out["metadata"]["annotations"][ANNOTATION_PREVIOUS_EXPIRES] = expires

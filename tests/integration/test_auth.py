@@ -178,7 +178,7 @@ def test_a_token_secret_not_owned_by_the_memory_is_never_written(
         return memory if condition(memory, "Stalled")["status"] == "True" else None
 
     memory = wait_until(stalled, 30, "the resource to stall")
-    assert condition(memory, "Stalled")["reason"] == "AuthSecretUnavailable"
+    assert condition(memory, "Stalled")["reason"] == "ChildNotOwned"
     assert "not owned by this VestigeMemory" in condition(memory, "Stalled")["message"]
     time.sleep(operator_process.resync_seconds + 1)
     after = must_get(kubectl, namespace, "secret", "foreign-auth")

@@ -164,6 +164,96 @@ def test_a_retained_claim_is_never_mounted_for_another_agent(
     assert must_get(kubectl, namespace, "pvc", "alice-data")["metadata"]["uid"] == claim["metadata"]["uid"]
 
 
+def test_objects_of_a_childs_name_the_operator_did_not_create_are_never_taken_over(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """Issue 21 (1): a Service, NetworkPolicy and Ingress that exist with a child's name and no
+    operator labels (the label-filtered caches do not see them) are not modified, adopted or
+    deleted; the resource stalls naming each one, with one Warning Event."""
+    theirs = {"app": "theirs"}
+    foreign = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "f", "labels": theirs},
+            "spec": {"selector": theirs, "ports": [{"port": 80}]},
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "f", "labels": theirs},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},  # a default-deny
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "f", "labels": theirs},
+            "spec": {"defaultBackend": {"service": {"name": "other", "port": {"number": 80}}}},
+        },
+    ]
+    before = {}
+    for obj in foreign:
+        kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(obj))
+        before[obj["kind"]] = must_get(kubectl, namespace, obj["kind"].lower(), "f")
+    apply_memory(kubectl, namespace, "f", {"ingress": {"enabled": True, "host": "f.example.com"}})
+    stalled = wait_settled(kubectl, namespace, "f", phase="Failed")
+    cond = condition(stalled, "Stalled")
+    assert cond["status"] == "True" and cond["reason"] == "ChildNotOwned", cond
+    for kind in before:
+        assert f"{kind} f exists and is not owned by this VestigeMemory" in cond["message"]
+    assert must_get(kubectl, namespace, "deployment", "f")["metadata"]["ownerReferences"][0]["name"] == "f"
+
+    wait_resyncs(operator_process, 2)
+    for kind, obj in before.items():
+        now = must_get(kubectl, namespace, kind.lower(), "f")
+        assert now["metadata"]["resourceVersion"] == obj["metadata"]["resourceVersion"], kind
+        assert not now["metadata"].get("ownerReferences"), kind
+        assert now["spec"] == obj["spec"], kind
+    events = [e for e in warning_events(kubectl, namespace, "f") if e["reason"] == "ChildNotOwned"]
+    assert len(events) == 1 and events[0].get("count", 1) == 1, events
+
+    kubectl("-n", namespace, "delete", "vmem", "f", "--wait=true", "--timeout=60s")
+    wait_until(lambda: get(kubectl, namespace, "deployment", "f") is None, 60, "GC of the Deployment")
+    for kind, obj in before.items():
+        assert must_get(kubectl, namespace, kind.lower(), "f")["metadata"]["uid"] == obj["metadata"]["uid"]
+
+
+def test_a_created_child_is_owned_by_server_side_apply_so_a_dropped_field_goes(
+    kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
+) -> None:
+    """Children are created (not applied, so a taken name is never taken over); the create's
+    fields are handed to the operator's Apply entry at once: a field set at creation and later
+    dropped from the spec is removed from the object."""
+    apply_memory(kubectl, namespace, "made", {"vestige": {"env": [{"name": "RUST_LOG", "value": "debug"}]}})
+    wait_settled(kubectl, namespace, "made")
+    for kind in ("deployment", "service", "networkpolicy", "pvc"):
+        managers = {
+            (m["manager"], m["operation"])
+            for m in must_get(kubectl, namespace, kind, "made-data" if kind == "pvc" else "made")["metadata"][
+                "managedFields"
+            ]
+            if m["manager"] == "vestige-operator"
+        }
+        assert managers == {("vestige-operator", "Apply")}, (kind, managers)
+    kubectl(
+        "-n", namespace, "patch", "vmem", "made", "--type=json", "-p",
+        json.dumps([{"op": "remove", "path": "/spec/vestige/env"}]),
+    )  # fmt: skip
+    wait_until(
+        lambda: (
+            "RUST_LOG"
+            not in {
+                e["name"]
+                for e in must_get(kubectl, namespace, "deployment", "made")["spec"]["template"]["spec"][
+                    "containers"
+                ][0]["env"]
+            }
+        ),
+        60,
+        "the env entry set at creation to be removed",
+    )
+
+
 def test_a_claim_without_agent_record_is_adopted_only_when_provably_its_own(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:

@@ -469,7 +469,9 @@ def test_rotate_token_sets_the_request_annotations(vestige: Any, kubectl: Kubect
     vestige("rotate-token", "rot", "-n", namespace, "--grace", "0")
     ann = annotations(kubectl, namespace, "rot")
     assert ann["vestige.dev/rotate-token-grace"] == "0"
-    assert tokens.rotation_request(ann) == (ann["vestige.dev/rotate-token"], timedelta(0), True)
+    assert tokens.rotation_request(ann) == tokens.RotationRequest(
+        ann["vestige.dev/rotate-token"], timedelta(0)
+    )
     # Nobody rotates (no operator here): --wait times out with a clear message.
     proc = vestige("rotate-token", "rot", "-n", namespace, "--wait", "--timeout", "2s", expect=1)
     assert error_line(proc) == "error: timed out after 2s waiting for status.tokenRotatedAt of rot to change"

@@ -116,25 +116,31 @@ def test_metrics_report_what_the_operator_did(
     assert value(m, "vestige_operator_reconcile_duration_seconds_bucket", le="+Inf") == passes
 
     # API requests by verb and kind: one token Secret created per agent (none for no-token, which
-    # names its own), one Deployment, Service, PVC and NetworkPolicy applied per resource at least.
+    # names its own), one Deployment, Service, PVC and NetworkPolicy created per resource at least
+    # (a child absent from the cache is created, never applied: docs/operator.md).
     requests = m["vestige_operator_api_requests_total"]
     assert value(m, "vestige_operator_api_requests_total", verb="create", kind="Secret") == 3
     for kind in ("Deployment", "Service", "PersistentVolumeClaim", "NetworkPolicy"):
-        assert value(m, "vestige_operator_api_requests_total", verb="apply", kind=kind) >= 3, kind
+        assert value(m, "vestige_operator_api_requests_total", verb="create", kind=kind) >= 3, kind
     assert value(m, "vestige_operator_api_requests_total", verb="patch_status", kind="VestigeMemory") >= 4
     assert sum(requests.values()) == probe["api_requests"]
     # API errors: every GET of the missing Secret answered 404; so did the one GET of each new
     # resource's claim (a claim missing from the cache is read once before it is created, so an
     # existing claim of another agent is never applied over blind: docs/operator.md "Data
-    # volumes"); nothing else failed.
+    # volumes"); a created child's hand-over to server-side apply may lose a race with a
+    # controller's write (422: its test op failed; read again and retried); nothing else failed.
     gets = value(m, "vestige_operator_api_requests_total", verb="get", kind="Secret")
     assert gets >= 1
     claim_gets = value(m, "vestige_operator_api_requests_total", verb="get", kind="PersistentVolumeClaim")
     assert claim_gets >= 4  # one per new resource at least (a failed pass may read again)
-    assert m["vestige_operator_api_errors_total"] == {
-        (("code", "404"), ("kind", "Secret"), ("verb", "get")): gets,
-        (("code", "404"), ("kind", "PersistentVolumeClaim"), ("verb", "get")): claim_gets,
-    }
+    errors = dict(m["vestige_operator_api_errors_total"])
+    assert errors.pop((("code", "404"), ("kind", "Secret"), ("verb", "get"))) == gets
+    assert (
+        4 <= errors.pop((("code", "404"), ("kind", "PersistentVolumeClaim"), ("verb", "get"))) <= claim_gets
+    )
+    assert all(dict(labels)["verb"] == "hand over" and dict(labels)["code"] == "422" for labels in errors), (
+        errors
+    )
     assert not m.get("vestige_operator_watch_restarts_total")
 
     # Watch restarts: a kube-apiserver restart drops every watch; kopf re-opens each one.

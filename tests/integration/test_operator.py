@@ -518,6 +518,6 @@ def test_logs_are_json(operator_process: OperatorProcess, kubectl: Kubectl, name
     apply_memory(kubectl, namespace, "logged")
     wait_ready(kubectl, namespace, "logged")
     lines = operator_process.log_lines()
-    assert any("applying Deployment" in line.get("message", "") for line in lines)
+    assert any("created Deployment" in line.get("message", "") for line in lines)  # never applied blind
     raw = operator_process.log_path.read_text().splitlines()
     assert raw and all(line.startswith("{") for line in raw if line.strip())

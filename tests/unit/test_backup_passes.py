@@ -1,6 +1,6 @@
-"""The backup controller's pass scheduling: a request while a pass runs is not lost, and the
-tick outlives a failing round (seen on the real node: a prune Job's completion arrived while a
-pass ran, and nothing acted on it until the next event)."""
+"""The backup controller's pass scheduling, on the shared work queue: a request while a pass runs
+is not lost, and the tick outlives a failing round (seen on the real node: a prune Job's
+completion arrived while a pass ran, and nothing acted on it until the next event)."""
 
 from __future__ import annotations
 
@@ -12,28 +12,30 @@ from vestige_operator.backup_controller import BackupController
 
 class Recording(BackupController):
     def __init__(self) -> None:
-        super().__init__(cluster=None, images=None, interval=0.01)  # type: ignore[arg-type]
+        super().__init__(None, None, interval=0.01)  # type: ignore[arg-type]
         self.calls: list[tuple[str, str]] = []
         self.gate = asyncio.Event()
 
-    async def reconcile(self, namespace: str, name: str) -> None:
+    async def reconcile(self, namespace: str, name: str) -> float | None:
         self.calls.append((namespace, name))
         if len(self.calls) == 1:
             await self.gate.wait()
+        return None
 
 
 async def test_a_request_during_a_pass_runs_the_pass_again() -> None:
     c = Recording()
-    first = asyncio.create_task(c.run_pass(("ns", "a")))
+    c.request(("ns", "a"))
     await asyncio.sleep(0)
     assert c.calls == [("ns", "a")]
-    await c.run_pass(("ns", "a"))  # returns at once: the running pass will go again
-    await c.run_pass(("ns", "a"))  # still one more pass, not two
+    c.request(("ns", "a"))  # returns at once: the running pass will go again
+    c.request(("ns", "a"))  # still one more pass, not two
     assert c.calls == [("ns", "a")]
     c.gate.set()
-    await first
+    await c.drain()
     assert c.calls == [("ns", "a"), ("ns", "a")]
-    await c.run_pass(("ns", "a"))
+    c.request(("ns", "a"))
+    await c.drain()
     assert len(c.calls) == 3
 
 
@@ -59,4 +61,5 @@ async def test_the_tick_survives_a_failing_round() -> None:
     finally:
         tick.cancel()
     await c.drain()
+    c.queue.close()
     assert rounds >= 2 and ("ns", "b") in c.calls

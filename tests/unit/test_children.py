@@ -24,7 +24,8 @@ from vestige_operator.children import (
     render_vestige_secret,
     token_hash,
 )
-from vestige_operator.reconcile import apply_reason, first_difference, owned_by, trim
+from vestige_operator.plan import apply_reason, first_difference, owned_by
+from vestige_operator.reconcile import trim
 from vestige_operator.vocabulary import (
     ANNOTATION_APPLIED_HASH,
     ANNOTATION_TOKEN_HASH,

@@ -106,7 +106,15 @@ def test_the_bridge_reads_a_rotated_secret(tmp_path: Path, grace: timedelta) -> 
     rotated = tokens.rotated(secret, "r1", "new-token", NOW, grace)
     project(rotated, render_auth_volume(OWNER, VestigeMemorySpec()), tmp_path)
     read = bridge_tokens.FileTokens(tmp_path).read()
-    assert (read.current, read.previous, read.previous_expires) == (b"new-token", b"old-token", NOW + grace)
+    if grace:
+        assert (read.current, read.previous, read.previous_expires) == (
+            b"new-token",
+            b"old-token",
+            NOW + grace,
+        )
+    else:  # grace 0 revokes the old token at once: none is projected
+        assert (read.current, read.previous) == (b"new-token", None)
+        assert read.accepted(NOW) == [b"new-token"]
     assert b"internal-token" not in read.accepted(NOW)  # Vestige's own token is never projected
     if grace:
         assert read.accepted(NOW + grace - timedelta(seconds=1)) == [b"new-token", b"old-token"]

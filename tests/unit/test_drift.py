@@ -7,7 +7,7 @@ from typing import Any
 
 from vestige_operator.api import VestigeMemorySpec
 from vestige_operator.children import render_children
-from vestige_operator.reconcile import apply_reason, first_difference
+from vestige_operator.plan import apply_reason, first_difference
 from vestige_operator.vocabulary import Images, Owner
 
 OWNER = Owner(name="agent-a", namespace="team", uid="uid-1")

@@ -6,7 +6,7 @@ from typing import Any
 
 from vestige_operator.api import VestigeMemorySpec
 from vestige_operator.children import render_deployment, render_pvc, volume_agent_id
-from vestige_operator.reconcile import volume_check
+from vestige_operator.plan import volume_check
 from vestige_operator.status import Observation, compute_status, stalled_event
 from vestige_operator.vocabulary import ANNOTATION_AGENT_ID, LABEL_AGENT_ID, Images, Owner
 
@@ -109,7 +109,7 @@ def test_a_cancelled_expansion_is_reported_until_the_next_spec_change() -> None:
 
 def test_a_claim_request_is_kept_where_kubernetes_forbids_the_smaller_one() -> None:
     """A claim's request may go back down only to above its capacity (API server validation)."""
-    from vestige_operator.reconcile import keep_unshrinkable_request
+    from vestige_operator.plan import keep_unshrinkable_request
 
     live = _bound("1Gi", "3Gi")  # an expansion to 3Gi that never happened
     back = render_pvc(OWNER, VestigeMemorySpec(storage={"size": "1Gi"}))

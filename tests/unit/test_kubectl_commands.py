@@ -81,7 +81,7 @@ def written_annotations(kube: RecordingKube) -> dict[str, str]:
 def test_rotate_token_writes_a_grace_the_operator_reads(flag: list[str], grace: timedelta) -> None:
     kube, out = run("rotate-token", "agent", *flag)
     annotations = written_annotations(kube)
-    assert tokens.rotation_request(annotations) == ("2026-12-02T12:00:00Z", grace, True)
+    assert tokens.rotation_request(annotations) == tokens.RotationRequest("2026-12-02T12:00:00Z", grace)
     assert "token rotation requested" in out
 
 

@@ -17,7 +17,8 @@ from vestige_operator import metrics as metrics_module
 from vestige_operator.cluster import Cluster
 from vestige_operator.config import ConfigError, OperatorConfig
 from vestige_operator.metrics import Metrics
-from vestige_operator.reconcile import Reconciler, RetryLater
+from vestige_operator.reconcile import Reconciler
+from vestige_operator.workqueue import RetryLater
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -74,8 +75,8 @@ async def test_every_metric_reflects_what_happened(reconciler: Reconciler) -> No
     for name in ("a", "b", "c"):
         reconciler.request(("ns", name))
     await reconciler.drain()
-    reconciler.cluster.requests[("apply", "Deployment")] += 2
-    reconciler.cluster.errors[("get", "Secret", 404)] += 1
+    reconciler.port.requests[("apply", "Deployment")] += 2
+    reconciler.port.errors[("get", "Secret", 404)] += 1
     m.observe_watch("deployments", None)
     m.observe_watch("deployments", None)  # re-opened once
     m.observe_watch("services", None)

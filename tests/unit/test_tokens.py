@@ -55,21 +55,29 @@ def secret(**data: str) -> dict:
     ],
 )
 def test_grace_annotation(raw: str, expected: timedelta | None) -> None:
-    """The grace annotation is read with times.parse_duration, bounded by MAX_GRACE."""
+    """The grace annotation is read with times.parse_duration, bounded by MAX_GRACE; a bad one is
+    refused (never replaced by a default)."""
     got = tokens.rotation_request({tokens.ANNOTATION_ROTATE: "r1", tokens.ANNOTATION_ROTATE_GRACE: raw})
-    assert got == (("r1", expected, True) if expected is not None else ("r1", tokens.DEFAULT_GRACE, False))
+    assert got is not None
+    if expected is not None:
+        assert got == tokens.RotationRequest("r1", expected)
+    else:
+        assert got.problem is not None and repr(raw) in got.problem
 
 
-def test_rotation_request_defaults_and_bad_grace() -> None:
+def test_rotation_request_defaults() -> None:
     assert tokens.rotation_request({}) is None
     assert tokens.rotation_request({tokens.ANNOTATION_ROTATE: " "}) is None
-    assert tokens.rotation_request({tokens.ANNOTATION_ROTATE: "r1"}) == ("r1", timedelta(minutes=10), True)
-    assert tokens.rotation_request(
-        {tokens.ANNOTATION_ROTATE: "r1", tokens.ANNOTATION_ROTATE_GRACE: "30s"}
-    ) == ("r1", timedelta(seconds=30), True)
-    assert tokens.rotation_request(
-        {tokens.ANNOTATION_ROTATE: "r1", tokens.ANNOTATION_ROTATE_GRACE: "soon"}
-    ) == ("r1", timedelta(minutes=10), False)
+    assert tokens.rotation_request({tokens.ANNOTATION_ROTATE: "r1"}) == tokens.RotationRequest(
+        "r1", timedelta(minutes=10)
+    )
+
+
+def test_grace_zero_keeps_no_previous_token() -> None:
+    after = tokens.rotated(secret(token="old", vestige_token="internal"), "leak", "new", NOW, timedelta(0))
+    assert after["data"]["token"] == b64("new")
+    assert "token-previous" not in after["data"] and "token-previous-expires" not in after["data"]
+    assert tokens.ANNOTATION_PREVIOUS_EXPIRES not in after["metadata"]["annotations"]
 
 
 def test_vestige_token_is_added_once_and_never_touches_token() -> None:

@@ -1,0 +1,198 @@
+"""An in-memory fake of the operator's API port (vestige_operator.port.ApiPort).
+
+It keeps objects by (kind, namespace, name) with uids, resourceVersions, owner references and
+managedFields-free bodies, answers like the API server where the controllers depend on it
+(create of a taken name: None; update with a stale resourceVersion: 409; delete with a uid
+precondition; status merge patch with uid precondition), records every write in ``writes`` and
+every Event in ``events``, and counts requests like ``cluster.Cluster``. Server-side apply is
+modelled as "merge the manifest over the object" (enough for the pass: the tests compare what
+the operator sent and what it left alone, not the field-manager arithmetic, which the
+real-cluster tests cover).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import uuid
+from collections import Counter
+from typing import Any
+
+from vestige_operator.cluster import VESTIGE_MEMORY, ApiError, Kind, kind_of
+
+JsonDict = dict[str, Any]
+Ref = tuple[str, str, str]  # (kind, namespace, name)
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+            else:
+                out[k] = _merge(out.get(k), v)
+        return out
+    return copy.deepcopy(patch)
+
+
+class FakePort:
+    """The API server, in memory."""
+
+    def __init__(self) -> None:
+        self.objects: dict[Ref, JsonDict] = {}
+        self.events: list[JsonDict] = []
+        self.writes: list[tuple[str, str, str]] = []  # (verb, kind, name)
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.errors: Counter[tuple[str, str, int]] = Counter()
+        self.storage_classes: set[str] = {"standard"}
+        self._rv = itertools.count(1)
+        #: (verb, kind) -> an ApiError raised once by the next such request.
+        self.fail_next: dict[tuple[str, str], ApiError] = {}
+
+    # -- helpers for tests ---------------------------------------------------------------------
+
+    def put(self, obj: JsonDict) -> JsonDict:
+        """Store ``obj`` as if someone else created it (a uid and resourceVersion are added)."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta["resourceVersion"] = str(next(self._rv))
+        meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+        self.objects[(obj["kind"], meta["namespace"], meta["name"])] = obj
+        return copy.deepcopy(obj)
+
+    def find(self, kind: str, namespace: str, name: str) -> JsonDict | None:
+        obj = self.objects.get((kind, namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    def of_kind(self, kind: str) -> list[JsonDict]:
+        return [copy.deepcopy(o) for (k, _, _), o in self.objects.items() if k == kind]
+
+    def _count(self, verb: str, kind: str) -> None:
+        self.requests[(verb, kind)] += 1
+        error = self.fail_next.pop((verb, kind), None)
+        if error is not None:
+            self.errors[(verb, kind, error.status)] += 1
+            raise error
+
+    def _write(self, verb: str, obj: JsonDict) -> None:
+        self.writes.append((verb, obj["kind"], obj["metadata"]["name"]))
+
+    # -- the port ------------------------------------------------------------------------------
+
+    async def apply(self, manifest: JsonDict) -> JsonDict:
+        kind_of(manifest)
+        self._count("apply", manifest["kind"])
+        meta = manifest["metadata"]
+        ref = (manifest["kind"], meta["namespace"], meta["name"])
+        current = self.objects.get(ref)
+        if current is None:
+            self._write("apply", manifest)
+            return self.put(manifest)
+        merged = _merge(current, manifest)
+        merged["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.objects[ref] = merged
+        self._write("apply", manifest)
+        return copy.deepcopy(merged)
+
+    async def create(self, manifest: JsonDict) -> JsonDict | None:
+        kind_of(manifest)
+        self._count("create", manifest["kind"])
+        meta = manifest["metadata"]
+        if (manifest["kind"], meta["namespace"], meta["name"]) in self.objects:
+            self.errors[("create", manifest["kind"], 409)] += 1
+            return None
+        self._write("create", manifest)
+        return self.put(manifest)
+
+    async def create_applied(self, manifest: JsonDict) -> JsonDict | None:
+        return await self.create(manifest)
+
+    async def get(self, kind: Kind, namespace: str, name: str) -> JsonDict | None:
+        self._count("get", kind.kind)
+        found = self.find(kind.kind, namespace, name)
+        if found is None:
+            self.errors[("get", kind.kind, 404)] += 1
+        return found
+
+    async def update(self, manifest: JsonDict) -> JsonDict | None:
+        kind_of(manifest)
+        self._count("update", manifest["kind"])
+        meta = manifest["metadata"]
+        ref = (manifest["kind"], meta["namespace"], meta["name"])
+        current = self.objects.get(ref)
+        if current is None:
+            return None
+        if current["metadata"]["resourceVersion"] != meta.get("resourceVersion"):
+            raise ApiError(
+                409, "Conflict", "the object has been modified", verb="update", target=meta["name"]
+            )
+        new = copy.deepcopy(manifest)
+        new["metadata"]["resourceVersion"] = str(next(self._rv))
+        new["metadata"]["uid"] = current["metadata"]["uid"]
+        self.objects[ref] = new
+        self._write("update", manifest)
+        return copy.deepcopy(new)
+
+    async def delete(self, kind: Kind, namespace: str, name: str, uid: str) -> bool:
+        self._count("delete", kind.kind)
+        current = self.objects.get((kind.kind, namespace, name))
+        if current is None or current["metadata"]["uid"] != uid:
+            return False
+        del self.objects[(kind.kind, namespace, name)]
+        self.writes.append(("delete", kind.kind, name))
+        return True
+
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        uid: str,
+        patch: JsonDict,
+        kind: Kind = VESTIGE_MEMORY,
+        resource_version: str | None = None,
+    ) -> JsonDict | None:
+        self._count("patch_status", kind.kind)
+        ref = (kind.kind, namespace, name)
+        current = self.objects.get(ref)
+        if current is None or current["metadata"]["uid"] != uid:
+            return None
+        if resource_version is not None and current["metadata"]["resourceVersion"] != resource_version:
+            return None
+        current["status"] = _merge(current.get("status") or {}, patch)
+        current["metadata"]["resourceVersion"] = str(next(self._rv))
+        self.writes.append(("patch_status", kind.kind, name))
+        return copy.deepcopy(current)
+
+    async def post_event(self, event: JsonDict) -> None:
+        self._count("create", "Event")
+        self.events.append(copy.deepcopy(event))
+
+    async def live_uids(self, kind: Kind, namespace: str | None, label_selector: str | None) -> set[str]:
+        self._count("list", kind.kind)
+        return {
+            o["metadata"]["uid"]
+            for (k, ns, _), o in self.objects.items()
+            if k == kind.kind and (namespace is None or ns == namespace)
+        }
+
+    async def list_objects(
+        self, kind: Kind, namespace: str, label_selector: str | None = None
+    ) -> list[JsonDict]:
+        self._count("list", kind.kind)
+        wanted = dict(p.split("=", 1) for p in label_selector.split(",")) if label_selector else {}
+        return [
+            copy.deepcopy(o)
+            for (k, ns, _), o in self.objects.items()
+            if k == kind.kind
+            and ns == namespace
+            and all(((o["metadata"].get("labels") or {}).get(a) == v) for a, v in wanted.items())
+        ]
+
+    async def storage_class_exists(self, name: str) -> bool | None:
+        self._count("get", "StorageClass")
+        return name in self.storage_classes
+
+    def close(self) -> None:
+        pass
