@@ -4,7 +4,7 @@
         http://127.0.0.1:PORT/mcp "oolong"
 
 Prints the server the bridge says it is, the tools Vestige offers through it, and what Vestige's
-``search`` tool finds for the query. The demo (tests/demo.py) runs the same function.
+``search`` tool (``recall`` in 3.x) finds for the query. The demo (tests/demo.py) runs the same function.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ async def _ask(url: str, token: str, query: str) -> Answer:
     ):
         init = await session.initialize()
         tools = sorted(t.name for t in (await session.list_tools()).tools)
-        result = await session.call_tool("search", {"query": query})
+        tool = "search" if "search" in tools else "recall"  # Vestige 1.x/2.x; 3.x
+        result = await session.call_tool(tool, {"query": query})
         if result.is_error:
             raise RuntimeError(f"search failed: {result.content}")
         text = "\n".join(getattr(c, "text", "") for c in result.content)
