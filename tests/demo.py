@@ -433,7 +433,7 @@ def _show_agent(kc: str, agent: str, fact: str, remember: bool = False) -> None:
         "containerRuntimeVersion"
     ]
     containers = ", ".join(
-        f"{c['name']} {c['containerID'].replace('://', ' ')[:22]}" for c in pod["status"]["containerStatuses"]
+        f"{c['name']} {c['containerID'].split('://', 1)[1][:12]}" for c in pod["status"]["containerStatuses"]
     )
     if remember and fact not in _search(url, token):
         resp = httpx.post(
@@ -454,7 +454,7 @@ def _show_agent(kc: str, agent: str, fact: str, remember: bool = False) -> None:
         f"{agent}: Vestige {health.get('vestige_version')} (as the running server reports it; "
         f"tool generation {health.get('tool_generation')})"
     )
-    say(f"  runs on node {node_name} ({runtime}), pod {pod['metadata']['name']}: {containers}")
+    say(f"  runs on node {node_name} ({runtime}), pod {pod['metadata']['name']}, containers {containers}")
     say(f"  port-forward (left running): {url} -> svc/{agent}:8000")
     how = "stored and found" if remember else "found"
     say(f'  {how} through REST and through MCP ({len(mcp.tools)} tools): "{fact}"')
