@@ -113,12 +113,13 @@ def _vestige(kc: str, *args: str, timeout: float = 600) -> str:
     proc = subprocess.run(
         [str(PLUGIN), *args, "-n", NAMESPACE],
         env=_plugin_env(kc),
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # its progress notes in order with its results
         text=True,
         check=False,
         timeout=timeout,
     )
-    out = (proc.stdout + proc.stderr).strip()
+    out = proc.stdout.strip()
     if out:
         say("  " + out.replace("\n", "\n  "))
     if proc.returncode != 0:
@@ -495,7 +496,7 @@ def tour() -> None:
 
     say("== 2. Back up research-assistant to the local S3 server (versitygw) ==")
     _vestige(kc, "backup", "research-assistant", "--wait")
-    say(_kubectl(kc, "-n", NAMESPACE, "get", "vbak", "-l", "vestige.dev/memory=research-assistant").rstrip())
+    say(_kubectl(kc, "-n", NAMESPACE, "get", "vbak").rstrip())
 
     say("== 3. Restore the newest backup into a NEW agent (manifests/examples/restore.yaml) ==")
     restored = _example("restore.yaml")
