@@ -6,7 +6,7 @@ port-forward the demo leaves stores and finds a memory, and an official MCP SDK 
 answers on /mcp (a wrong token does not). The tour rotates a token, backs up to the S3 server in
 the namespace, restores into a new agent that finds the memory, suspends and resumes.
 
-Cost (warm caches, measured on the 2-core machine): about 2 minutes for `up`, 3 for the tour.
+Cost (images built, cluster running, 2-core machine): 93 s: up 24 s, tour 47 s, stop 20 s.
 """
 
 from __future__ import annotations
