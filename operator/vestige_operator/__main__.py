@@ -16,14 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     from vestige_operator import runner
 
     runner.add_arguments(run_parser)
-    sub.add_parser("crd", help="print the generated CustomResourceDefinition as YAML")
+    sub.add_parser("crd", help="print every CRD the operator serves (multi-document YAML)")
     sub.add_parser("version", help="print the operator version")
 
     args = parser.parse_args(argv)
     if args.command == "crd":
-        from vestige_operator.crd import crd_yaml
+        from vestige_operator.crd import all_crds_yaml
 
-        sys.stdout.write(crd_yaml())
+        sys.stdout.write(all_crds_yaml())
         return 0
     if args.command == "version":
         print(__version__)

@@ -308,8 +308,8 @@ def printer_columns() -> list[dict[str, Any]]:
         {
             "name": "Storage",
             "type": "string",
-            "jsonPath": ".spec.storage.size",
-            "description": "Requested size of the data volume.",
+            "jsonPath": ".status.storage.capacity",
+            "description": "Capacity of the bound data volume (the request is spec.storage.size).",
         },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
@@ -474,6 +474,11 @@ def backup_crd_yaml() -> str:
     return _yaml(backup_crd_manifest())
 
 
+def all_crds_yaml() -> str:
+    """Every CRD the operator serves, one multi-document YAML (``kubectl apply -f -`` takes it)."""
+    return "---\n".join((crd_yaml(), backup_crd_yaml()))
+
+
 # --------------------------------------------------------------------------------------------
 # Field reference (docs/api.md), generated from the same schema
 # --------------------------------------------------------------------------------------------
@@ -608,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in write(args.root):
             print(path)
     else:
-        sys.stdout.write(crd_yaml())
+        sys.stdout.write(all_crds_yaml())
     return 0
 
 

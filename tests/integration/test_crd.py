@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -485,7 +487,7 @@ def test_enough_malformed_cases() -> None:
 
 
 def test_columns_and_category(kubectl: Kubectl, namespace: str, vm: Resources) -> None:
-    vm.create(vmem("columns", {"storage": {"size": "7Gi"}}))
+    vm.create(vmem("columns", {"storage": {"size": "7Gi"}}))  # bound below with 20Gi
     vm.patch_status(
         "columns",
         {
@@ -493,7 +495,7 @@ def test_columns_and_category(kubectl: Kubectl, namespace: str, vm: Resources) -
             "agentId": "columns",
             "endpoint": f"http://columns.{namespace}.svc:8000",
             "observedGeneration": 1,
-            "storage": {"capacity": "7Gi"},
+            "storage": {"capacity": "20Gi"},
             "conditions": [
                 {
                     "type": "Ready",
@@ -509,13 +511,27 @@ def test_columns_and_category(kubectl: Kubectl, namespace: str, vm: Resources) -
     out = kubectl("get", "vmem", "-n", namespace).stdout.splitlines()
     assert out[0].split() == ["NAME", "AGENT", "PHASE", "READY", "ENDPOINT", "STORAGE", "AGE"]
     row = out[1].split()
-    assert row[:6] == ["columns", "columns", "Ready", "True", f"http://columns.{namespace}.svc:8000", "7Gi"]
+    # STORAGE: the bound volume's capacity, not the 7Gi request.
+    assert row[:6] == ["columns", "columns", "Ready", "True", f"http://columns.{namespace}.svc:8000", "20Gi"]
 
     listed = kubectl("get", "vestige", "-n", namespace, "-o", "name").stdout.split()
     assert listed == [f"vestigememory.{GROUP}/columns"]
 
     status = VestigeMemoryStatus.model_validate(vm.get("columns")["status"])
     assert status.condition("Ready") is not None
+
+
+def test_operator_crd_command_output_applies_with_kubectl(kubectl: Kubectl) -> None:
+    """`vestige-operator crd | kubectl apply -f -` installs both CRDs (server-side dry run: the
+    shared cluster keeps the ones the fixture applied)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "vestige_operator", "crd"], capture_output=True, text=True, check=True
+    ).stdout
+    proc = kubectl("apply", "--dry-run=server", "-f", "-", "-o", "name", input=out)
+    assert proc.stdout.split() == [
+        f"customresourcedefinition.apiextensions.k8s.io/{PLURAL}.{GROUP}",
+        f"customresourcedefinition.apiextensions.k8s.io/vestigebackups.{GROUP}",
+    ]
 
 
 def test_status_is_a_subresource(vm: Resources) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,14 +24,12 @@ import pytest
 
 from tests.backup.conftest import runner_venv
 from tests.cluster import images as image_builds
-from tests.cluster import node
 from tests.integration.helpers import wait_until
 from tests.integration.operator_fixtures import OperatorFactory
 from tests.node.helpers import Agent, Agents, RealNode, found_after, port_forward, recall, remember
+from tests.s3 import pod as s3_pod
+from tests.s3.pod import BUCKET, S3_NAME, S3_PORT
 
-S3_NAME = "s3"
-S3_PORT = 7070
-BUCKET = "vestige-backups"
 MEMORIES = [
     "The backup drill for the lighthouse keeper is on Thursdays at dawn",
     "Parsnip soup needs a pinch of nutmeg and a bay leaf",
@@ -70,118 +67,12 @@ def backup_agents(
         yield made
 
 
-class S3Pod:
-    """versitygw as a Deployment + Service in the test namespace, its posix root an emptyDir."""
+class S3Pod(s3_pod.S3Pod):
+    """versitygw on the real node (tests/s3/pod.py), its bucket listed from the host."""
 
     def __init__(self, rn: RealNode, ns: str) -> None:
-        self.rn, self.ns = rn, ns
-        self.access_key = "AK" + secrets.token_hex(8).upper()
-        self.secret_key = secrets.token_urlsafe(30)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://{S3_NAME}.{self.ns}.svc.{node.CLUSTER_DOMAIN}:{S3_PORT}"
-
-    def destination(self) -> dict[str, Any]:
-        return {
-            "s3": {
-                "endpoint": self.endpoint,
-                "bucket": BUCKET,
-                "credentialsSecret": {"name": "s3-creds"},
-                "forcePathStyle": True,
-            }
-        }
-
-    def start(self, image: str) -> None:
-        self.rn.kubectl(
-            "-n", self.ns, "create", "secret", "generic", "s3-creds",
-            f"--from-literal=accessKeyId={self.access_key}",
-            f"--from-literal=secretAccessKey={self.secret_key}",
-        )  # fmt: skip
-        restricted = {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        }
-        env = [
-            {"name": var, "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key}}}
-            for var, key in (("ROOT_ACCESS_KEY", "accessKeyId"), ("ROOT_SECRET_KEY", "secretAccessKey"))
-        ]
-        labels = {"app.kubernetes.io/name": "versitygw", "app.kubernetes.io/instance": S3_NAME}
-        pod_spec = {
-            **node.POD_PLACEMENT,
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": 65532,
-                "runAsGroup": 65532,
-                "fsGroup": 65532,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            # The posix backend's buckets are directories: the bucket exists from the start.
-            "initContainers": [
-                {
-                    "name": "bucket",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "command": ["mkdir", "-p", f"/s3/{BUCKET}"],
-                    "securityContext": restricted,
-                    "volumeMounts": [{"name": "root", "mountPath": "/s3"}],
-                }
-            ],
-            "containers": [
-                {
-                    "name": "versitygw",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "env": env,
-                    "args": [
-                        "--access",
-                        "$(ROOT_ACCESS_KEY)",
-                        "--secret",
-                        "$(ROOT_SECRET_KEY)",
-                        "--port",
-                        f":{S3_PORT}",
-                        "--health",
-                        "/health",
-                        "posix",
-                        "/s3",
-                    ],
-                    "ports": [{"name": "s3", "containerPort": S3_PORT}],
-                    "readinessProbe": {"httpGet": {"path": "/health", "port": S3_PORT}, "periodSeconds": 2},
-                    "securityContext": restricted,
-                    "volumeMounts": [{"name": "root", "mountPath": "/s3"}],
-                }
-            ],
-            "volumes": [{"name": "root", "emptyDir": {}}],
-        }
-        self.rn.apply(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": S3_NAME, "namespace": self.ns, "labels": labels},
-                "spec": {
-                    "replicas": 1,
-                    "selector": {"matchLabels": labels},
-                    "template": {"metadata": {"labels": labels}, "spec": pod_spec},
-                },
-            }
-        )
-        self.rn.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": {"name": S3_NAME, "namespace": self.ns, "labels": labels},
-                "spec": {
-                    "selector": labels,
-                    "ports": [{"name": "s3", "port": S3_PORT, "targetPort": S3_PORT}],
-                },
-            }
-        )
-        self.rn.kubectl(
-            "-n", self.ns, "rollout", "status", f"deployment/{S3_NAME}", "--timeout=180s", timeout=200
-        )
+        super().__init__(rn.kubectl, ns)
+        self.rn = rn
 
     def objects(self, prefix: str) -> dict[str, str]:
         """key -> sha256 of every object under ``prefix`` (boto3 through a port-forward)."""

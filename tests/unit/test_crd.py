@@ -88,6 +88,9 @@ def test_printer_columns(manifest: dict[str, Any]) -> None:
     assert by_name["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert by_name["Age"]["type"] == "date"
     assert by_name["Age"]["jsonPath"] == ".metadata.creationTimestamp"
+    # STORAGE is what the claim is bound with (a 1Gi request bound to a 20Gi volume shows 20Gi),
+    # not the request.
+    assert by_name["Storage"]["jsonPath"] == ".status.storage.capacity"
 
 
 # -- structural schema ----------------------------------------------------------------------------
@@ -360,12 +363,22 @@ def test_converter_refuses_what_kubernetes_cannot_express(node: dict[str, Any], 
 # -- command line ---------------------------------------------------------------------------------
 
 
-def test_module_cli_prints_the_crd(capsys: pytest.CaptureFixture[str]) -> None:
+def test_module_cli_prints_every_crd(capsys: pytest.CaptureFixture[str]) -> None:
     assert crd.main([]) == 0
-    assert capsys.readouterr().out == crd.crd_yaml()
+    assert capsys.readouterr().out == crd.all_crds_yaml()
 
 
-def test_operator_cli_crd_command_prints_the_crd() -> None:
+def test_all_crds_is_one_multi_document_yaml_of_the_committed_files() -> None:
+    docs = list(yaml.safe_load_all(crd.all_crds_yaml()))
+    assert [(d["kind"], d["spec"]["names"]["kind"]) for d in docs] == [
+        ("CustomResourceDefinition", "VestigeMemory"),
+        ("CustomResourceDefinition", "VestigeBackup"),
+    ]
+    committed = [yaml.safe_load((ROOT / "crds" / f).read_text()) for f in (crd.CRD_FILE, crd.BACKUP_CRD_FILE)]
+    assert docs == committed
+
+
+def test_operator_cli_crd_command_prints_every_crd() -> None:
     # __main__ imports the operator runner (written separately); skip only until it exists.
     pytest.importorskip("vestige_operator.runner")
     proc = subprocess.run(
@@ -375,4 +388,6 @@ def test_operator_cli_crd_command_prints_the_crd() -> None:
         check=True,
         cwd=ROOT,
     )
-    assert proc.stdout == (ROOT / "crds" / crd.CRD_FILE).read_text(encoding="utf-8")
+    assert proc.stdout == crd.all_crds_yaml()
+    names = [d["metadata"]["name"] for d in yaml.safe_load_all(proc.stdout)]
+    assert names == ["vestigememories.vestige.dev", "vestigebackups.vestige.dev"]

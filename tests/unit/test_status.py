@@ -83,6 +83,19 @@ def test_ready_status_has_kubernetes_shape_and_all_fields() -> None:
     VestigeMemoryStatus.model_validate(status)  # the CRD's status schema accepts it
 
 
+def test_storage_capacity_is_the_bound_volumes_not_the_request() -> None:
+    """A 1Gi request bound to a 20Gi volume (a static PV): capacity (STORAGE) says 20Gi."""
+    status = compute(
+        spec(storage={"size": "1Gi"}), Observation(generation=1, pvc=pvc(capacity="20Gi"), deployment=dep())
+    )
+    assert status["storage"] == {"capacity": "20Gi"}
+    assert "bound with 20Gi" in cond(status, "StorageReady")["message"]
+    pending = compute(
+        spec(storage={"size": "1Gi"}), Observation(generation=1, pvc=pvc("Pending", None), deployment=dep())
+    )
+    assert "storage" not in pending
+
+
 def test_unchanged_world_yields_identical_status_and_no_patch() -> None:
     obs = Observation(generation=1, pvc=pvc(), deployment=dep())
     first = compute(spec(), obs, None, T0)
