@@ -32,12 +32,12 @@ def test_the_params_the_policy_reads_are_the_documented_ones() -> None:
 
 
 def test_the_policy_refuses_exactly_the_secret_names_the_operator_derives() -> None:
-    from vestige_operator import children
+    from vestige_operator import vocabulary
 
     derived = re.search(r"- name: derivedSecret\n\s+expression: [>|]-\n(.*?)\n\s+- name:", POLICY, re.S)
     assert derived is not None
     suffixes = set(re.findall(r"endsWith\('([^']+)'\)", derived.group(1)))
-    own = {children.secret_name("x")[1:], children.vestige_secret_name("x")[1:]}
+    own = {vocabulary.secret_name("x")[1:], vocabulary.vestige_secret_name("x")[1:]}
     assert suffixes == own, "the policy's derived Secret names differ from the operator's"
 
 
