@@ -35,9 +35,15 @@ def _target(s3: S3Server, bucket: str = BUCKET) -> list[str]:
     return ["--endpoint", s3.endpoint, "--bucket", bucket, "--force-path-style"]
 
 
-#: The identity every backup run records (the operator passes it) and a restore expects.
-IDENTITY_SRC = ["--metadata", "namespace=ns", "--metadata", "agent-id=src"]
-EXPECT_SRC = ["--expect-namespace", "ns", "--expect-agent-id", "src"]
+def identity(agent: str) -> list[str]:
+    """The identity a backup run records (the operator passes it): namespace ``ns``, ``agent``.
+    The S3 server lives for the session: each test uses its own agent, hence its own key space."""
+    return ["--metadata", "namespace=ns", "--metadata", f"agent-id={agent}"]
+
+
+def expect(agent: str) -> list[str]:
+    """What a restore of ``agent``'s snapshots expects: its key space and identity."""
+    return ["--prefix", f"ns/{agent}/", "--expect-namespace", "ns", "--expect-agent-id", agent]
 
 
 def _backup(
@@ -82,14 +88,14 @@ def test_consistent_backup_while_200_memories_are_ingested(
         time.sleep(0.05)  # spread the second half over the runner's start and snapshot
         write(i)
 
-    key = "ns/agent/agent-20260101000000.tar.gz"
+    key = "ns/consistent/consistent-20260101000000.tar.gz"
     result_file = tmp_path / "result.json"
     with ThreadPoolExecutor(writers) as pool:
         list(pool.map(write, range(100)))  # the first 100, concurrently
         started = time.monotonic()
         proc = subprocess.Popen(
             [str(runner_python), "-m", "vestige_backup", "backup", "--data-dir", str(data), "--key", key,
-             "--work-dir", str(tmp_path / "work"), *_target(s3)],
+             "--work-dir", str(tmp_path / "work"), *identity("consistent"), *_target(s3)],
             env={**creds, "PYTHONPATH": str(RUNNER_PATH), "HOME": str(tmp_path),
                  "VESTIGE_BACKUP_RESULT_FILE": str(result_file)},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -107,7 +113,15 @@ def test_consistent_backup_while_200_memories_are_ingested(
     target = tmp_path / "restored" / "vestige"
     res = run_runner(
         runner_python,
-        ["restore", "--data-dir", str(target), "--key", key, *_target(s3)],
+        [
+            "restore",
+            "--data-dir",
+            str(target),
+            "--key",
+            key,
+            *expect("consistent"),
+            *_target(s3),
+        ],
         env=creds,
         result_file=tmp_path / "restore.json",
     )
@@ -180,7 +194,7 @@ def test_restore_latest_refuses_to_overwrite_and_is_idempotent(
                 key,
                 "--work-dir",
                 str(tmp_path / "w"),
-                *IDENTITY_SRC,
+                *identity("src"),
                 *_target(s3),
             ],
             env=creds,
@@ -195,9 +209,7 @@ def test_restore_latest_refuses_to_overwrite_and_is_idempotent(
         "--data-dir",
         str(target),
         "--latest",
-        "--prefix",
-        "ns/src/",
-        *EXPECT_SRC,
+        *expect("src"),
         *_target(s3),
     ]
     res = run_runner(runner_python, args, env=creds, result_file=tmp_path / "r1.json")
@@ -266,22 +278,22 @@ def test_upload_never_replaces_an_object(
     data = tmp_path / "vestige"
     con = stores.create(data / "vestige.db")
     stores.ingest(con, "first")
-    key = "ns/src/src-1.tar.gz"
-    assert _backup(s3, creds, runner_python, tmp_path, data, key, *IDENTITY_SRC).returncode == 0
+    key = "ns/keep/keep-1.tar.gz"
+    assert _backup(s3, creds, runner_python, tmp_path, data, key, *identity("keep")).returncode == 0
     stored = (s3.root / BUCKET / key).read_bytes()
     sidecar = (s3.root / BUCKET / (key + ".sha256")).read_bytes()
     stores.ingest(con, "second")
     con.close()
-    res = _backup(s3, creds, runner_python, tmp_path, data, key, *IDENTITY_SRC)
+    res = _backup(s3, creds, runner_python, tmp_path, data, key, *identity("keep"))
     assert res.returncode == 1
     assert "refusing to overwrite" in _result(tmp_path / "b.json")["message"]
     assert (s3.root / BUCKET / key).read_bytes() == stored
     assert (s3.root / BUCKET / (key + ".sha256")).read_bytes() == sidecar
     # Only the sidecar there (a half-written run of someone else): refused as well.
-    (s3.root / BUCKET / "ns/src/src-2.tar.gz.sha256").write_text("0" * 64 + "  src-2.tar.gz\n")
-    res = _backup(s3, creds, runner_python, tmp_path, data, "ns/src/src-2.tar.gz", *IDENTITY_SRC)
+    (s3.root / BUCKET / "ns/keep/keep-2.tar.gz.sha256").write_text("0" * 64 + "  keep-2.tar.gz\n")
+    res = _backup(s3, creds, runner_python, tmp_path, data, "ns/keep/keep-2.tar.gz", *identity("keep"))
     assert res.returncode == 1 and "refusing to overwrite" in _result(tmp_path / "b.json")["message"]
-    assert not (s3.root / BUCKET / "ns/src/src-2.tar.gz").exists()
+    assert not (s3.root / BUCKET / "ns/keep/keep-2.tar.gz").exists()
 
 
 def test_restore_takes_only_the_agents_own_verified_snapshot(
@@ -295,16 +307,16 @@ def test_restore_takes_only_the_agents_own_verified_snapshot(
     stores.ingest(con, "the agent's own memory")
     con.close()
     own_ids = stores.ids(data / "vestige.db")
-    own = "ns/src/src-1.tar.gz"
-    assert _backup(s3, creds, runner_python, tmp_path, data, own, *IDENTITY_SRC).returncode == 0
+    own = "ns/own/own-1.tar.gz"
+    assert _backup(s3, creds, runner_python, tmp_path, data, own, *identity("own")).returncode == 0
     own_sha = _result(tmp_path / "b.json")["sha256"]
     time.sleep(1.1)
     evil = tmp_path / "evil"
     con = stores.create(evil / "vestige.db")
     stores.ingest(con, "planted by another tenant")
     con.close()
-    planted = "ns/src/src-9.tar.gz"  # newer, under the same prefix, recording another agent
-    meta = ["--metadata", "namespace=attacker", "--metadata", "agent-id=src"]
+    planted = "ns/own/own-9.tar.gz"  # newer, under the same prefix, recording another agent
+    meta = ["--metadata", "namespace=attacker", "--metadata", "agent-id=own"]
     assert _backup(s3, creds, runner_python, tmp_path, evil, planted, *meta).returncode == 0
     planted_sha = _result(tmp_path / "b.json")["sha256"]
 
@@ -315,9 +327,7 @@ def test_restore_takes_only_the_agents_own_verified_snapshot(
             "--data-dir",
             str(target),
             *which,
-            "--prefix",
-            "ns/src/",
-            *EXPECT_SRC,
+            *expect("own"),
             *_target(s3),
         ]
         res = run_runner(runner_python, args, env=creds, result_file=tmp_path / f"{name}.json")
@@ -328,7 +338,7 @@ def test_restore_takes_only_the_agents_own_verified_snapshot(
     assert stores.ids(target / "vestige.db") == own_ids
 
     code, result, target = restore("foreign", "--key", planted)
-    assert code == 1 and "does not record agent ns/src" in result["message"]
+    assert code == 1 and "does not record agent ns/own" in result["message"]
     assert not target.exists() or not any(target.iterdir())
 
     code, result, target = restore("outside", "--key", "other/agent/x.tar.gz")
