@@ -12,6 +12,8 @@ Kubernetes form). Spec models forbid unknown fields; status models ignore them.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal, DecimalException, localcontext
 from enum import StrEnum
 from typing import Annotated, Any
@@ -22,10 +24,15 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StringConstraints,
     WithJsonSchema,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
 
 # --------------------------------------------------------------------------------------------
 # Patterns and limits shared with the CRD (the same expressions Kubernetes itself uses).
@@ -55,6 +62,37 @@ CONDITION_TYPE_PATTERN = (
 )
 #: Label values (IsValidLabelValue).
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+#: Qualified name (IsQualifiedName): label, annotation, node selector and resource keys. An
+#: optional DNS-subdomain prefix and '/', then a name of 1 to 63 characters.
+QUALIFIED_NAME_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+#: What a pattern means, in the words of the CRD's error messages (keys of maps).
+PATTERN_NAMES = {
+    QUALIFIED_NAME_PATTERN: (
+        "qualified names (an optional DNS-subdomain prefix and '/', then 1 to 63 letters, digits, "
+        "'-', '_' or '.', starting and ending with a letter or digit)"
+    ),
+}
+#: Environment variable name: printable ASCII except '=' (Kubernetes' rule since 1.30).
+ENV_NAME_PATTERN = r"^[ -<>-~]+$"
+_IMAGE_DOMAIN = (
+    r"[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*(:[0-9]{1,5})?/"
+)
+_IMAGE_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+#: Container image reference, ``[registry[:port]/]path[:tag][@digest]`` (the grammar of
+#: github.com/distribution/reference): e.g. ``ghcr.io/org/vestige:3.2.0``, ``vestige@sha256:<hex>``.
+IMAGE_PATTERN = (
+    rf"^({_IMAGE_DOMAIN})?{_IMAGE_COMPONENT}(/{_IMAGE_COMPONENT})*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"
+    r"(@[A-Za-z][A-Za-z0-9]*([-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+#: Ingress path: '/' or '/'-separated non-empty segments of unreserved URL characters
+#: (letters, digits, '.', '_', '~', '-'): no '//', no query, no regular expression.
+INGRESS_PATH_PATTERN = r"^/([A-Za-z0-9._~-]+(/[A-Za-z0-9._~-]+)*/?)?$"
+#: A ``..`` segment of a '/'-separated path or object key.
+DOT_DOT_SEGMENT_PATTERN = r"(^|/)\.\.(/|$)"
 
 #: Longest accepted metadata.name. Children are ``<name>``, ``<name>-auth`` and ``<name>-data``
 #: (DNS labels, <= 63), and the Deployment's pods are ``<name>-<pod-template-hash>-<suffix>``
@@ -65,9 +103,28 @@ MAX_NAME_LENGTH = 46
 MAX_AGENT_ID_LENGTH = 63
 #: Bounds on lists and maps: they keep the CEL cost estimate of the CRD within the API server's
 #: budget and catch runaway manifests early.
-MAX_ENV = 128
+MAX_ENV = 64
 MAX_MAP_ENTRIES = 64
 MAX_LIST_ITEMS = 64
+MAX_CONDITIONS = 16
+#: Strings: DNS subdomains (Secret, class names) and qualified names (label, annotation keys).
+MAX_DNS_SUBDOMAIN_LENGTH = 253
+MAX_QUALIFIED_NAME_LENGTH = 253 + 1 + 63
+MAX_LABEL_VALUE_LENGTH = 63
+MAX_IMAGE_LENGTH = 512
+MAX_ENV_NAME_LENGTH = 256
+MAX_ENV_VALUE_LENGTH = 4096
+#: 64 annotations of at most 317 + 2048 characters stay well within Kubernetes' 256 KiB total
+#: for an object's annotations, with room for the operator's own.
+MAX_ANNOTATION_VALUE_LENGTH = 2048
+MAX_INGRESS_PATH_LENGTH = 1024
+#: RFC 3339 timestamps written by the operator (``2026-12-03T03:00:00Z``; 64 is generous).
+MAX_TIMESTAMP_LENGTH = 64
+MAX_MESSAGE_LENGTH = 32768
+#: URLs the operator publishes (scheme, host of <= 253 characters, port and an Ingress path).
+MAX_URL_LENGTH = 2048
+#: Object keys the operator records: a prefix and the key below it.
+MAX_STATUS_KEY_LENGTH = 2048
 #: Longest quantity string accepted (Kubernetes' own quantities are far shorter). The bound also
 #: keeps the CEL cost estimate of the rules that parse quantities within the API server's budget.
 MAX_QUANTITY_LENGTH = 64
@@ -183,6 +240,85 @@ NonNegativeQuantity = Annotated[
 ]
 #: A quantity that must be greater than zero (storage size; its CEL rules are on the field).
 PositiveQuantity = Annotated[Quantity, AfterValidator(_check_positive)]
+
+
+# --------------------------------------------------------------------------------------------
+# Rules stated once for the models and the CRD
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CelRule:
+    """A rule that a pattern cannot express, stated once for both sides: ``check`` is what the
+    models enforce, ``rule`` its CEL form in the CRD (``x-kubernetes-validations``, evaluated by
+    the API server at admission), ``message`` the error both report.
+
+    Use it as ``Annotated`` metadata after the type's constraints: ``Annotated[str, ..., CelRule(...)]``.
+    """
+
+    rule: str
+    message: str
+    check: Callable[[Any], bool]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def validate(value: Any) -> Any:
+            if not self.check(value):
+                raise ValueError(self.message)
+            return value
+
+        return core_schema.no_info_after_validator_function(validate, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        out = dict(handler(schema))
+        rules = [*out.get("x-kubernetes-validations", []), {"rule": self.rule, "message": self.message}]
+        return {**out, "x-kubernetes-validations": rules}
+
+
+def _no_dot_dot_segment(what: str) -> CelRule:
+    return CelRule(
+        rule=f"!self.matches(r'{DOT_DOT_SEGMENT_PATTERN}')",
+        message=f"{what} may not contain a '..' segment",
+        check=lambda value: re.search(DOT_DOT_SEGMENT_PATTERN, value) is None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# String, list and map types shared by the fields
+# --------------------------------------------------------------------------------------------
+
+#: A DNS-1123 subdomain: names of Secrets, StorageClasses, IngressClasses, PriorityClasses.
+DNSSubdomain = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_DNS_SUBDOMAIN_LENGTH, pattern=DNS1123_SUBDOMAIN_PATTERN),
+]
+#: A key of a Secret's data.
+DataKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_DNS_SUBDOMAIN_LENGTH, pattern=DATA_KEY_PATTERN)
+]
+#: A qualified name: label, annotation, node selector and resource keys.
+QualifiedName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_QUALIFIED_NAME_LENGTH, pattern=QUALIFIED_NAME_PATTERN),
+]
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE_LENGTH, pattern=LABEL_VALUE_PATTERN)]
+AnnotationValue = Annotated[str, StringConstraints(max_length=MAX_ANNOTATION_VALUE_LENGTH)]
+#: A container image reference.
+Image = Annotated[str, StringConstraints(min_length=1, max_length=MAX_IMAGE_LENGTH, pattern=IMAGE_PATTERN)]
+#: An RFC 3339 timestamp written by the operator.
+Timestamp = Annotated[str, StringConstraints(max_length=MAX_TIMESTAMP_LENGTH)]
+
+
+def _annotations_field(description: str) -> Any:
+    return Field(
+        default_factory=dict,
+        max_length=MAX_MAP_ENTRIES,
+        description=f"{description} Keys are qualified names (an optional DNS-subdomain prefix and '/', "
+        "then a name of letters, digits, '-', '_' and '.').",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,13 +441,11 @@ class StorageSpec(SpecModel):
             ]
         },
     )
-    storage_class_name: str | None = Field(
+    storage_class_name: DNSSubdomain | None = Field(
         default=None,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN_PATTERN,
         description=(
-            "StorageClass of the data volume; the cluster's default class when unset. "
-            "Immutable once the resource exists."
+            "StorageClass of the data volume (a DNS subdomain); the cluster's default class when "
+            "unset. Immutable once the resource exists."
         ),
     )
     reclaim_policy: ReclaimPolicy = Field(
@@ -340,15 +474,299 @@ class StorageSpec(SpecModel):
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Kubernetes types the spec passes through to the pod (env valueFrom, NetworkPolicy peers,
+# tolerations, affinity): kept as the user wrote them (plain dicts), checked against these
+# models, which also give the CRD their bounded schema.
+# --------------------------------------------------------------------------------------------
+
+#: Lists inside the pass-through types (terms, expressions): smaller than MAX_LIST_ITEMS because
+#: they nest, and the CEL cost of a rule below them grows with the product of the bounds.
+MAX_NESTED_ITEMS = 16
+#: An IPv4 or IPv6 CIDR (NetworkPolicy ipBlock); the API server checks the address itself.
+CIDR_PATTERN = r"^(([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}|[0-9A-Fa-f:.]{2,45}/[0-9]{1,3})$"
+MAX_CIDR_LENGTH = 49
+#: A field path of the pod (fieldRef.fieldPath, e.g. metadata.labels['team']).
+MAX_FIELD_PATH_LENGTH = 512
+
+
+@dataclass(frozen=True)
+class KubernetesShape:
+    """A pass-through Kubernetes object: the models keep the dict as written but validate it
+    against ``model``, and the CRD's schema of the field is ``model``'s (bounded, no unknown
+    fields)."""
+
+    model: type[BaseModel]
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def validate(value: Any) -> Any:
+            self.model.model_validate(value)
+            return value
+
+        return core_schema.no_info_after_validator_function(validate, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return handler(self.model.__pydantic_core_schema__)
+
+
+class KeySelector(SpecModel):
+    """A key of a Secret or ConfigMap in the same namespace."""
+
+    name: DNSSubdomain = Field(description="Name of the Secret or ConfigMap (a DNS subdomain).")
+    key: DataKey = Field(description="The key (letters, digits, '-', '_', '.').")
+    optional: bool | None = Field(default=None, description="Start the container even if the key is missing.")
+
+
+class ObjectFieldSelector(SpecModel):
+    """A field of the pod (the downward API)."""
+
+    api_version: str | None = Field(
+        default=None, max_length=64, description="Version of the schema fieldPath is written in (v1)."
+    )
+    field_path: str = Field(
+        min_length=1,
+        max_length=MAX_FIELD_PATH_LENGTH,
+        description=(
+            "Path of the field, e.g. metadata.name; checked when reconciled (by the API server "
+            "when the pod is applied)."
+        ),
+    )
+
+
+class ResourceFieldSelector(SpecModel):
+    """A resource request or limit of a container."""
+
+    container_name: str | None = Field(
+        default=None, max_length=63, pattern=DNS1123_LABEL_PATTERN, description="Container name."
+    )
+    resource: QualifiedName = Field(description="The resource, e.g. limits.memory.")
+    divisor: Quantity | None = Field(default=None, description="Unit of the exposed value (default 1).")
+
+
+class EnvVarSource(SpecModel):
+    """Where an environment variable's value comes from (a Kubernetes EnvVarSource)."""
+
+    secret_key_ref: KeySelector | None = Field(default=None, description="A key of a Secret.")
+    config_map_key_ref: KeySelector | None = Field(default=None, description="A key of a ConfigMap.")
+    field_ref: ObjectFieldSelector | None = Field(default=None, description="A field of the pod.")
+    resource_field_ref: ResourceFieldSelector | None = Field(
+        default=None, description="A resource request or limit of a container."
+    )
+
+
+class SelectorOperator(StrEnum):
+    """Operator of a label selector requirement."""
+
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(SpecModel):
+    """One requirement of a label selector."""
+
+    key: QualifiedName = Field(description="The label key.")
+    operator: SelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[LabelValue] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="Label values (for In and NotIn).",
+    )
+
+
+class LabelSelector(SpecModel):
+    """A Kubernetes label selector (matchLabels and matchExpressions are ANDed)."""
+
+    match_labels: dict[QualifiedName, LabelValue] = Field(
+        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Labels that must all match."
+    )
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Requirements that must all hold."
+    )
+
+
+class IPBlock(SpecModel):
+    """A range of IP addresses (NetworkPolicy ipBlock)."""
+
+    cidr: str = Field(
+        max_length=MAX_CIDR_LENGTH,
+        pattern=CIDR_PATTERN,
+        description="The range, e.g. 10.0.0.0/8 or 2001:db8::/32.",
+    )
+    except_: list[Annotated[str, StringConstraints(max_length=MAX_CIDR_LENGTH, pattern=CIDR_PATTERN)]] = (
+        Field(
+            default_factory=list,
+            alias="except",
+            max_length=MAX_LIST_ITEMS,
+            description="Ranges inside cidr that are excluded.",
+        )
+    )
+
+
+class NetworkPolicyPeer(SpecModel):
+    """Who may connect (a Kubernetes NetworkPolicyPeer)."""
+
+    pod_selector: LabelSelector | None = Field(default=None, description="Pods with these labels.")
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces with these labels (with podSelector: those pods in them)."
+    )
+    ip_block: IPBlock | None = Field(default=None, description="A range of IP addresses.")
+
+
+class TolerationOperator(StrEnum):
+    """Operator of a toleration."""
+
+    EXISTS = "Exists"
+    EQUAL = "Equal"
+
+
+class TaintEffect(StrEnum):
+    """Effect of a taint."""
+
+    NO_SCHEDULE = "NoSchedule"
+    PREFER_NO_SCHEDULE = "PreferNoSchedule"
+    NO_EXECUTE = "NoExecute"
+
+
+class Toleration(SpecModel):
+    """A Kubernetes toleration of the pod."""
+
+    key: QualifiedName | None = Field(default=None, description="Taint key; every key when unset (Exists).")
+    operator: TolerationOperator | None = Field(default=None, description="Exists or Equal (default).")
+    value: LabelValue | None = Field(default=None, description="Taint value (with Equal).")
+    effect: TaintEffect | None = Field(
+        default=None, description="NoSchedule, PreferNoSchedule or NoExecute; every effect when unset."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=10 * 365 * 86400,
+        description="With NoExecute: how long the pod stays bound to a tainted node.",
+        json_schema_extra={"format": "int64"},
+    )
+
+
+class NodeSelectorOperator(StrEnum):
+    """Operator of a node selector requirement."""
+
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+    GT = "Gt"
+    LT = "Lt"
+
+
+class NodeSelectorRequirement(SpecModel):
+    """One requirement on a node's labels or fields."""
+
+    key: QualifiedName = Field(description="The label key (or field, for matchFields).")
+    operator: NodeSelectorOperator = Field(description="In, NotIn, Exists, DoesNotExist, Gt or Lt.")
+    values: list[LabelValue] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="Values (one integer for Gt and Lt; none for Exists and DoesNotExist).",
+    )
+
+
+class NodeSelectorTerm(SpecModel):
+    """Requirements that must all hold."""
+
+    match_expressions: list[NodeSelectorRequirement] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Requirements on node labels."
+    )
+    match_fields: list[NodeSelectorRequirement] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Requirements on node fields."
+    )
+
+
+class NodeSelector(SpecModel):
+    """Terms of which at least one must hold."""
+
+    node_selector_terms: list[NodeSelectorTerm] = Field(
+        max_length=MAX_NESTED_ITEMS, description="The terms (ORed)."
+    )
+
+
+class PreferredSchedulingTerm(SpecModel):
+    """A weighted node preference."""
+
+    weight: int = Field(ge=1, le=100, description="Weight of the preference.")
+    preference: NodeSelectorTerm = Field(description="The preferred nodes.")
+
+
+class NodeAffinity(SpecModel):
+    """Which nodes the pod may or should run on."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        default=None, description="Nodes the pod must run on."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Nodes the pod should run on."
+    )
+
+
+class PodAffinityTerm(SpecModel):
+    """Pods (in some namespaces) next to which, by topology key, the pod is placed or not."""
+
+    label_selector: LabelSelector | None = Field(default=None, description="The pods.")
+    namespace_selector: LabelSelector | None = Field(default=None, description="Namespaces of the pods.")
+    namespaces: list[Annotated[str, StringConstraints(max_length=63, pattern=DNS1123_LABEL_PATTERN)]] = Field(
+        default_factory=list, max_length=MAX_LIST_ITEMS, description="Namespaces of the pods, by name."
+    )
+    topology_key: QualifiedName = Field(
+        description="Node label that defines 'next to', e.g. kubernetes.io/hostname."
+    )
+    match_label_keys: list[QualifiedName] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Pod label keys also matched by value."
+    )
+    mismatch_label_keys: list[QualifiedName] = Field(
+        default_factory=list,
+        max_length=MAX_NESTED_ITEMS,
+        description="Pod label keys matched by other values.",
+    )
+
+
+class WeightedPodAffinityTerm(SpecModel):
+    """A weighted pod (anti-)affinity preference."""
+
+    weight: int = Field(ge=1, le=100, description="Weight of the preference.")
+    pod_affinity_term: PodAffinityTerm = Field(description="The term.")
+
+
+class PodAffinity(SpecModel):
+    """Pod affinity or anti-affinity."""
+
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Terms that must hold."
+    )
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] = Field(
+        default_factory=list, max_length=MAX_NESTED_ITEMS, description="Terms that should hold."
+    )
+
+
+class Affinity(SpecModel):
+    """A Kubernetes affinity of the pod."""
+
+    node_affinity: NodeAffinity | None = Field(default=None, description="Node affinity.")
+    pod_affinity: PodAffinity | None = Field(default=None, description="Pod affinity.")
+    pod_anti_affinity: PodAffinity | None = Field(default=None, description="Pod anti-affinity.")
+
+
 class ResourceRequirements(SpecModel):
     """Compute resources of a container (same shape as a Kubernetes container's resources)."""
 
-    requests: dict[str, NonNegativeQuantity] = Field(
+    requests: dict[QualifiedName, NonNegativeQuantity] = Field(
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
         description="Minimum resources the container needs, e.g. {cpu: 100m, memory: 256Mi}.",
     )
-    limits: dict[str, NonNegativeQuantity] = Field(
+    limits: dict[QualifiedName, NonNegativeQuantity] = Field(
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
         description="Maximum resources the container may use, e.g. {memory: 1Gi}.",
@@ -360,16 +778,16 @@ class EnvVar(SpecModel):
 
     name: str = Field(
         min_length=1,
-        max_length=256,
-        pattern=r"^[^=]+$",
-        description="Name of the variable (printable characters, no '=').",
+        max_length=MAX_ENV_NAME_LENGTH,
+        pattern=ENV_NAME_PATTERN,
+        description="Name of the variable (printable ASCII characters, no '=').",
     )
-    value: str | None = Field(default=None, description="Literal value.")
-    value_from: dict[str, Any] | None = Field(
+    value: str | None = Field(default=None, max_length=MAX_ENV_VALUE_LENGTH, description="Literal value.")
+    value_from: Annotated[dict[str, Any], KubernetesShape(EnvVarSource)] | None = Field(
         default=None,
         description=(
             "Source of the value, as in a Kubernetes EnvVar (secretKeyRef, configMapKeyRef, "
-            "fieldRef, resourceFieldRef); passed through to the container unchanged."
+            "fieldRef, resourceFieldRef); passed through to the container."
         ),
     )
 
@@ -414,11 +832,12 @@ EnvList = Annotated[list[EnvVar], AfterValidator(_unique_env_names)]
 class VestigeContainerSpec(SpecModel):
     """The Vestige container (the memory server, reachable only inside the pod)."""
 
-    image: str | None = Field(
+    image: Image | None = Field(
         default=None,
-        min_length=1,
-        max_length=512,
-        description="Vestige image; the operator's configured default when unset.",
+        description=(
+            "Vestige image reference ([registry[:port]/]path[:tag][@digest]); the operator's "
+            "configured default when unset."
+        ),
     )
     image_pull_policy: ImagePullPolicy | None = Field(
         default=None, description="Image pull policy; Kubernetes' default when unset."
@@ -437,11 +856,12 @@ class VestigeContainerSpec(SpecModel):
 class BridgeContainerSpec(SpecModel):
     """The bridge container (REST and MCP front of Vestige, the only port the Service exposes)."""
 
-    image: str | None = Field(
+    image: Image | None = Field(
         default=None,
-        min_length=1,
-        max_length=512,
-        description="Bridge image; the operator's configured default when unset.",
+        description=(
+            "Bridge image reference ([registry[:port]/]path[:tag][@digest]); the operator's "
+            "configured default when unset."
+        ),
     )
     image_pull_policy: ImagePullPolicy | None = Field(
         default=None, description="Image pull policy; Kubernetes' default when unset."
@@ -462,15 +882,10 @@ class BridgeContainerSpec(SpecModel):
 class SecretKeyRef(SpecModel):
     """A key of a Secret in the same namespace."""
 
-    name: str = Field(
-        min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN, description="Name of the Secret."
-    )
-    key: str = Field(
+    name: DNSSubdomain = Field(description="Name of the Secret (a DNS subdomain).")
+    key: DataKey = Field(
         default="token",
-        min_length=1,
-        max_length=253,
-        pattern=DATA_KEY_PATTERN,
-        description="Key in the Secret that holds the bearer token.",
+        description="Key in the Secret that holds the bearer token (letters, digits, '-', '_', '.').",
     )
 
 
@@ -493,21 +908,16 @@ class ServiceSpec(SpecModel):
     """The Service `<name>` in front of the bridge (port 8000, named http)."""
 
     type: ServiceType = Field(default=ServiceType.CLUSTER_IP, description="Kubernetes Service type.")
-    annotations: dict[str, str] = Field(
-        default_factory=dict,
-        max_length=MAX_MAP_ENTRIES,
-        description="Annotations added to the Service (e.g. for a load balancer controller).",
+    annotations: dict[QualifiedName, AnnotationValue] = _annotations_field(
+        "Annotations added to the Service (e.g. for a load balancer controller)."
     )
 
 
 class IngressTLS(SpecModel):
     """TLS for the Ingress."""
 
-    secret_name: str = Field(
-        min_length=1,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN_PATTERN,
-        description="Secret (type kubernetes.io/tls) holding the certificate for host.",
+    secret_name: DNSSubdomain = Field(
+        description="Secret (type kubernetes.io/tls) holding the certificate for host (a DNS subdomain).",
     )
 
 
@@ -515,26 +925,32 @@ class IngressSpec(SpecModel):
     """An optional Ingress `<name>` that routes to the bridge."""
 
     enabled: bool = Field(default=False, description="Create the Ingress.")
-    class_name: str | None = Field(
+    class_name: DNSSubdomain | None = Field(
         default=None,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN_PATTERN,
-        description="IngressClass name; the cluster's default class when unset.",
+        description="IngressClass name (a DNS subdomain); the cluster's default class when unset.",
     )
     host: str | None = Field(
         default=None,
-        max_length=253,
+        max_length=MAX_DNS_SUBDOMAIN_LENGTH,
         pattern=INGRESS_HOST_PATTERN,
-        description="Host name to route (a DNS name, optionally *.wildcard); every host when unset.",
+        description=(
+            "Host name to route (a lowercase DNS name, optionally *.wildcard); every host when unset."
+        ),
     )
-    path: str = Field(
-        default="/", max_length=1024, pattern=r"^/", description="HTTP path (must start with /)."
+    path: Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=MAX_INGRESS_PATH_LENGTH, pattern=INGRESS_PATH_PATTERN),
+        _no_dot_dot_segment("ingress.path"),
+    ] = Field(
+        default="/",
+        description=(
+            "HTTP path: '/' or '/'-separated segments of letters, digits, '.', '_', '~' and '-' "
+            "(no empty segment, no '..' segment, no query, no regular expression)."
+        ),
     )
     path_type: PathType = Field(default=PathType.PREFIX, description="How the path is matched.")
-    annotations: dict[str, str] = Field(
-        default_factory=dict,
-        max_length=MAX_MAP_ENTRIES,
-        description="Annotations added to the Ingress (e.g. for cert-manager).",
+    annotations: dict[QualifiedName, AnnotationValue] = _annotations_field(
+        "Annotations added to the Ingress (e.g. for cert-manager)."
     )
     tls: IngressTLS | None = Field(default=None, description="Serve host over TLS with this certificate.")
 
@@ -562,7 +978,7 @@ class NetworkPolicySpec(SpecModel):
     """The NetworkPolicy `<name>`: ingress to the bridge port only, from the allowed peers."""
 
     enabled: bool = Field(default=True, description="Create the NetworkPolicy.")
-    from_: list[dict[str, Any]] = Field(
+    from_: list[Annotated[dict[str, Any], KubernetesShape(NetworkPolicyPeer)]] = Field(
         default_factory=list,
         alias="from",
         max_length=MAX_LIST_ITEMS,
@@ -576,9 +992,7 @@ class NetworkPolicySpec(SpecModel):
 class LocalObjectReference(SpecModel):
     """A reference to an object in the same namespace."""
 
-    name: str = Field(
-        min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN, description="Name of the object."
-    )
+    name: DNSSubdomain = Field(description="Name of the object (a DNS subdomain).")
 
 
 def _labels_not_reserved(labels: dict[str, str]) -> dict[str, str]:
@@ -591,12 +1005,14 @@ def _labels_not_reserved(labels: dict[str, str]) -> dict[str, str]:
 class PodTemplateOptions(SpecModel):
     """Scheduling and metadata options of the pod."""
 
-    labels: Annotated[dict[str, str], AfterValidator(_labels_not_reserved)] = Field(
+    labels: Annotated[dict[QualifiedName, LabelValue], AfterValidator(_labels_not_reserved)] = Field(
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
-        description="Extra pod labels (the app.kubernetes.io labels of the operator cannot be overridden).",
+        description=(
+            "Extra pod labels (the app.kubernetes.io labels of the operator cannot be overridden). "
+            "Keys are qualified names; values at most 63 letters, digits, '-', '_' and '.'."
+        ),
         json_schema_extra={
-            "additionalProperties": {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN},
             "x-kubernetes-validations": [
                 {
                     "rule": " && ".join(f"!('{k}' in self)" for k in RESERVED_POD_LABELS),
@@ -605,27 +1021,22 @@ class PodTemplateOptions(SpecModel):
             ],
         },
     )
-    annotations: dict[str, str] = Field(
-        default_factory=dict, max_length=MAX_MAP_ENTRIES, description="Extra pod annotations."
-    )
-    node_selector: dict[str, str] = Field(
+    annotations: dict[QualifiedName, AnnotationValue] = _annotations_field("Extra pod annotations.")
+    node_selector: dict[QualifiedName, LabelValue] = Field(
         default_factory=dict,
         max_length=MAX_MAP_ENTRIES,
-        description="Node labels the pod must match.",
+        description="Node labels the pod must match (label keys and values).",
     )
-    tolerations: list[dict[str, Any]] = Field(
+    tolerations: list[Annotated[dict[str, Any], KubernetesShape(Toleration)]] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
-        description="Kubernetes tolerations of the pod, passed through unchanged.",
+        description="Kubernetes tolerations of the pod, passed through.",
     )
-    affinity: dict[str, Any] | None = Field(
-        default=None, description="Kubernetes affinity of the pod, passed through unchanged."
+    affinity: Annotated[dict[str, Any], KubernetesShape(Affinity)] | None = Field(
+        default=None, description="Kubernetes affinity of the pod, passed through."
     )
-    priority_class_name: str | None = Field(
-        default=None,
-        max_length=253,
-        pattern=DNS1123_SUBDOMAIN_PATTERN,
-        description="PriorityClass of the pod.",
+    priority_class_name: DNSSubdomain | None = Field(
+        default=None, description="PriorityClass of the pod (a DNS subdomain)."
     )
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list,
@@ -640,14 +1051,21 @@ class PodTemplateOptions(SpecModel):
 
 #: S3 bucket names (3-63 characters, lowercase letters, digits, dots and hyphens).
 S3_BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
-#: A cron schedule of five fields (minute hour day-of-month month day-of-week), always UTC.
-CRON_PATTERN = r"^\S+( \S+){4}$"
+_CRON_VALUE = r"([0-9]{1,2}|[A-Za-z]{3})"
+_CRON_ITEM = rf"(\*|LW?|{_CRON_VALUE}(-{_CRON_VALUE})?(L|#[1-5])?)(/[0-9]{{1,2}})?"
+_CRON_FIELD = rf"{_CRON_ITEM}(,{_CRON_ITEM})*"
+#: The shape of a cron schedule: five fields (minute hour day-of-month month day-of-week), single
+#: spaces, each a list of ``*``, numbers, ranges, steps or three-letter names. Value ranges and
+#: names are checked when reconciled (cronsim).
+CRON_PATTERN = rf"^{_CRON_FIELD}( {_CRON_FIELD}){{4}}$"
+MAX_CRON_LENGTH = 128
 #: A duration of whole minutes, hours, days or weeks (``30d``, ``12h``).
 MAX_AGE_PATTERN = r"^[1-9][0-9]{0,5}(m|h|d|w)$"
 #: ``namespace/name`` of a VestigeMemory.
 SOURCE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z]([-a-z0-9]*[a-z0-9])?$"
-#: An object key below a prefix (no leading slash, no ``..`` segment, no control characters).
+#: An object key below a prefix (no leading slash, no control characters).
 OBJECT_KEY_PATTERN = r"^[^/\x00-\x1f][^\x00-\x1f]*$"
+MAX_OBJECT_KEY_LENGTH = 1024
 _MAX_AGE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -672,37 +1090,19 @@ def _check_cron(value: str) -> str:
     return value
 
 
-def _check_max_age(value: str) -> str:
-    max_age_seconds(value)
-    return value
-
-
-def _check_key(value: str) -> str:
-    if any(part == ".." for part in value.split("/")):
-        raise ValueError(f"key may not contain '..' segments: {value!r}")
-    return value
-
-
 class SecretRef(SpecModel):
     """A Secret in the same namespace."""
 
-    name: str = Field(
-        min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN, description="Name of the Secret."
-    )
+    name: DNSSubdomain = Field(description="Name of the Secret (a DNS subdomain).")
 
 
 class CASecretRef(SpecModel):
     """A Secret holding a PEM CA bundle."""
 
-    name: str = Field(
-        min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN_PATTERN, description="Name of the Secret."
-    )
-    key: str = Field(
+    name: DNSSubdomain = Field(description="Name of the Secret (a DNS subdomain).")
+    key: DataKey = Field(
         default="ca.crt",
-        min_length=1,
-        max_length=253,
-        pattern=DATA_KEY_PATTERN,
-        description="Key of the Secret holding the PEM CA bundle.",
+        description="Key of the Secret holding the PEM CA bundle (letters, digits, '-', '_', '.').",
     )
 
 
@@ -766,24 +1166,32 @@ class BackupRetention(SpecModel):
     keep_last: int | None = Field(
         default=None, ge=1, le=10000, description="Keep at most this many Completed backups (newest first)."
     )
-    max_age: Annotated[str, AfterValidator(_check_max_age)] | None = Field(
+    max_age: Annotated[str, StringConstraints(max_length=8, pattern=MAX_AGE_PATTERN)] | None = Field(
         default=None,
-        max_length=8,
-        pattern=MAX_AGE_PATTERN,
-        description="Delete Completed backups older than this (m, h, d or w: 90m, 12h, 30d, 4w).",
+        description=(
+            "Delete Completed backups older than this: a whole number (1 to 999999) of minutes, "
+            "hours, days or weeks (90m, 12h, 30d, 4w)."
+        ),
     )
 
 
 class BackupSpec(SpecModel):
     """Scheduled backups of the memory's store to object storage (one VestigeBackup per run)."""
 
-    schedule: Annotated[str, AfterValidator(_check_cron)] | None = Field(
+    schedule: (
+        Annotated[
+            str,
+            StringConstraints(max_length=MAX_CRON_LENGTH, pattern=CRON_PATTERN),
+            AfterValidator(_check_cron),
+        ]
+        | None
+    ) = Field(
         default=None,
-        max_length=128,
-        pattern=CRON_PATTERN,
         description=(
-            "Cron schedule in UTC (five fields: minute hour day-of-month month day-of-week, e.g. "
-            "'0 3 * * *'). Unset: no scheduled runs (VestigeBackup objects still work)."
+            "Cron schedule in UTC (five fields separated by single spaces: minute hour "
+            "day-of-month month day-of-week, e.g. '0 3 * * *'; no @macros). The shape is checked "
+            "at admission; value ranges (minute 0-59, ...) are checked when reconciled. Unset: no "
+            "scheduled runs (VestigeBackup objects still work)."
         ),
     )
     retention: BackupRetention = _nested(BackupRetention, "Which backups are kept.")
@@ -800,11 +1208,19 @@ class RestoreSource(SpecModel):
         pattern=SOURCE_PATTERN,
         description="namespace/name of the VestigeMemory that was backed up (selects the default prefix).",
     )
-    key: Annotated[str, AfterValidator(_check_key)] | None = Field(
+    key: (
+        Annotated[
+            str,
+            StringConstraints(min_length=1, max_length=MAX_OBJECT_KEY_LENGTH, pattern=OBJECT_KEY_PATTERN),
+            _no_dot_dot_segment("restore.fromBackup.key"),
+        ]
+        | None
+    ) = Field(
         default=None,
-        max_length=1024,
-        pattern=OBJECT_KEY_PATTERN,
-        description="Object key of the snapshot (as in VestigeBackup status.key). Set key or latest.",
+        description=(
+            "Object key of the snapshot (as in VestigeBackup status.key; no leading '/', no '..' "
+            "segment, no control characters). Set key or latest."
+        ),
     )
     latest: bool | None = Field(
         default=None, description="Restore the newest snapshot under the prefix. Set key or latest."
@@ -873,39 +1289,59 @@ class VestigeBackupStatus(StatusModel):
     """Observed state of a VestigeBackup, written by the operator."""
 
     phase: BackupPhase | None = Field(default=None, description="Pending, Running, Completed or Failed.")
-    started_at: str | None = Field(
+    started_at: Timestamp | None = Field(
         default=None,
         description="When the backup Job was started (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
-    completed_at: str | None = Field(
+    completed_at: Timestamp | None = Field(
         default=None,
         description="When the backup completed or failed (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
-    key: str | None = Field(default=None, description="Object key of the snapshot in the bucket.")
+    key: str | None = Field(
+        default=None,
+        max_length=MAX_STATUS_KEY_LENGTH,
+        description="Object key of the snapshot in the bucket.",
+    )
     size: int | None = Field(
         default=None,
         ge=0,
         description="Size of the compressed snapshot in bytes.",
         json_schema_extra={"format": "int64"},
     )
-    sha256: str | None = Field(default=None, description="SHA-256 of the compressed snapshot (hex).")
-    vestige_version: str | None = Field(
-        default=None, description="Vestige generation and image of the memory when it was backed up."
+    sha256: str | None = Field(
+        default=None, max_length=64, description="SHA-256 of the compressed snapshot (hex)."
     )
-    job: str | None = Field(default=None, description="Name of the Job that runs (or ran) the backup.")
-    message: str | None = Field(default=None, description="Human-readable result or cause of the failure.")
+    vestige_version: str | None = Field(
+        default=None,
+        max_length=MAX_IMAGE_LENGTH + 64,
+        description="Vestige generation and image of the memory when it was backed up.",
+    )
+    job: str | None = Field(
+        default=None,
+        max_length=MAX_DNS_SUBDOMAIN_LENGTH,
+        description="Name of the Job that runs (or ran) the backup.",
+    )
+    message: str | None = Field(
+        default=None,
+        max_length=MAX_MESSAGE_LENGTH,
+        description="Human-readable result or cause of the failure.",
+    )
 
 
 class LastBackup(StatusModel):
     """A backup that completed."""
 
-    time: str | None = Field(
+    time: Timestamp | None = Field(
         default=None, description="When it completed (RFC 3339).", json_schema_extra={"format": "date-time"}
     )
-    key: str | None = Field(default=None, description="Object key of its snapshot.")
-    name: str | None = Field(default=None, description="Name of its VestigeBackup object.")
+    key: str | None = Field(
+        default=None, max_length=MAX_STATUS_KEY_LENGTH, description="Object key of its snapshot."
+    )
+    name: str | None = Field(
+        default=None, max_length=MAX_DNS_SUBDOMAIN_LENGTH, description="Name of its VestigeBackup object."
+    )
 
 
 class MemoryBackupStatus(StatusModel):
@@ -970,8 +1406,8 @@ class Condition(StatusModel):
         pattern=CONDITION_REASON_PATTERN,
         description="Machine-readable CamelCase reason of the last transition.",
     )
-    message: str = Field(default="", max_length=32768, description="Human-readable details.")
-    last_transition_time: str = Field(
+    message: str = Field(default="", max_length=MAX_MESSAGE_LENGTH, description="Human-readable details.")
+    last_transition_time: Timestamp = Field(
         description="When the status last changed (RFC 3339).",
         json_schema_extra={"format": "date-time"},
     )
@@ -1004,19 +1440,32 @@ class VestigeMemoryStatus(StatusModel):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
+        max_length=MAX_CONDITIONS,
         description=(
             "Ready, Reconciling, Stalled, StorageReady and (with backups) LastBackupSucceeded conditions."
         ),
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    agent_id: str | None = Field(default=None, description="The agent id in force.")
-    endpoint: str | None = Field(default=None, description="In-cluster URL of the bridge.")
-    url: str | None = Field(default=None, description="External URL of the bridge (through the Ingress).")
+    agent_id: str | None = Field(
+        default=None, max_length=MAX_AGENT_ID_LENGTH, description="The agent id in force."
+    )
+    endpoint: str | None = Field(
+        default=None, max_length=MAX_URL_LENGTH, description="In-cluster URL of the bridge."
+    )
+    url: str | None = Field(
+        default=None,
+        max_length=MAX_URL_LENGTH,
+        description="External URL of the bridge (through the Ingress).",
+    )
     auth_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret and key holding the bearer token."
     )
-    pvc_name: str | None = Field(default=None, description="Name of the data PersistentVolumeClaim.")
-    token_rotated_at: str | None = Field(
+    pvc_name: str | None = Field(
+        default=None,
+        max_length=MAX_DNS_SUBDOMAIN_LENGTH,
+        description="Name of the data PersistentVolumeClaim.",
+    )
+    token_rotated_at: Timestamp | None = Field(
         default=None,
         description=(
             "When the operator last rotated the token on request (annotation "
@@ -1033,20 +1482,26 @@ class VestigeMemoryStatus(StatusModel):
 
 
 __all__ = [
+    "Affinity",
     "AuthSpec",
     "BackupDestination",
     "BackupPhase",
     "BackupRetention",
     "BackupSpec",
     "BridgeContainerSpec",
+    "CelRule",
     "Condition",
     "ConditionStatus",
     "EnvVar",
+    "EnvVarSource",
     "ImagePullPolicy",
     "IngressSpec",
     "IngressTLS",
+    "KubernetesShape",
+    "LabelSelector",
     "LocalObjectReference",
     "MemoryBackupStatus",
+    "NetworkPolicyPeer",
     "NetworkPolicySpec",
     "PathType",
     "Phase",
@@ -1061,6 +1516,7 @@ __all__ = [
     "ServiceType",
     "StorageSpec",
     "StorageStatus",
+    "Toleration",
     "VestigeBackupSpec",
     "VestigeBackupStatus",
     "VestigeContainerSpec",

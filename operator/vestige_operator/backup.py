@@ -26,9 +26,16 @@ from vestige_operator.api import (
     VestigeMemorySpec,
     max_age_seconds,
 )
-from vestige_operator.children import (
+from vestige_operator.times import format_time, parse_time
+from vestige_operator.vocabulary import (
+    ANNOTATION_PRUNES,
+    ANNOTATION_SCHEDULED_AT,
+    COMPONENT_BACKUP,
+    COMPONENT_PRUNE,
     DATA_MOUNT,
+    LABEL_BACKUP,
     LABEL_MANAGED_BY,
+    LABEL_MEMORY,
     MANAGED_BY,
     TMP_DIR,
     VESTIGE_DATA_DIR,
@@ -42,16 +49,6 @@ from vestige_operator.children import (
     selector_labels,
 )
 
-COMPONENT_BACKUP = "backup"
-COMPONENT_PRUNE = "prune"
-#: On VestigeBackups (the memory they belong to) and on the operator's Jobs.
-LABEL_MEMORY = f"{GROUP}/memory"
-#: On a backup Job: the VestigeBackup it runs.
-LABEL_BACKUP = f"{GROUP}/backup"
-#: On scheduled VestigeBackups: the cron time they were created for (RFC 3339).
-ANNOTATION_SCHEDULED_AT = f"{GROUP}/scheduled-at"
-#: On a prune Job: the VestigeBackups whose snapshots it deletes (JSON list of names).
-ANNOTATION_PRUNES = f"{GROUP}/prunes"
 LAST_BACKUP_SUCCEEDED = "LastBackupSucceeded"
 #: Failed VestigeBackups kept for inspection per memory (older ones are deleted; they have no snapshot).
 FAILED_HISTORY = 3
@@ -81,7 +78,9 @@ def snapshot_key(prefix: str, backup_name: str) -> str:
 
 
 def scheduled_name(memory: str, when: datetime) -> str:
-    """``<memory>-<UTC timestamp>`` (at most 46 + 1 + 14 = 61 characters: a valid Job name too)."""
+    """The name of a VestigeBackup of ``memory`` created for ``when`` (a scheduled run, or
+    ``kubectl vestige backup``): ``<memory>-<UTC yyyymmddhhmmss>`` (at most 46 + 1 + 14 = 61
+    characters: a valid Job name too)."""
     return f"{memory}-{when.astimezone(UTC):%Y%m%d%H%M%S}"
 
 
@@ -99,19 +98,6 @@ def job_name(backup_name: str) -> str:
 def prune_job_name(memory: str, backup_names: Iterable[str]) -> str:
     digest = hashlib.sha256("\n".join(sorted(backup_names)).encode()).hexdigest()[:10]
     return _short(f"{memory}-prune-{digest}")
-
-
-def rfc3339(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
-        return None
 
 
 # -- schedule ----------------------------------------------------------------------------------
@@ -402,14 +388,7 @@ def render_backup_job(
         ],
         **_scheduling(memory, spec, follow_agent=not spec.suspend),
     }
-    owner_ref = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": BACKUP_KIND,
-        "name": backup_name,
-        "uid": backup_uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    owner_ref = owner_reference(Owner(backup_name, memory.namespace, backup_uid), BACKUP_KIND)
     return _job(
         job_name(backup_name), memory, COMPONENT_BACKUP, owner_ref, pod_spec, {LABEL_BACKUP: backup_name}
     )
@@ -585,8 +564,9 @@ def restore_refusal(pods: Iterable[Mapping[str, Any]]) -> str | None:
 
 
 def backup_manifest(memory: Owner, name: str, scheduled_at: datetime | None) -> dict[str, Any]:
-    """A VestigeBackup the scheduler creates (owned by the memory: the objects go with it; the
-    snapshots in the bucket stay)."""
+    """A VestigeBackup of ``memory``, as the scheduler (``scheduled_at``: its cron time) and
+    ``kubectl vestige backup`` (None) create it: owned by the memory, so the objects go with it
+    (the snapshots in the bucket stay)."""
     meta: dict[str, Any] = {
         "name": name,
         "namespace": memory.namespace,
@@ -594,7 +574,7 @@ def backup_manifest(memory: Owner, name: str, scheduled_at: datetime | None) -> 
         "ownerReferences": [owner_reference(memory)],
     }
     if scheduled_at is not None:
-        meta["annotations"] = {ANNOTATION_SCHEDULED_AT: rfc3339(scheduled_at)}
+        meta["annotations"] = {ANNOTATION_SCHEDULED_AT: format_time(scheduled_at)}
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": BACKUP_KIND,

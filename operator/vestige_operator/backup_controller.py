@@ -27,11 +27,26 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vestige_operator import BACKUP_KIND, FIELD_MANAGER, GROUP, KIND, VERSION
+from vestige_operator import BACKUP_KIND, GROUP, VERSION
 from vestige_operator import backup as b
 from vestige_operator import cluster as k8s
 from vestige_operator.api import BackupPhase, VestigeMemorySpec
-from vestige_operator.children import COMPONENT_MEMORY, LABEL_COMPONENT, LABEL_INSTANCE, Images, Owner
+from vestige_operator.events import make_event
+from vestige_operator.times import format_time, parse_time
+from vestige_operator.vocabulary import (
+    ANNOTATION_PRUNES,
+    COMPONENT_BACKUP,
+    COMPONENT_MEMORY,
+    COMPONENT_PRUNE,
+    LABEL_BACKUP,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_MEMORY,
+    MANAGED_BY,
+    Images,
+    Owner,
+)
 
 logger = logging.getLogger("vestige_operator.backup")
 
@@ -152,7 +167,7 @@ class BackupController:
         now = self.clock()
         if body is None or _meta(body).get("deletionTimestamp"):
             for obj in backups:
-                created = b.parse_time(_meta(obj).get("creationTimestamp")) or now
+                created = parse_time(_meta(obj).get("creationTimestamp")) or now
                 # A grace period: a VestigeBackup created with its memory may be seen first.
                 if _phase(obj) in (None, BackupPhase.PENDING) and now - created > MISSING_MEMORY_GRACE:
                     await self._finish(namespace, obj, False, {}, f"VestigeMemory {name} not found", None)
@@ -184,7 +199,7 @@ class BackupController:
         meta = _meta(obj)
         patch: dict[str, Any] = {
             "phase": str(BackupPhase.COMPLETED if ok else BackupPhase.FAILED),
-            "completedAt": b.rfc3339(self.clock()),
+            "completedAt": format_time(self.clock()),
             "message": message[:2000],
         }
         if ok:
@@ -204,8 +219,12 @@ class BackupController:
         logger.info("VestigeBackup %s/%s %s: %s", namespace, meta["name"], patch["phase"], message)
         if not ok and memory is not None:
             await self.cluster.post_event(
-                _event(
-                    memory, "BackupFailed", f"VestigeBackup {meta['name']} failed: {message}", self.clock()
+                make_event(
+                    memory,
+                    "Warning",
+                    "BackupFailed",
+                    f"VestigeBackup {meta['name']} failed: {message}",
+                    format_time(self.clock()),
                 )
             )
 
@@ -213,7 +232,7 @@ class BackupController:
         self, memory: Owner, backups: list[Mapping[str, Any]], jobs: list[Mapping[str, Any]]
     ) -> bool:
         changed = False
-        by_backup = {(_meta(j).get("labels") or {}).get(b.LABEL_BACKUP): j for j in jobs}
+        by_backup = {(_meta(j).get("labels") or {}).get(LABEL_BACKUP): j for j in jobs}
         for obj in backups:
             if _phase(obj) != BackupPhase.RUNNING:
                 continue
@@ -279,7 +298,7 @@ class BackupController:
         key = job["spec"]["template"]["spec"]["containers"][0]["args"]
         patch = {
             "phase": str(BackupPhase.RUNNING),
-            "startedAt": b.rfc3339(self.clock()),
+            "startedAt": format_time(self.clock()),
             "job": job["metadata"]["name"],
             "key": key[key.index("--key") + 1],
             "vestigeVersion": b.vestige_version(spec, self.images),
@@ -310,7 +329,7 @@ class BackupController:
             return False
         key = (memory.namespace, memory.name)
         known = [t for t in (b.last_scheduled(backups), self._scheduled.get(key)) if t is not None]
-        baseline = max(known) if known else (b.parse_time(created) or now)
+        baseline = max(known) if known else (parse_time(created) or now)
         due = b.due_run(spec.backup.schedule, baseline, now)
         if due is None or b.active(backups):
             return False  # nothing due, or a backup of this memory is still active (one at a time)
@@ -335,13 +354,13 @@ class BackupController:
         for obj in plan.delete_failed:
             changed |= await self._delete(k8s.VESTIGE_BACKUP, memory.namespace, obj)
         prune_jobs = [
-            j for j in jobs if (_meta(j).get("labels") or {}).get(LABEL_COMPONENT) == b.COMPONENT_PRUNE
+            j for j in jobs if (_meta(j).get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_PRUNE
         ]
         for job in prune_jobs:
             outcome = await self._outcome(memory.namespace, job, "prune")
             if outcome is None:
                 return changed  # one prune at a time
-            names = set(json.loads((_meta(job).get("annotations") or {}).get(b.ANNOTATION_PRUNES, "[]")))
+            names = set(json.loads((_meta(job).get("annotations") or {}).get(ANNOTATION_PRUNES, "[]")))
             if outcome.succeeded:
                 for obj in backups:
                     if _meta(obj).get("name") in names:
@@ -351,8 +370,12 @@ class BackupController:
                 )
             else:
                 await self.cluster.post_event(
-                    _event(
-                        memory, "PruneFailed", f"deleting expired snapshots failed: {outcome.message}", now
+                    make_event(
+                        memory,
+                        "Warning",
+                        "PruneFailed",
+                        f"deleting expired snapshots failed: {outcome.message}",
+                        format_time(now),
                     )
                 )
             await self._delete(k8s.JOB, memory.namespace, job)
@@ -392,30 +415,6 @@ class BackupController:
     async def _delete(self, kind: k8s.Kind, namespace: str, obj: Mapping[str, Any]) -> bool:
         meta = _meta(obj)
         return await self.cluster.delete(kind, namespace, meta["name"], meta["uid"])
-
-
-def _event(memory: Owner, reason: str, message: str, now: datetime) -> dict[str, Any]:
-    stamp = b.rfc3339(now)
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{memory.name}.", "namespace": memory.namespace},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": memory.name,
-            "namespace": memory.namespace,
-            "uid": memory.uid,
-        },
-        "type": "Warning",
-        "reason": reason,
-        "message": message[:1024],
-        "firstTimestamp": stamp,
-        "lastTimestamp": stamp,
-        "count": 1,
-        "source": {"component": FIELD_MANAGER},
-        "reportingComponent": FIELD_MANAGER,
-    }
 
 
 __all__ = ["BACKUP_KIND", "BackupController"]
@@ -468,7 +467,6 @@ def register_backups(
     import kopf
 
     from vestige_operator import BACKUP_PLURAL
-    from vestige_operator.children import LABEL_MANAGED_BY, MANAGED_BY
 
     controller = BackupController(
         reconciler.cluster, reconciler.images, interval=interval_from_env(), on_change=reconciler.request
@@ -486,11 +484,11 @@ def register_backups(
             controller.request((namespace, memory))
             reconciler.request((namespace, memory))
 
-    selector = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: kopf.PRESENT, b.LABEL_MEMORY: kopf.PRESENT}
+    selector = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_COMPONENT: kopf.PRESENT, LABEL_MEMORY: kopf.PRESENT}
 
     @kopf.index(*JOB_RESOURCE, id=JOB_INDEX, labels=selector, registry=registry)
     def vestige_backup_jobs(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
-        if labels.get(LABEL_COMPONENT) not in (b.COMPONENT_BACKUP, b.COMPONENT_PRUNE):
+        if labels.get(LABEL_COMPONENT) not in (COMPONENT_BACKUP, COMPONENT_PRUNE):
             return {}
         meta = _meta(body)
         trimmed = {
@@ -499,11 +497,11 @@ def register_backups(
             },
             "status": dict(body.get("status") or {}),
         }
-        return {(namespace, labels[b.LABEL_MEMORY]): trimmed}
+        return {(namespace, labels[LABEL_MEMORY]): trimmed}
 
     @kopf.on.event(*JOB_RESOURCE, id="vestige_backup_job_event", labels=selector, registry=registry)
     async def vestige_backup_job_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
-        controller.request((namespace, labels[b.LABEL_MEMORY]))
+        controller.request((namespace, labels[LABEL_MEMORY]))
 
     tasks: list[asyncio.Task[None]] = []
 

@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vestige_operator import GROUP, KIND, VERSION
 from vestige_operator.api import (
     EnvVar,
     ReclaimPolicy,
@@ -29,47 +28,43 @@ from vestige_operator.api import (
     VestigeGeneration,
     VestigeMemorySpec,
 )
+from vestige_operator.backup import render_restore_init_container, restore_volumes
 from vestige_operator.tokens import PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY, TOKEN_KEY, VESTIGE_TOKEN_KEY
+from vestige_operator.vocabulary import (
+    ANNOTATION_AGENT_ID,
+    ANNOTATION_APPLIED_HASH,
+    ANNOTATION_TOKEN_HASH,
+    AUTH_MOUNT,
+    AUTH_VOLUME,
+    BRIDGE_PORT,
+    BRIDGE_PORT_NAME,
+    COMPONENT_AUTH,
+    COMPONENT_DATA,
+    COMPONENT_MEMORY,
+    DATA_MOUNT,
+    LABEL_AGENT_ID,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    TMP_DIR,
+    VESTIGE_DATA_DIR,
+    VESTIGE_HOST,
+    VESTIGE_MCP_URL,
+    VESTIGE_PORT,
+    Images,
+    Manifest,
+    Owner,
+    container_security_context,
+    labels,
+    owner_reference,
+    pod_security_context,
+    pvc_name,
+    secret_name,
+    selector_labels,
+    vestige_secret_name,
+)
 
-Manifest = dict[str, Any]
+# -- Vestige's layout ---------------------------------------------------------------------------
 
-# -- names, labels, annotations -----------------------------------------------------------------
-
-APP_NAME = "vestige"
-MANAGED_BY = "vestige-operator"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_COMPONENT = "app.kubernetes.io/component"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-#: Hash of the applied manifest (without this annotation): lets the reconciler skip an apply
-#: whose result is already in place, and notice fields it must remove after a spec change.
-ANNOTATION_APPLIED_HASH = f"{GROUP}/applied-hash"
-#: Hash of Vestige's internal token on the pod template: the vestige container reads it from its
-#: environment, so a new internal token restarts the pod. The agents' token is NOT hashed here: the
-#: bridge follows it from a mounted volume, so a rotation never restarts the pod.
-ANNOTATION_TOKEN_HASH = f"{GROUP}/vestige-token-hash"
-#: The agent id a data claim was created for (annotation: the record; label: for selection). A
-#: VestigeMemory whose agent id differs never mounts the claim (docs/operator.md, "Data volumes").
-ANNOTATION_AGENT_ID = f"{GROUP}/agent-id"
-LABEL_AGENT_ID = f"{GROUP}/agent-id"
-
-COMPONENT_AUTH = "auth"
-COMPONENT_DATA = "data"
-COMPONENT_MEMORY = "memory"
-
-#: Where the bridge reads the agents' token files (a volume of the token Secret).
-AUTH_MOUNT = "/var/run/vestige/auth"
-AUTH_VOLUME = "auth"
-
-# -- ports, paths ----------------------------------------------------------------------------
-
-BRIDGE_PORT = 8000
-BRIDGE_PORT_NAME = "http"
-VESTIGE_HOST = "127.0.0.1"
-VESTIGE_PORT = 3100
-VESTIGE_MCP_URL = f"http://{VESTIGE_HOST}:{VESTIGE_PORT}/mcp"
-DATA_MOUNT = "/data"
-VESTIGE_DATA_DIR = f"{DATA_MOUNT}/vestige"
 #: Vestige 1.x takes the database file, not its directory.
 VESTIGE_V1_DATABASE = f"{VESTIGE_DATA_DIR}/vestige.db"
 #: The shell Vestige 1.x/2.x runs under, behind mcp-proxy (both seen with the real 1.3.0/2.0.0,
@@ -79,9 +74,6 @@ VESTIGE_V1_DATABASE = f"{VESTIGE_DATA_DIR}/vestige.db"
 #: empty tool error for ever: Vestige's exit ends mcp-proxy too, so the kubelet restarts both.
 V1_END_GATEWAY_WITH_VESTIGE = 'mkdir -p "$XDG_DATA_HOME" && "$@"; kill -TERM "$PPID"'
 EMBEDDING_CACHE = f"{DATA_MOUNT}/fastembed-cache"
-RUN_AS = 1000
-#: The containers' only writable scratch space (an emptyDir: the root filesystem is read-only).
-TMP_DIR = "/tmp"  # noqa: S108 (a path inside the pod)
 
 #: Environment the operator sets for security or layout; a user entry of the same name is
 #: dropped (see ``ignored_env``) so it can neither open the MCP port nor move the data.
@@ -126,33 +118,7 @@ STARTUP_PERIOD_SECONDS = 10
 STARTUP_FAILURE_THRESHOLD = 90
 
 
-@dataclass(frozen=True, slots=True)
-class Owner:
-    """Identity of the VestigeMemory the children belong to."""
-
-    name: str
-    namespace: str
-    uid: str
-
-
-@dataclass(frozen=True, slots=True)
-class Images:
-    """Operator-wide default images (``spec.*.image`` overrides them)."""
-
-    vestige: str
-    bridge: str
-
-
-# -- names -----------------------------------------------------------------------------------
-
-
-def secret_name(owner_name: str) -> str:
-    return f"{owner_name}-auth"
-
-
-def vestige_secret_name(owner_name: str) -> str:
-    """The operator's Secret for Vestige's internal token when ``auth.existingSecret`` is used."""
-    return f"{owner_name}-vestige"
+# -- token Secret references, URLs, Ingress claims ---------------------------------------------
 
 
 def internal_secret_ref(owner_name: str, spec: VestigeMemorySpec) -> tuple[str, str]:
@@ -163,21 +129,12 @@ def internal_secret_ref(owner_name: str, spec: VestigeMemorySpec) -> tuple[str, 
     return secret_name(owner_name), VESTIGE_TOKEN_KEY
 
 
-def pvc_name(owner_name: str) -> str:
-    return f"{owner_name}-data"
-
-
 def auth_secret_ref(owner_name: str, spec: VestigeMemorySpec) -> tuple[str, str]:
     """(Secret name, key) holding the token: ``auth.existingSecret`` or the operator's own."""
     existing = spec.auth.existing_secret
     if existing is not None:
         return existing.name, existing.key
     return secret_name(owner_name), TOKEN_KEY
-
-
-def endpoint(owner: Owner) -> str:
-    """In-cluster URL of the bridge (cluster-domain independent)."""
-    return f"http://{owner.name}.{owner.namespace}.svc:{BRIDGE_PORT}"
 
 
 def ingress_url(spec: VestigeMemorySpec) -> str | None:
@@ -272,31 +229,6 @@ def with_applied_hash(manifest: Manifest) -> Manifest:
 # -- metadata --------------------------------------------------------------------------------
 
 
-def labels(owner_name: str, component: str) -> dict[str, str]:
-    return {
-        LABEL_NAME: APP_NAME,
-        LABEL_INSTANCE: owner_name,
-        LABEL_COMPONENT: component,
-        LABEL_MANAGED_BY: MANAGED_BY,
-    }
-
-
-def selector_labels(owner_name: str) -> dict[str, str]:
-    """The Deployment's (immutable) pod selector, also used by the Service and NetworkPolicy."""
-    return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: owner_name, LABEL_COMPONENT: COMPONENT_MEMORY}
-
-
-def owner_reference(owner: Owner) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": KIND,
-        "name": owner.name,
-        "uid": owner.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def _metadata(
     owner: Owner,
     name: str,
@@ -386,31 +318,6 @@ def mounts_claim(deployment: Mapping[str, Any], claim: str) -> bool:
 
 
 # -- Deployment ------------------------------------------------------------------------------
-
-
-def container_security_context() -> dict[str, Any]:
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "privileged": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def pod_security_context() -> dict[str, Any]:
-    """PSA ``restricted`` at pod level, uid/gid 1000 owning the volumes (agent pods, backup Jobs)."""
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "fsGroup": RUN_AS,
-        "fsGroupChangePolicy": "OnRootMismatch",
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
 
 
 def _resources(resources: ResourceRequirements, default: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
@@ -620,8 +527,6 @@ def render_deployment(
     if not spec.bridge.allow_anonymous:
         pod_spec["volumes"].append(render_auth_volume(owner, spec))
     if spec.restore is not None:  # fill a new, empty volume before Vestige starts (docs/backup.md)
-        from vestige_operator.backup import render_restore_init_container, restore_volumes
-
         pod_spec["initContainers"] = [render_restore_init_container(owner, spec, images)]
         pod_spec["volumes"] += restore_volumes(spec)
     if pod_opts.node_selector:

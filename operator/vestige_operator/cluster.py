@@ -42,6 +42,12 @@ class Kind:
     kind: str
     plural: str
 
+    @property
+    def display(self) -> str:
+        """``vestigememories.vestige.dev``, ``pods``: how RBAC and kubectl name the resource."""
+        group = self.api_version.rpartition("/")[0]
+        return f"{self.plural}.{group}" if group else self.plural
+
     def path(self, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
         """The object's (or, without a name, the collection's) path; no namespace: all namespaces."""
         base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"

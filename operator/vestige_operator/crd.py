@@ -3,8 +3,11 @@
 ``to_structural`` turns pydantic's JSON schema into a Kubernetes structural schema: ``$ref`` are
 inlined, ``Optional`` (``anyOf`` with ``null``) collapses to the non-null branch, titles and null
 defaults go, free-form objects keep unknown fields (``x-kubernetes-preserve-unknown-fields``) and
-every node has a ``type``. ``crd_manifest`` adds what only the CRD knows: names, printer columns,
-the status subresource and the rules on the root that need ``metadata.name``.
+every node has a ``type``. The constraints on map keys (``propertyNames`` and
+``patternProperties``, which Kubernetes does not support) become a CEL rule on the map, and each
+field's description ends with its bounds (``kubectl explain`` shows descriptions only).
+``crd_manifest`` adds what only the CRD knows: names, printer columns, the status subresource and
+the rules on the root that need ``metadata.name``.
 
 ``python -m vestige_operator.crd --write`` regenerates ``crds/`` and ``docs/api.md``.
 """
@@ -31,6 +34,7 @@ from vestige_operator import (
 from vestige_operator.api import (
     DNS1035_LABEL_PATTERN,
     MAX_NAME_LENGTH,
+    PATTERN_NAMES,
     VestigeBackupSpec,
     VestigeBackupStatus,
     VestigeMemorySpec,
@@ -114,9 +118,22 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, field: bool 
         elif key == "additionalProperties":
             if isinstance(value, dict) and value:
                 out["additionalProperties"] = _convert(value, defs, f"{path}.*", field=False)
-            elif (value is True or value == {}) and "properties" not in node:
+            elif (value is True or value == {}) and not ({"properties", "patternProperties"} & set(node)):
                 out["x-kubernetes-preserve-unknown-fields"] = True
             # additionalProperties: false (extra="forbid") is implicit: structural schemas prune.
+        elif key == "patternProperties":
+            # dict[<key type with a pattern>, V]: pydantic moves the key's pattern here.
+            if len(value) != 1:
+                raise SchemaConversionError(f"{path or '<root>'}: {len(value)} key patterns")
+            ((key_pattern, values),) = value.items()
+            out["additionalProperties"] = _convert(values, defs, f"{path}.*", field=False)
+            keys = {**node.get("propertyNames", {}), "pattern": key_pattern}
+            out.setdefault("x-kubernetes-validations", []).append(_key_rule(keys, path))
+        elif key == "propertyNames":
+            if "patternProperties" not in node:
+                out.setdefault("x-kubernetes-validations", []).append(_key_rule(value, path))
+        elif key == "x-kubernetes-validations":
+            out[key] = [*value, *out.get(key, [])]
         else:
             out[key] = value
 
@@ -129,9 +146,59 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], path: str, field: bool 
             raise SchemaConversionError(f"{path or '<root>'}: no type")
     if field and not out.get("description"):
         raise SchemaConversionError(f"{path or '<root>'}: no description")
+    if field and (bounds := _bounds_text(out)):
+        out["description"] = f"{out['description'].rstrip()} {bounds}"
     # Readable order: type and description first, as kubectl and controller-gen show them.
     head = {k: out.pop(k) for k in ("type", "description") if k in out}
     return {**head, **out}
+
+
+def _key_rule(keys: dict[str, Any], path: str) -> dict[str, str]:
+    """The CEL rule that checks every key of a map against the key type's constraints."""
+    unknown = set(keys) - {"minLength", "maxLength", "pattern"}
+    if unknown or "maxLength" not in keys:
+        raise SchemaConversionError(f"{path or '<root>'}: map keys need maxLength, not {sorted(unknown)}")
+    low, high = keys.get("minLength", 0), keys["maxLength"]
+    checks = [f"k.size() <= {high}"]
+    size = f"at most {high} characters"
+    if low:
+        checks.insert(0, f"k.size() >= {low}")
+        size = f"{low} to {high} characters"
+    what = "strings"
+    if "pattern" in keys:
+        pattern = keys["pattern"]
+        if "'" in pattern:
+            raise SchemaConversionError(f"{path or '<root>'}: a key pattern with a quote")
+        checks.append(f"k.matches(r'{pattern}')")
+        what = PATTERN_NAMES.get(pattern, f"strings matching {pattern}")
+    return {"rule": f"self.all(k, {' && '.join(checks)})", "message": f"keys must be {what} of {size}"}
+
+
+def _bounds_text(node: dict[str, Any]) -> str:
+    """The bounds of a field in words, for its description."""
+    kind = node.get("type")
+    if kind == "string" or node.get("x-kubernetes-int-or-string"):
+        if "maxLength" not in node:
+            return ""
+        low = node.get("minLength", 0)
+        if low > 1:
+            return f"{low} to {node['maxLength']} characters."
+        return f"At most {node['maxLength']} characters."
+    if kind == "array" and "maxItems" in node:
+        return f"At most {node['maxItems']} items."
+    if kind == "object" and "maxProperties" in node:
+        text = f"At most {node['maxProperties']} entries"
+        rules = node.get("x-kubernetes-validations", [])
+        keys = [r["message"] for r in rules if r["message"].startswith("keys")]
+        if keys:
+            text += f"; keys of {keys[0].rsplit(' of ', 1)[1]}"
+        values = node.get("additionalProperties", {})
+        if isinstance(values, dict) and "maxLength" in values:
+            text += f"; values at most {values['maxLength']} characters"
+        return text + "."
+    if kind in ("integer", "number") and "maximum" in node:
+        return f"From {node.get('minimum', '-')} to {node['maximum']}."
+    return ""
 
 
 def _root_validations() -> list[dict[str, Any]]:

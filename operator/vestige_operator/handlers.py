@@ -28,8 +28,9 @@ import kopf
 
 from vestige_operator import GROUP, PLURAL, VERSION
 from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
-from vestige_operator.children import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, ingress_claim
+from vestige_operator.children import ingress_claim
 from vestige_operator.reconcile import Reconciler, trim, trim_owner
+from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
 
 OWNER_INDEX = "vestige_owners"
 HOST_INDEX = "vestige_ingress_hosts"

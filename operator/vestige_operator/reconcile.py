@@ -32,27 +32,20 @@ from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec, parse_quantity
 from vestige_operator.backup import summarize
 from vestige_operator.children import (
-    ANNOTATION_APPLIED_HASH,
-    ANNOTATION_TOKEN_HASH,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
-    Images,
     IngressClaim,
-    Owner,
     auth_secret_ref,
     ignored_env,
     ingress_host_holder,
     mounts_claim,
-    pvc_name,
     render_children,
     render_secret,
     render_vestige_secret,
     token_hash,
-    vestige_secret_name,
     volume_agent_id,
     with_applied_hash,
 )
 from vestige_operator.config import OperatorConfig
+from vestige_operator.events import make_event
 from vestige_operator.status import (
     ChildError,
     Observation,
@@ -60,9 +53,19 @@ from vestige_operator.status import (
     changed_conditions,
     compute_status,
     invalid_status,
-    make_event,
     stalled_event,
     status_patch,
+)
+from vestige_operator.times import format_time, utc_now
+from vestige_operator.vocabulary import (
+    ANNOTATION_APPLIED_HASH,
+    ANNOTATION_TOKEN_HASH,
+    LABEL_MANAGED_BY,
+    MANAGED_BY,
+    Images,
+    Owner,
+    pvc_name,
+    vestige_secret_name,
 )
 
 logger = logging.getLogger("vestige_operator.reconcile")
@@ -267,10 +270,6 @@ def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 def _named(objs: Iterable[Mapping[str, Any]], name: str) -> Mapping[str, Any] | None:
     return next((o for o in objs if (o.get("metadata") or {}).get("name") == name), None)
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class RetryLater(Exception):
@@ -909,7 +908,7 @@ class Reconciler:
         if rotate and request is not None:
             _, grace, understood = request
             body = tokens.rotated(body, request[0], secrets.token_urlsafe(32), now, grace)
-            expires = tokens.format_time(now + grace)
+            expires = format_time(now + grace)
             notes.append("rotated the token")
             message = f"token rotated on request; the previous token stays valid until {expires}"
             if not understood:

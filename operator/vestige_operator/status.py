@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vestige_operator import FIELD_MANAGER, GROUP, KIND, VERSION
 from vestige_operator.api import Phase, VestigeMemorySpec, parse_quantity
 from vestige_operator.backup import LAST_BACKUP_SUCCEEDED, BackupSummary
-from vestige_operator.children import Owner, auth_secret_ref, endpoint, ingress_url, pvc_name
+from vestige_operator.children import auth_secret_ref, ingress_url
+from vestige_operator.events import make_event
+from vestige_operator.vocabulary import Owner, endpoint, pvc_name
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -400,50 +401,9 @@ def stalled_event(
         and before.get("message") == after.get("message")
     ):
         return None
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": owner.name,
-            "namespace": owner.namespace,
-            "uid": owner.uid,
-        },
-        "type": "Warning",
-        "reason": str(after.get("reason") or STALLED),
-        "message": str(after.get("message") or "")[:1024],
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-        "source": {"component": FIELD_MANAGER},
-        "reportingComponent": FIELD_MANAGER,
-    }
-
-
-def make_event(owner: Owner, type_: str, reason: str, message: str, now: str) -> dict[str, Any]:
-    """A core/v1 Event about the VestigeMemory (never carries a token: callers pass fixed text)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{owner.name}.", "namespace": owner.namespace},
-        "involvedObject": {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": KIND,
-            "name": owner.name,
-            "namespace": owner.namespace,
-            "uid": owner.uid,
-        },
-        "type": type_,
-        "reason": reason,
-        "message": message[:1024],
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-        "source": {"component": FIELD_MANAGER},
-        "reportingComponent": FIELD_MANAGER,
-    }
+    return make_event(
+        owner, "Warning", str(after.get("reason") or STALLED), str(after.get("message") or ""), now
+    )
 
 
 def _ready_message(status: Mapping[str, Any] | None) -> str:

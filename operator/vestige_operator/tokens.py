@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import base64
 import copy
-import re
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from vestige_operator import GROUP
+from vestige_operator.times import format_time, parse_duration, parse_time
 
 TOKEN_KEY = "token"  # noqa: S105 (Secret key names, not secrets)
 VESTIGE_TOKEN_KEY = "vestige-token"  # noqa: S105
@@ -41,48 +41,6 @@ ANNOTATION_PREVIOUS_EXPIRES = f"{GROUP}/token-previous-expires"
 
 DEFAULT_GRACE = timedelta(minutes=10)
 MAX_GRACE = timedelta(days=7)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(raw: str) -> timedelta | None:
-    """A Go duration (``10m``, ``1h30m``, ``90s``) as a timedelta; None if it is not one, is
-    negative or is longer than a week."""
-    text = raw.strip()
-    if not text or text[0] in "+-":
-        return None
-    pos = 0
-    seconds = 0.0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if match is None:
-            return None
-        seconds += float(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    value = timedelta(seconds=seconds)
-    return value if value <= MAX_GRACE else None
-
-
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(raw: str | None) -> datetime | None:
-    if not raw:
-        return None
-    try:
-        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return value if value.tzinfo is not None else None
 
 
 def _b64(value: str) -> str:
@@ -101,8 +59,11 @@ def rotation_request(owner_annotations: Mapping[str, str]) -> tuple[str, timedel
     raw_grace = owner_annotations.get(ANNOTATION_ROTATE_GRACE)
     if raw_grace is None or not raw_grace.strip():
         return request, DEFAULT_GRACE, True
-    grace = parse_duration(raw_grace)
-    return (request, grace, True) if grace is not None else (request, DEFAULT_GRACE, False)
+    try:
+        grace = parse_duration(raw_grace)
+    except ValueError:
+        return request, DEFAULT_GRACE, False
+    return (request, grace, True) if grace <= MAX_GRACE else (request, DEFAULT_GRACE, False)
 
 
 def rotation_due(secret: Mapping[str, Any], request: str | None) -> bool:

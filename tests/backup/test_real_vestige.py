@@ -8,84 +8,25 @@ started. Skips (with the reason) while no binary has been built on this machine.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.backup.conftest import RUNNER_PATH, run_runner
-from tests.cluster.build import cache_root
 from tests.s3.server import S3Server
+from tests.vestige.stdio import StdioServer, built_binary
 
 BUCKET = "vestige-real"
-
-
-def _binary(version: str) -> Path | None:
-    found = sorted(
-        (cache_root() / "vestige" / "bin").glob(f"vestige-mcp-{version}-*"), key=lambda p: p.stat().st_mtime
-    )
-    return found[-1] if found else None
-
-
-class StdioServer:
-    """vestige-mcp over stdio with JSON-RPC requests pipelined from one thread, answers read by another."""
-
-    def __init__(self, binary: Path, db: Path, home: Path) -> None:
-        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "RUST_LOG": "error"}
-        self.proc = subprocess.Popen(
-            [str(binary), "--data-dir", str(db)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            text=True,
-            bufsize=1,
-        )
-        self.answers: dict[int, tuple[float, dict]] = {}
-        self.cond = threading.Condition()
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                msg = json.loads(line)
-            except ValueError:
-                continue
-            if "id" in msg:
-                with self.cond:
-                    self.answers[int(msg["id"])] = (time.monotonic(), msg)
-                    self.cond.notify_all()
-
-    def send(self, msg: dict) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(msg) + "\n")
-        self.proc.stdin.flush()
-
-    def wait(self, ids: set[int], timeout: float = 300) -> None:
-        with self.cond:
-            ok = self.cond.wait_for(lambda: ids <= set(self.answers), timeout=timeout)
-        assert ok, f"no answer for {sorted(ids - set(self.answers))[:5]}"
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()  # Vestige exits on stdin EOF
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.mark.parametrize("version", ["1.3.0", "2.0.0"])
 def test_backup_of_the_real_vestige_while_it_ingests(
     version: str, tmp_path: Path, s3: S3Server, runner_python: Path
 ) -> None:
-    binary = _binary(version)
+    binary = built_binary(version)
     if binary is None:
         pytest.skip(
             f"no real vestige-mcp {version} built yet (python -m tests.vestige build, branch vestige-real)"
@@ -94,33 +35,12 @@ def test_backup_of_the_real_vestige_while_it_ingests(
     creds = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
     data = tmp_path / "data" / "vestige"
     data.mkdir(parents=True)
-    server = StdioServer(binary, data / "vestige.db", tmp_path)
+    server = StdioServer.vestige(binary, data / "vestige.db", tmp_path)
     try:
-        server.send(
-            {
-                "jsonrpc": "2.0",
-                "id": 0,
-                "method": "initialize",
-                "params": {
-                    "protocolVersion": "2024-11-05",
-                    "capabilities": {},
-                    "clientInfo": {"name": "t", "version": "1"},
-                },
-            }
-        )
-        server.wait({0}, timeout=120)
-        server.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        server.initialize()
 
         def ingest(i: int) -> None:
-            args = {"content": f"backup consistency memory number {i} marker{i:04d}"}
-            server.send(
-                {
-                    "jsonrpc": "2.0",
-                    "id": i,
-                    "method": "tools/call",
-                    "params": {"name": "ingest", "arguments": args},
-                }
-            )
+            server.call_tool(i, "ingest", {"content": f"backup consistency memory number {i} marker{i:04d}"})
 
         for i in range(1, 101):
             ingest(i)

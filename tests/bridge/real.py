@@ -55,14 +55,8 @@ class PodShape:
 
 def pod_shape(tmp: Path, proxy: Path, vestige: Path, port: int | None = None) -> PodShape:
     from vestige_operator.api import VestigeMemorySpec
-    from vestige_operator.children import (
-        DATA_MOUNT,
-        TMP_DIR,
-        VESTIGE_PORT,
-        Images,
-        Owner,
-        render_vestige_container,
-    )
+    from vestige_operator.children import render_vestige_container
+    from vestige_operator.vocabulary import DATA_MOUNT, TMP_DIR, VESTIGE_PORT, Images, Owner
 
     spec = VestigeMemorySpec.model_validate({"vestige": {"generation": "v1"}})
     container = render_vestige_container(

@@ -24,8 +24,10 @@ DOCKERFILES = [
 ]
 #: Every Dockerfile of the repository is linted: the project's and the test images' (bases, pause,
 #: the v3 stand-in) built by tests/cluster/images.py.
+LITESTREAM = ROOT / "images" / "litestream" / "Dockerfile"
 LINTED = [
     *DOCKERFILES,
+    LITESTREAM,
     ROOT / "Dockerfile.operator",
     *sorted((ROOT / "tests" / "images").glob("*/Dockerfile")),
 ]
@@ -140,3 +142,24 @@ def test_v1_image_takes_prebuilt_binaries_by_build_arg() -> None:
     assert re.search(r"^FROM \$\{VESTIGE_BINARIES\} AS binaries$", text, re.MULTILINE)
     copies = [args for word, args in final_stage(DOCKERFILES[2]) if word == "COPY"]
     assert copies and all(c.startswith("--from=binaries ") for c in copies)
+
+
+def test_litestream_image_is_static_shell_less_and_uid_1000() -> None:
+    """The replication sidecar (docs/continuous-backup.md): FROM scratch (no shell, no package
+    manager), uid 1000, exec-form entrypoint, the configuration that takes everything from the
+    environment, and the binary pinned to the version tests/litestream builds."""
+    from tests.litestream.build import LITESTREAM_VERSION
+
+    final = final_stage(LITESTREAM)
+    assert final[0] == ("FROM", "scratch")
+    assert [args for word, args in final if word == "USER"] == ["1000:1000"]
+    assert not [args for word, args in final if word == "RUN"]
+    entrypoint = next(args for word, args in final if word == "ENTRYPOINT")
+    assert json.loads(entrypoint) == ["/usr/local/bin/litestream"]
+    assert "COPY litestream.yml /etc/litestream.yml" in [f"{w} {a}" for w, a in final]
+    text = LITESTREAM.read_text()
+    assert f"ARG LITESTREAM_VERSION={LITESTREAM_VERSION}\n" in text
+    assert re.search(r"^ARG LITESTREAM_BINARIES=build$", text, re.MULTILINE)
+    config = (LITESTREAM.parent / "litestream.yml").read_text().splitlines()
+    settings = [line for line in config if line.strip() and not line.lstrip().startswith("#")]
+    assert not [line for line in settings if "key" in line or "secret" in line]  # credentials: env only

@@ -9,6 +9,7 @@ inputs that built it, so a changed pin rebuilds and an unchanged one is reused i
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -107,9 +108,22 @@ def _module_dir(module: str, version: str, env: dict[str, str]) -> Path:
 
 
 def ensure_binaries() -> Path:
-    """Build whatever is missing or stale; return the directory holding every binary."""
+    """Build whatever is missing or stale; return the directory holding every binary.
+
+    One build at a time per cache: several test sessions, `up` and `tests.prepare` started
+    together wait for the first one and then find its binaries fresh (without the lock each ran
+    its own Kubernetes build, N times the CPU for the same result)."""
     out = bin_dir()
     out.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _ensure_binaries(out)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _ensure_binaries(out: Path) -> Path:
     env = _env()
 
     kube = GO_DIR / "kube"

@@ -694,6 +694,46 @@ def versitygw_image(debian: Image | None = None) -> Image:
         return _push(key, ref, stamp, started)
 
 
+def litestream_image(debian: Image | None = None) -> Image:
+    """``localhost/litestream:<version>-<hash>`` from ``images/litestream/Dockerfile``: the
+    replication sidecar and restore init container of continuous backups. The static binary
+    built by ``tests.litestream`` goes in through a scratch image laid out like the Dockerfile's
+    ``build`` stage (``LITESTREAM_BINARIES``); the CA bundle comes from the Debian base. Built
+    on demand (and by ``tests/prepare.py``), not in ``ensure_images``."""
+    from tests.litestream import build as litestream_build
+
+    binary = litestream_build.ensure()
+    dockerfile = ROOT / "images" / "litestream" / "Dockerfile"
+    version = litestream_build.LITESTREAM_VERSION
+    with _locked():
+        debian = debian or _ensure_bases()["debian"]
+        stamp = _hash("litestream", BINARIES_RECIPE, debian.stamp, version, dockerfile.parent, binary)
+        key = "litestream"
+        ref = f"localhost/litestream:{_tag(version.lstrip('v'), stamp)}"
+        cached = _cached(key, ref, stamp)
+        if cached is not None:
+            return cached
+        binaries = f"localhost/litestream-binaries:{_tag(version.lstrip('v'), stamp)}"
+        (images_dir() / "tmp").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=images_dir() / "tmp") as scratch:
+            out = Path(scratch) / "out"
+            (out / "bin").mkdir(parents=True)
+            (out / "doc").mkdir()
+            shutil.copyfile(binary, out / "bin" / "litestream")
+            (out / "bin" / "litestream").chmod(0o755)
+            shutil.copyfile(litestream_build.licence(), out / "doc" / "LICENSE")
+            (out / "doc" / "LICENSE").chmod(0o644)
+            with _working_container("scratch") as ctr:
+                _buildah("copy", ctr, str(out), "/out", what="copying the Litestream binary")
+                _buildah("commit", "--quiet", "--rm", ctr, binaries, what=f"committing {binaries}")
+        args = {"DEBIAN_IMAGE": debian.ref, "LITESTREAM_BINARIES": binaries, "LITESTREAM_VERSION": version}
+        try:
+            return _build(key, ref, stamp, dockerfile, dockerfile.parent, args, [debian])
+        finally:
+            _remove_leftover_containers()  # the `AS binaries` stage's container pins `binaries`
+            _quiet(["buildah", *_buildah_storage(), "rmi", binaries])
+
+
 def ensure_images(vestige_versions: tuple[str, ...] | None = None) -> ImageSet:
     """Every image (bases, bridge, operator, the v3 stand-in, Vestige ``vestige_versions``;
     default: every version whose sources are here), built when missing or stale; a warm call

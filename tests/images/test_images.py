@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.children import Images, Owner, render_vestige_container
+from vestige_operator.children import render_vestige_container
+from vestige_operator.vocabulary import Images, Owner
 
 from tests.cluster import images
 

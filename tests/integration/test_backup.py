@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from vestige_operator import backup as b
 from vestige_operator.backup_controller import BackupController
-from vestige_operator.children import Images
 from vestige_operator.cluster import Cluster, make_api_client
+from vestige_operator.vocabulary import LABEL_MEMORY, Images
 
 from tests.backup import stores
 from tests.backup.conftest import run_runner, runner_venv
@@ -185,7 +185,7 @@ class Harness:
         self.controller.backups = {
             key: [o for o in self._list("vestigebackups") if o["spec"]["memory"] == memory]
         }
-        self.controller.jobs = {key: self._list("jobs", "-l", f"{b.LABEL_MEMORY}={memory}")}
+        self.controller.jobs = {key: self._list("jobs", "-l", f"{LABEL_MEMORY}={memory}")}
         asyncio.run(self.controller.reconcile(*key))
 
     def backups(self, memory: str) -> dict[str, dict[str, Any]]:
@@ -274,7 +274,7 @@ def settle(
         h.run("sched")
         prunes = [
             j
-            for j in h._list("jobs", "-l", f"{b.LABEL_MEMORY}=sched,app.kubernetes.io/component=prune")
+            for j in h._list("jobs", "-l", f"{LABEL_MEMORY}=sched,app.kubernetes.io/component=prune")
             if not j["metadata"].get("deletionTimestamp")
         ]
         if not prunes:

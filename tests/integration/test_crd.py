@@ -14,7 +14,14 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from vestige_operator import GROUP, KIND, PLURAL, VERSION
-from vestige_operator.api import VestigeMemorySpec, VestigeMemoryStatus
+from vestige_operator.api import (
+    MAX_ANNOTATION_VALUE_LENGTH,
+    MAX_ENV,
+    MAX_ENV_VALUE_LENGTH,
+    MAX_LIST_ITEMS,
+    VestigeMemorySpec,
+    VestigeMemoryStatus,
+)
 
 from tests.integration.conftest import Kubectl
 
@@ -113,6 +120,13 @@ def test_crd_is_established_and_explained(kubectl: Kubectl) -> None:
         assert field in out and words in " ".join(out.split()), field
     detail = _explain(kubectl, "vmem.spec.storage.reclaimPolicy")
     assert "Retain" in detail and "Delete" in detail
+    # The bounds are in the descriptions, and so is what only reconcile checks.
+    env = " ".join(_explain(kubectl, "vmem.spec.vestige.env").split())
+    assert f"At most {MAX_ENV} items" in env
+    value = " ".join(_explain(kubectl, "vmem.spec.vestige.env.value").split())
+    assert f"At most {MAX_ENV_VALUE_LENGTH} characters" in value
+    schedule = " ".join(_explain(kubectl, "vmem.spec.backup.schedule").split())
+    assert "checked when reconciled" in schedule
 
 
 # -- 2. examples and defaults ---------------------------------------------------------------------------
@@ -149,6 +163,17 @@ def test_examples_are_accepted_and_defaults_filled(kubectl: Kubectl, namespace: 
     )
 
 
+def test_every_example_applies(kubectl: Kubectl, namespace: str) -> None:
+    examples = sorted(EXAMPLES.glob("*.yaml"))
+    assert len(examples) >= 4
+    for example in examples:
+        kubectl("apply", "-n", namespace, "-f", str(example))
+    names = kubectl("get", "vestige", "-n", namespace, "-o", "name").stdout.split()
+    for example in examples:
+        doc = yaml.safe_load(example.read_text())
+        assert f"{doc['kind'].lower()}.{GROUP}/{doc['metadata']['name']}" in names
+
+
 def test_minimal_object_without_spec_gets_a_spec(vm: Resources) -> None:
     created = vm.create(vmem("no-spec"))
     assert created["spec"]["storage"]["size"] == "5Gi"
@@ -158,6 +183,7 @@ def test_minimal_object_without_spec_gets_a_spec(vm: Resources) -> None:
 # -- 3. malformed resources are rejected, naming the field ------------------------------------------------
 
 LONG = "a" * 64
+S3 = {"s3": {"bucket": "backups", "credentialsSecret": {"name": "s3-creds"}}}
 INVALID_CREATES: list[tuple[str, dict[str, Any], str]] = [
     # (name, spec, field named in the error message)
     ("bad-suspend-type", {"suspend": "yes"}, "spec.suspend"),
@@ -192,7 +218,7 @@ INVALID_CREATES: list[tuple[str, dict[str, Any], str]] = [
     ),
     (
         "env-too-many",
-        {"vestige": {"env": [{"name": f"V{i}", "value": "x"} for i in range(129)]}},
+        {"vestige": {"env": [{"name": f"V{i}", "value": "x"} for i in range(MAX_ENV + 1)]}},
         "spec.vestige.env",
     ),
     ("bad-anonymous", {"bridge": {"allowAnonymous": "no"}}, "spec.bridge.allowAnonymous"),
@@ -220,6 +246,80 @@ INVALID_CREATES: list[tuple[str, dict[str, Any], str]] = [
     ("bad-agent-id", {"agentId": "Not_A_Label"}, "spec.agentId"),
     ("long-agent-id", {"agentId": LONG}, "spec.agentId"),
     ("agent-id-type", {"agentId": 42}, "spec.agentId"),
+    # bounds and formats (issue 21 item 5, issue 22): refused at admission, not Stalled later
+    ("bad-cron", {"backup": {"schedule": "every five minutes", "destination": S3}}, "spec.backup.schedule"),
+    ("cron-six-fields", {"backup": {"schedule": "0 0 * * * *", "destination": S3}}, "spec.backup.schedule"),
+    ("cron-macro", {"backup": {"schedule": "@hourly", "destination": S3}}, "spec.backup.schedule"),
+    (
+        "bad-max-age",
+        {"backup": {"retention": {"maxAge": "1y"}, "destination": S3}},
+        "spec.backup.retention.maxAge",
+    ),
+    (
+        "restore-key-dotdot",
+        {"restore": {"fromBackup": {"destination": S3, "source": "a/b", "key": "a/../b/x.tar.gz"}}},
+        "spec.restore.fromBackup.key",
+    ),
+    ("bad-image", {"vestige": {"image": "Not An Image"}}, "spec.vestige.image"),
+    ("image-with-space", {"bridge": {"image": "ghcr.io/a/b:1 --privileged"}}, "spec.bridge.image"),
+    ("bad-env-name", {"vestige": {"env": [{"name": "A=B", "value": "1"}]}}, "spec.vestige.env[0].name"),
+    (
+        "long-env-value",
+        {"vestige": {"env": [{"name": "A", "value": "x" * (MAX_ENV_VALUE_LENGTH + 1)}]}},
+        "spec.vestige.env[0].value",
+    ),
+    (
+        "env-from-bad-secret",
+        {"bridge": {"env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "Bad_Name", "key": "k"}}}]}},
+        "spec.bridge.env[0].valueFrom.secretKeyRef.name",
+    ),
+    ("path-dotdot", {"ingress": {"path": "/a/../b"}}, "spec.ingress.path"),
+    ("path-double-slash", {"ingress": {"path": "//evil.example.com/x"}}, "spec.ingress.path"),
+    ("path-query", {"ingress": {"path": "/a?b=c"}}, "spec.ingress.path"),
+    ("path-regex", {"ingress": {"path": "/(.*)"}}, "spec.ingress.path"),
+    (
+        "long-annotation",
+        {"service": {"annotations": {"a": "x" * (MAX_ANNOTATION_VALUE_LENGTH + 1)}}},
+        "spec.service.annotations.a",
+    ),
+    ("bad-annotation-key", {"ingress": {"annotations": {"bad key": "x"}}}, "spec.ingress.annotations"),
+    ("long-label-key", {"pod": {"labels": {"a" * 64: "x"}}}, "spec.pod.labels"),
+    ("bad-node-selector", {"pod": {"nodeSelector": {"k": "has space"}}}, "spec.pod.nodeSelector.k"),
+    (
+        "bad-resource-name",
+        {"vestige": {"resources": {"requests": {"cpu!": "1"}}}},
+        "spec.vestige.resources.requests",
+    ),
+    (
+        "too-many-tolerations",
+        {"pod": {"tolerations": [{"key": f"k{i}", "operator": "Exists"} for i in range(MAX_LIST_ITEMS + 1)]}},
+        "spec.pod.tolerations",
+    ),
+    (
+        "bad-toleration",
+        {"pod": {"tolerations": [{"operator": "Sometimes"}]}},
+        "spec.pod.tolerations[0].operator",
+    ),
+    (
+        "affinity-weight",
+        {
+            "pod": {
+                "affinity": {
+                    "nodeAffinity": {
+                        "preferredDuringSchedulingIgnoredDuringExecution": [
+                            {"weight": 1000, "preference": {}}
+                        ]
+                    }
+                }
+            }
+        },
+        "spec.pod.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight",
+    ),
+    (
+        "bad-cidr",
+        {"networkPolicy": {"from": [{"ipBlock": {"cidr": "everyone"}}]}},
+        "spec.networkPolicy.from[0]",
+    ),
 ]
 INVALID_NAMES: list[tuple[str, str]] = [
     ("1starts-with-digit", "metadata.name"),
@@ -315,6 +415,68 @@ def test_allowed_changes_are_accepted(vm: Resources) -> None:
     assert vm.update("grows", _set("agentId", None))["spec"].get("agentId") is None
 
 
+# (name, spec, the field and the words of kubectl's refusal)
+KUBECTL_REFUSALS: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "cron",
+        {"backup": {"schedule": "every five minutes", "destination": S3}},
+        ["spec.backup.schedule", "should match"],
+    ),
+    (
+        "path",
+        {"ingress": {"path": "/a/../b"}},
+        ["spec.ingress.path", "ingress.path may not contain a '..' segment"],
+    ),
+    (
+        "env",
+        {"vestige": {"env": [{"name": f"V{i}", "value": "x"} for i in range(MAX_ENV + 1)]}},
+        ["spec.vestige.env", f"must have at most {MAX_ENV} items"],
+    ),
+    (
+        "long",
+        {"bridge": {"env": [{"name": "A", "value": "x" * (MAX_ENV_VALUE_LENGTH + 1)}]}},
+        ["spec.bridge.env[0].value", f"{MAX_ENV_VALUE_LENGTH}"],
+    ),
+    (
+        "duration",
+        {"backup": {"retention": {"maxAge": "30 days"}, "destination": S3}},
+        ["spec.backup.retention.maxAge"],
+    ),
+    ("label-key", {"pod": {"labels": {"-bad": "x"}}}, ["spec.pod.labels", "keys must be qualified names"]),
+]
+
+
+@pytest.mark.parametrize(("name", "spec", "words"), KUBECTL_REFUSALS, ids=[c[0] for c in KUBECTL_REFUSALS])
+def test_kubectl_apply_refuses_bad_input_with_the_reason(
+    kubectl: Kubectl, namespace: str, name: str, spec: dict[str, Any], words: list[str]
+) -> None:
+    doc = vmem(f"refused-{name}", spec)
+    proc = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0, proc.stdout
+    message = " ".join(proc.stderr.split())
+    for word in words:
+        assert word in message, message
+    assert kubectl("get", "vmem", f"refused-{name}", "-n", namespace, check=False).returncode != 0
+
+
+def test_largest_bounded_spec_is_accepted(vm: Resources) -> None:
+    """The bounds are limits, not traps: a spec at every bound is admitted."""
+    spec = {
+        "vestige": {
+            "env": [{"name": f"V{i}", "value": "x" * MAX_ENV_VALUE_LENGTH} for i in range(MAX_ENV)],
+            "image": "registry.example.com:5000/team/vestige:3.2.0@sha256:" + "a" * 64,
+        },
+        "service": {
+            "annotations": {f"example.com/a{i}": "x" * MAX_ANNOTATION_VALUE_LENGTH for i in range(8)}
+        },
+        "ingress": {"path": "/agents/research_assistant/v1.2/~mcp-"},
+        "pod": {"tolerations": [{"key": f"k{i}", "operator": "Exists"} for i in range(MAX_LIST_ITEMS)]},
+        "backup": {"schedule": "*/15 1-5,22 L JAN-MAR MON#2", "destination": S3},
+    }
+    created = vm.create(vmem("at-the-bounds", spec))
+    assert len(created["spec"]["vestige"]["env"]) == MAX_ENV
+
+
 def test_enough_malformed_cases() -> None:
     assert len(INVALID_CREATES) + len(INVALID_NAMES) + len(INVALID_UPDATES) >= 30
 
@@ -395,7 +557,9 @@ def test_unknown_fields_pruned_without_strict_validation(vm: Resources, mode: st
     for obj in (created, stored):
         assert "bogus" not in obj["spec"]
         assert obj["spec"]["storage"] == {"size": "2Gi", "reclaimPolicy": "Retain"}
-    # Free-form objects keep their unknown fields on purpose (they are Kubernetes types).
-    keep = {"podSelector": {"matchLabels": {"a": "b"}}, "futureField": {"x": 1}}
-    vm.create(vmem(f"{name}-peer", {"networkPolicy": {"from": [keep]}}), field_validation=mode)
-    assert vm.get(f"{name}-peer")["spec"]["networkPolicy"]["from"] == [keep]
+    # Kubernetes objects passed to the pod are typed (bounded) too: their unknown fields go.
+    peer = {"podSelector": {"matchLabels": {"a": "b"}}, "futureField": {"x": 1}}
+    vm.create(vmem(f"{name}-peer", {"networkPolicy": {"from": [peer]}}), field_validation=mode)
+    assert vm.get(f"{name}-peer")["spec"]["networkPolicy"]["from"] == [
+        {"podSelector": {"matchLabels": {"a": "b"}}}
+    ]

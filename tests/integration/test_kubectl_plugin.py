@@ -25,6 +25,9 @@ from typing import Any
 
 import pytest
 import yaml
+from vestige_operator import tokens
+from vestige_operator.backup import backup_manifest
+from vestige_operator.vocabulary import Owner
 
 from tests import cluster
 from tests.integration import operator_fixtures
@@ -456,10 +459,17 @@ def test_rotate_token_sets_the_request_annotations(vestige: Any, kubectl: Kubect
     ann = annotations(kubectl, namespace, "rot")
     assert ann["vestige.dev/rotate-token"] != first
     assert ann["vestige.dev/rotate-token-grace"] == "10m"
-    # An invalid duration is refused before anything is written.
+    # An invalid duration, or one above the operator's bound, is refused before anything is written.
     proc = vestige("rotate-token", "rot", "-n", namespace, "--grace=-5m", expect=2)
     assert "negative" in proc.stderr
+    proc = vestige("rotate-token", "rot", "-n", namespace, "--grace", "200h", expect=2)
+    assert "maximum grace period 168h" in proc.stderr
     assert annotations(kubectl, namespace, "rot") == ann
+    # --grace 0 (after a leak): written as is, and read by the operator as "revoke at once".
+    vestige("rotate-token", "rot", "-n", namespace, "--grace", "0")
+    ann = annotations(kubectl, namespace, "rot")
+    assert ann["vestige.dev/rotate-token-grace"] == "0"
+    assert tokens.rotation_request(ann) == (ann["vestige.dev/rotate-token"], timedelta(0), True)
     # Nobody rotates (no operator here): --wait times out with a clear message.
     proc = vestige("rotate-token", "rot", "-n", namespace, "--wait", "--timeout", "2s", expect=1)
     assert error_line(proc) == "error: timed out after 2s waiting for status.tokenRotatedAt of rot to change"
@@ -649,8 +659,15 @@ def test_backup_creates_a_vestigebackup_and_waits(
     name = created["metadata"]["name"]
     assert out == f"vestigebackup.vestige.dev/{name} created"
     assert created["spec"]["memory"] == "bak"
-    stamp = datetime.strptime(name.removeprefix("bak-"), "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
+    stamp = datetime.strptime(name.removeprefix("bak-"), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     assert before <= stamp <= datetime.now(UTC)
+    # Built as the operator's scheduler builds its runs: owned by the memory, labelled with it.
+    memory = must_get(kubectl, namespace, "vmem", "bak")
+    expected = backup_manifest(
+        Owner(name="bak", namespace=namespace, uid=memory["metadata"]["uid"]), name, None
+    )
+    assert created["metadata"]["labels"] == expected["metadata"]["labels"]
+    assert created["metadata"]["ownerReferences"] == expected["metadata"]["ownerReferences"]
 
     # --wait: the backup controller's part (status.phase) is played by the test.
     for final, code in (("Completed", 0), ("Failed", 1)):

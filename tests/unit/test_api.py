@@ -258,6 +258,61 @@ def test_every_field_has_a_description() -> None:
         ({"pod": {"tolerations": "all"}}, "tolerations"),
         ({"networkPolicy": {"from": {"podSelector": {}}}}, "from"),
         ({"unknownField": 1}, "unknownField"),
+        # bounds and formats that reach admission too (tests/integration/test_crd.py)
+        ({"vestige": {"image": "Not An Image"}}, "image"),
+        ({"vestige": {"env": [{"name": "A=B", "value": "1"}]}}, "name"),
+        ({"vestige": {"env": [{"name": "A", "value": "x" * 4097}]}}, "value"),
+        ({"vestige": {"env": [{"name": f"V{i}", "value": "x"} for i in range(65)]}}, "env"),
+        ({"ingress": {"path": "/a/../b"}}, "'..' segment"),
+        ({"ingress": {"path": "//evil"}}, "path"),
+        ({"ingress": {"path": "/a?b"}}, "path"),
+        ({"service": {"annotations": {"a": "x" * 2049}}}, "annotations"),
+        ({"service": {"annotations": {"bad key": "x"}}}, "annotations"),
+        ({"pod": {"labels": {"a" * 64: "x"}}}, "labels"),
+        ({"pod": {"nodeSelector": {"k": "has space"}}}, "nodeSelector"),
+        ({"pod": {"tolerations": [{"operator": "Sometimes"}]}}, "operator"),
+        ({"pod": {"tolerations": [{"key": "k", "futureField": 1}]}}, "futureField"),
+        (
+            {
+                "pod": {
+                    "affinity": {
+                        "nodeAffinity": {
+                            "preferredDuringSchedulingIgnoredDuringExecution": [
+                                {"weight": 101, "preference": {}}
+                            ]
+                        }
+                    }
+                }
+            },
+            "weight",
+        ),
+        ({"networkPolicy": {"from": [{"ipBlock": {"cidr": "everything"}}]}}, "cidr"),
+        (
+            {
+                "bridge": {
+                    "env": [{"name": "A", "valueFrom": {"secretKeyRef": {"name": "Bad_Name", "key": "k"}}}]
+                }
+            },
+            "name",
+        ),
+        (
+            {
+                "backup": {
+                    "schedule": "every five minutes",
+                    "destination": {"s3": {"bucket": "b", "credentialsSecret": {"name": "c"}}},
+                }
+            },
+            "schedule",
+        ),
+        (
+            {
+                "backup": {
+                    "retention": {"maxAge": "1y"},
+                    "destination": {"s3": {"bucket": "b", "credentialsSecret": {"name": "c"}}},
+                }
+            },
+            "maxAge",
+        ),
         ({"storage": {"sizee": "1Gi"}}, "sizee"),
     ],
 )

@@ -8,8 +8,16 @@ from typing import Any
 
 from vestige_operator import backup
 from vestige_operator.api import BackupRetention, VestigeMemorySpec
-from vestige_operator.children import Images, Owner, render_deployment
+from vestige_operator.children import render_deployment
 from vestige_operator.status import Observation, compute_status
+from vestige_operator.times import format_time
+from vestige_operator.vocabulary import (
+    ANNOTATION_PRUNES,
+    ANNOTATION_SCHEDULED_AT,
+    LABEL_BACKUP,
+    Images,
+    Owner,
+)
 
 OWNER = Owner(name="agent", namespace="agents", uid="uid-1")
 IMAGES = Images(vestige="vestige:3", bridge="bridge:1")
@@ -36,7 +44,7 @@ def _vbak(
 ) -> dict[str, Any]:
     status: dict[str, Any] = {"phase": phase} if phase else {}
     if phase in ("Completed", "Failed"):
-        status["completedAt"] = backup.rfc3339(when)
+        status["completedAt"] = format_time(when)
     if key:
         status["key"] = key
     if message:
@@ -44,8 +52,8 @@ def _vbak(
     return {
         "metadata": {
             "name": name,
-            "creationTimestamp": backup.rfc3339(when),
-            "annotations": {backup.ANNOTATION_SCHEDULED_AT: backup.rfc3339(when)},
+            "creationTimestamp": format_time(when),
+            "annotations": {ANNOTATION_SCHEDULED_AT: format_time(when)},
         },
         "spec": {"memory": "agent"},
         "status": status,
@@ -169,7 +177,7 @@ def test_backup_job_runs_next_to_the_agent_with_the_credentials() -> None:
     job = backup.render_backup_job("agent-20261202100000", "vbak-uid", OWNER, _spec(), IMAGES)
     assert job["metadata"]["name"] == "agent-20261202100000"
     assert job["metadata"]["ownerReferences"][0]["kind"] == "VestigeBackup"
-    assert job["metadata"]["labels"][backup.LABEL_BACKUP] == "agent-20261202100000"
+    assert job["metadata"]["labels"][LABEL_BACKUP] == "agent-20261202100000"
     assert job["spec"]["backoffLimit"] == 0
     pod = job["spec"]["template"]["spec"]
     _restricted(pod)
@@ -204,7 +212,7 @@ def test_suspended_memory_backs_up_without_pod_affinity() -> None:
 def test_prune_job_deletes_keys_and_mounts_no_volume() -> None:
     objs = [_vbak("agent-0", "Completed", T0, "agents/agent/agent-0.tar.gz")]
     job = backup.render_prune_job(OWNER, _spec(), IMAGES, objs)
-    assert json.loads(job["metadata"]["annotations"][backup.ANNOTATION_PRUNES]) == ["agent-0"]
+    assert json.loads(job["metadata"]["annotations"][ANNOTATION_PRUNES]) == ["agent-0"]
     pod = job["spec"]["template"]["spec"]
     _restricted(pod)
     assert all("persistentVolumeClaim" not in v for v in pod["volumes"])

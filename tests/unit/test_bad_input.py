@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.children import IngressClaim, Owner, ingress_claim, ingress_host_holder
+from vestige_operator.children import IngressClaim, ingress_claim, ingress_host_holder
 from vestige_operator.status import Observation, compute_status, stalled_event
+from vestige_operator.vocabulary import Owner
 
 OWNER = Owner(name="agent-b", namespace="team", uid="uid-b")
 T0 = "2026-01-01T00:00:00Z"

@@ -10,11 +10,6 @@ import pytest
 import yaml
 from vestige_operator.api import VestigeMemorySpec
 from vestige_operator.children import (
-    ANNOTATION_APPLIED_HASH,
-    ANNOTATION_TOKEN_HASH,
-    BRIDGE_PORT,
-    Images,
-    Owner,
     auth_secret_ref,
     ignored_env,
     ingress_url,
@@ -27,10 +22,17 @@ from vestige_operator.children import (
     render_secret,
     render_service,
     render_vestige_secret,
-    selector_labels,
     token_hash,
 )
 from vestige_operator.reconcile import apply_reason, first_difference, owned_by, trim
+from vestige_operator.vocabulary import (
+    ANNOTATION_APPLIED_HASH,
+    ANNOTATION_TOKEN_HASH,
+    BRIDGE_PORT,
+    Images,
+    Owner,
+    selector_labels,
+)
 
 OWNER = Owner(name="agent-a", namespace="team", uid="0f6a1c1e-0000-4000-8000-000000000001")
 IMAGES = Images(vestige="example.org/vestige:3.1.0", bridge="example.org/bridge:0.1.0")

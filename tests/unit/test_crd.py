@@ -150,18 +150,40 @@ def test_quantities_use_the_kubernetes_int_or_string_form(schema: dict[str, Any]
 
 
 @pytest.mark.parametrize(
-    "path",
+    ("path", "fields"),
     [
-        ".spec.vestige.env[].valueFrom",
-        ".spec.networkPolicy.from[]",
-        ".spec.pod.tolerations[]",
-        ".spec.pod.affinity",
+        (
+            ".spec.vestige.env[].valueFrom",
+            {"secretKeyRef", "configMapKeyRef", "fieldRef", "resourceFieldRef"},
+        ),
+        (".spec.networkPolicy.from[]", {"podSelector", "namespaceSelector", "ipBlock"}),
+        (".spec.pod.tolerations[]", {"key", "operator", "value", "effect", "tolerationSeconds"}),
+        (".spec.pod.affinity", {"nodeAffinity", "podAffinity", "podAntiAffinity"}),
     ],
 )
-def test_free_form_objects_keep_unknown_fields(schema: dict[str, Any], path: str) -> None:
+def test_passed_through_kubernetes_objects_have_a_bounded_schema(
+    schema: dict[str, Any], path: str, fields: set[str]
+) -> None:
+    """Kubernetes objects handed to the pod are typed (so bounded), not free-form."""
     node = dict(_walk(schema))[path]
-    assert node == {**node, "type": "object", "x-kubernetes-preserve-unknown-fields": True}
-    assert "properties" not in node
+    assert node["type"] == "object" and set(node["properties"]) == fields
+    assert not any(n.get("x-kubernetes-preserve-unknown-fields") for _, n in _walk(node))
+
+
+def test_passed_through_kubernetes_objects_stay_plain_dicts() -> None:
+    """The models check them but keep them as written, for the children to pass on."""
+    peer = {"podSelector": {"matchLabels": {"app": "agent"}}}
+    spec = VestigeMemorySpec.model_validate(
+        {
+            "networkPolicy": {"from": [peer]},
+            "pod": {"tolerations": [{"key": "k", "operator": "Exists"}], "affinity": {}},
+            "bridge": {"env": [{"name": "P", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+        }
+    )
+    assert spec.network_policy.from_ == [peer]
+    assert spec.pod.tolerations == [{"key": "k", "operator": "Exists"}]
+    assert spec.pod.affinity == {}
+    assert spec.bridge.env[0].value_from == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def test_enums_and_list_maps(schema: dict[str, Any]) -> None:

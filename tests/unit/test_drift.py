@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.children import Images, Owner, render_children
+from vestige_operator.children import render_children
 from vestige_operator.reconcile import apply_reason, first_difference
+from vestige_operator.vocabulary import Images, Owner
 
 OWNER = Owner(name="agent-a", namespace="team", uid="uid-1")
 IMAGES = Images(vestige="example.org/vestige:3", bridge="example.org/bridge:1")

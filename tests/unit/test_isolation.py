@@ -5,17 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.children import (
-    ANNOTATION_AGENT_ID,
-    LABEL_AGENT_ID,
-    Images,
-    Owner,
-    render_deployment,
-    render_pvc,
-    volume_agent_id,
-)
+from vestige_operator.children import render_deployment, render_pvc, volume_agent_id
 from vestige_operator.reconcile import volume_check
 from vestige_operator.status import Observation, compute_status, stalled_event
+from vestige_operator.vocabulary import ANNOTATION_AGENT_ID, LABEL_AGENT_ID, Images, Owner
 
 OWNER = Owner(name="alice", namespace="team", uid="uid-new")
 IMAGES = Images(vestige="example.org/vestige:3", bridge="example.org/bridge:1")

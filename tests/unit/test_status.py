@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 from vestige_operator.api import VestigeMemorySpec, VestigeMemoryStatus
-from vestige_operator.children import Owner
 from vestige_operator.status import (
     ChildError,
     Observation,
@@ -14,6 +13,7 @@ from vestige_operator.status import (
     invalid_status,
     status_patch,
 )
+from vestige_operator.vocabulary import Owner
 
 OWNER = Owner(name="agent-a", namespace="team", uid="uid-1")
 T0 = "2026-01-01T00:00:00Z"

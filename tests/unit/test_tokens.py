@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.children import Owner, render_secret
+from vestige_operator.children import render_secret
 from vestige_operator.reconcile import trim, trim_owner
 from vestige_operator.status import ANONYMOUS_NOTE, Observation, anonymous_event, compute_status
+from vestige_operator.vocabulary import Owner
 
 OWNER = Owner("agent-a", "team", "uid-1")
 NOW = datetime(2026, 12, 2, 10, 0, 0, tzinfo=UTC)
@@ -44,15 +45,19 @@ def secret(**data: str) -> dict:
         ("90s", timedelta(seconds=90)),
         ("1.5h", timedelta(minutes=90)),
         ("0s", timedelta(0)),
+        ("0", timedelta(0)),  # what `kubectl vestige rotate-token --grace 0` writes
+        ("168h", tokens.MAX_GRACE),
         ("10", None),
         ("-5m", None),
+        ("+5m", None),
         ("tomorrow", None),
-        ("", None),
         ("200h", None),  # more than a week
     ],
 )
-def test_parse_go_duration(raw: str, expected: timedelta | None) -> None:
-    assert tokens.parse_duration(raw) == expected
+def test_grace_annotation(raw: str, expected: timedelta | None) -> None:
+    """The grace annotation is read with times.parse_duration, bounded by MAX_GRACE."""
+    got = tokens.rotation_request({tokens.ANNOTATION_ROTATE: "r1", tokens.ANNOTATION_ROTATE_GRACE: raw})
+    assert got == (("r1", expected, True) if expected is not None else ("r1", tokens.DEFAULT_GRACE, False))
 
 
 def test_rotation_request_defaults_and_bad_grace() -> None:

@@ -16,6 +16,8 @@ from types import FrameType
 from vestige_operator import __version__
 from vestige_operator.kubectl import commands, render
 from vestige_operator.kubectl.kube import Kube, PluginError, connect
+from vestige_operator.times import format_duration, parse_duration
+from vestige_operator.tokens import DEFAULT_GRACE, MAX_GRACE
 
 PROG = "kubectl vestige"
 
@@ -36,14 +38,19 @@ def _connection_flags(parser: argparse.ArgumentParser, *, suppress: bool) -> Non
 
 def _timeout(value: str) -> float:
     try:
-        return render.parse_go_duration(value)
+        return parse_duration(value).total_seconds()
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _grace(value: str) -> str:
-    _timeout(value)  # validated here; passed on unchanged (the operator parses the same syntax)
-    return value
+    """Checked here with the operator's parser and bound; passed on as written (the operator
+    parses the annotation with the same function)."""
+    try:
+        commands.parse_grace(value)
+    except PluginError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return value.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Ask the operator for a new token; the previous one stays valid for the grace period.",
     )
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--grace", type=_grace, default=commands.DEFAULT_GRACE, help="Go duration (default 10m)")
+    p.add_argument(
+        "--grace",
+        type=_grace,
+        default=format_duration(DEFAULT_GRACE),
+        help=f"Go duration, 0 revokes the old token at once, at most {format_duration(MAX_GRACE)} "
+        f"(default {format_duration(DEFAULT_GRACE)})",
+    )
     p.add_argument("--wait", action="store_true", help="wait until status.tokenRotatedAt changes")
     p.add_argument("--timeout", type=_timeout, default=120.0, help="with --wait: Go duration (default 2m)")
 

@@ -17,27 +17,29 @@ import time
 from argparse import Namespace
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import yaml
 
-from vestige_operator import GROUP, KIND, PLURAL, VERSION
-from vestige_operator.children import APP_NAME, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY
+from vestige_operator import GROUP
+from vestige_operator.api import BackupPhase
+from vestige_operator.backup import backup_manifest, scheduled_name
+from vestige_operator.cluster import DEPLOYMENT, EVENT, POD, SECRET, VESTIGE_BACKUP, VESTIGE_MEMORY
 from vestige_operator.kubectl import render
-from vestige_operator.kubectl.kube import Forbidden, Kube, NotFound, PluginError, Resource
+from vestige_operator.kubectl.kube import Forbidden, Kube, NotFound, PluginError
+from vestige_operator.times import format_duration, format_time, parse_duration
+from vestige_operator.tokens import ANNOTATION_ROTATE, ANNOTATION_ROTATE_GRACE, MAX_GRACE
+from vestige_operator.vocabulary import (
+    APP_NAME,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    MANAGED_BY,
+    Owner,
+)
 
-VESTIGE_MEMORY = Resource(f"{GROUP}/{VERSION}", KIND, PLURAL)
-VESTIGE_BACKUP = Resource(f"{GROUP}/{VERSION}", "VestigeBackup", "vestigebackups")
-SECRET = Resource("v1", "Secret", "secrets")
-POD = Resource("v1", "Pod", "pods")
-EVENT = Resource("v1", "Event", "events")
-DEPLOYMENT = Resource("apps/v1", "Deployment", "deployments")
-
-ANNOTATION_ROTATE = f"{GROUP}/rotate-token"
-ANNOTATION_ROTATE_GRACE = f"{GROUP}/rotate-token-grace"
-DEFAULT_GRACE = "10m"
-BACKUP_DONE = ("Completed", "Failed")
+BACKUP_DONE = (str(BackupPhase.COMPLETED), str(BackupPhase.FAILED))
 
 
 @dataclass
@@ -248,17 +250,30 @@ def _wait_for(ctx: Context, timeout: float, what: str, probe: Callable[[], Any])
         time.sleep(ctx.poll_interval)
 
 
-def cmd_rotate_token(ctx: Context, args: Namespace) -> int:
+def parse_grace(text: str) -> timedelta:
+    """``--grace``: a duration the operator accepts as a rotation's grace period (tokens.py), ``0``
+    included (the old token is revoked at once); PluginError (exit 2) otherwise."""
     try:
-        render.parse_go_duration(args.grace)
+        grace = parse_duration(text)
     except ValueError as exc:
         raise PluginError(f"--grace: {exc}", code=2) from None
+    if grace > MAX_GRACE:
+        raise PluginError(
+            f"--grace {text.strip()}: longer than the operator's maximum grace period "
+            f"{format_duration(MAX_GRACE)} ({MAX_GRACE.days} days)",
+            code=2,
+        )
+    return grace
+
+
+def cmd_rotate_token(ctx: Context, args: Namespace) -> int:
+    grace = parse_grace(args.grace)
     memory = get_memory(ctx, args.name)
     meta = memory.get("metadata") or {}
     before = (memory.get("status") or {}).get("tokenRotatedAt")
-    request_id = render.rfc3339(ctx.clock())
+    request_id = format_time(ctx.clock())
     if (meta.get("annotations") or {}).get(ANNOTATION_ROTATE) == request_id:  # same second: stay unique
-        request_id = render.rfc3339(ctx.clock(), fraction=True)
+        request_id = format_time(ctx.clock(), fraction=True)
     patch = {
         "metadata": {
             "annotations": {ANNOTATION_ROTATE: request_id, ANNOTATION_ROTATE_GRACE: args.grace},
@@ -279,7 +294,10 @@ def cmd_rotate_token(ctx: Context, args: Namespace) -> int:
         return now if now and now != before else None
 
     at = _wait_for(ctx, args.timeout, f"status.tokenRotatedAt of {args.name} to change", rotated)
-    ctx.say(f"token rotated at {at}; the previous token stays valid for {args.grace}")
+    if grace:
+        ctx.say(f"token rotated at {at}; the previous token stays valid for {args.grace}")
+    else:
+        ctx.say(f"token rotated at {at}; the previous token is no longer accepted")
     return 0
 
 
@@ -287,14 +305,10 @@ def cmd_rotate_token(ctx: Context, args: Namespace) -> int:
 
 
 def cmd_backup(ctx: Context, args: Namespace) -> int:
-    get_memory(ctx, args.name)  # a clear "not found" before creating anything
-    name = render.backup_name(args.name, ctx.clock())
-    manifest = {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "VestigeBackup",
-        "metadata": {"name": name, "namespace": ctx.namespace},
-        "spec": {"memory": args.name},
-    }
+    memory = get_memory(ctx, args.name)  # a clear "not found" before creating anything
+    owner = Owner(name=args.name, namespace=ctx.namespace, uid=memory["metadata"]["uid"])
+    name = scheduled_name(args.name, ctx.clock())
+    manifest = backup_manifest(owner, name, None)  # as the operator's scheduler makes them
     ctx.kube.create(VESTIGE_BACKUP, ctx.namespace, manifest)
     ctx.say(f"vestigebackup.{GROUP}/{name} created")
     if not args.wait:
@@ -310,7 +324,7 @@ def cmd_backup(ctx: Context, args: Namespace) -> int:
         return status if phase in BACKUP_DONE else None
 
     status = _wait_for(ctx, args.timeout, f"VestigeBackup {name} to complete", done)
-    if status.get("phase") == "Failed":
+    if status.get("phase") == BackupPhase.FAILED:
         reason = status.get("message") or next(
             (c.get("message") for c in status.get("conditions") or () if c.get("message")), "no message"
         )

@@ -13,13 +13,13 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import kubernetes.client
 import kubernetes.config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.kube_config import KUBE_CONFIG_DEFAULT_LOCATION
 
+from vestige_operator.cluster import Kind
 from vestige_operator.kubectl.render import KubeFlags
 
 JsonDict = dict[str, Any]
@@ -46,32 +46,6 @@ class Unreachable(PluginError):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Resource:
-    """A namespaced API resource the plugin uses."""
-
-    group_version: str  # "v1", "apps/v1", "vestige.dev/v1alpha1"
-    kind: str
-    plural: str
-
-    @property
-    def display(self) -> str:
-        """``vestigememories.vestige.dev``, ``pods``: how RBAC and kubectl name it."""
-        group = self.group_version.rpartition("/")[0]
-        return f"{self.plural}.{group}" if group else self.plural
-
-    def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
-        base = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
-        if namespace is None:
-            return f"{base}/{self.plural}"
-        path = f"{base}/namespaces/{quote(namespace, safe='')}/{self.plural}"
-        if name is not None:
-            path += f"/{quote(name, safe='')}"
-        if sub is not None:
-            path += f"/{sub}"
-        return path
-
-
 def _doc(data: bytes) -> JsonDict:
     try:
         doc = json.loads(data)
@@ -81,7 +55,7 @@ def _doc(data: bytes) -> JsonDict:
 
 
 def api_error(
-    status: int, data: bytes, *, verb: str, resource: Resource, namespace: str | None, name: str | None
+    status: int, data: bytes, *, verb: str, resource: Kind, namespace: str | None, name: str | None
 ) -> PluginError:
     """The one-line error for a refused request (status >= 400)."""
     doc = _doc(data)
@@ -94,7 +68,7 @@ def api_error(
             return NotFound(f"{what} not found{where}")
         # No object name in the answer: the URL itself is unknown, i.e. the resource type.
         return NotFound(
-            f"the API server does not serve {resource.display} ({resource.group_version}): "
+            f"the API server does not serve {resource.display} ({resource.api_version}): "
             f"is the {resource.kind} CRD installed?"
         )
     if status == 403:
@@ -235,7 +209,7 @@ class Kube:
     def request(
         self,
         verb: str,
-        resource: Resource,
+        resource: Kind,
         method: str,
         namespace: str | None,
         name: str | None = None,
@@ -255,11 +229,11 @@ class Kube:
             )
         return _doc(data)
 
-    def get(self, resource: Resource, namespace: str, name: str) -> JsonDict:
+    def get(self, resource: Kind, namespace: str, name: str) -> JsonDict:
         return self.request("get", resource, "GET", namespace, name)
 
     def list(
-        self, resource: Resource, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
+        self, resource: Kind, namespace: str | None, *, label_selector: str = "", field_selector: str = ""
     ) -> list[JsonDict]:
         """Every item (all namespaces when ``namespace`` is None), following ``continue``."""
         items: list[JsonDict] = []
@@ -278,9 +252,7 @@ class Kube:
             if not token:
                 return items
 
-    def merge_patch(
-        self, resource: Resource, namespace: str, name: str, patch: Mapping[str, Any]
-    ) -> JsonDict:
+    def merge_patch(self, resource: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> JsonDict:
         return self.request(
             "patch",
             resource,
@@ -291,7 +263,7 @@ class Kube:
             content_type="application/merge-patch+json",
         )
 
-    def create(self, resource: Resource, namespace: str, manifest: Mapping[str, Any]) -> JsonDict:
+    def create(self, resource: Kind, namespace: str, manifest: Mapping[str, Any]) -> JsonDict:
         name = manifest["metadata"]["name"]
         response = self._send(
             "POST",
@@ -316,7 +288,7 @@ class Kube:
         return _doc(data)
 
     def stream(
-        self, verb: str, resource: Resource, namespace: str, name: str, sub: str, query: list[tuple[str, str]]
+        self, verb: str, resource: Kind, namespace: str, name: str, sub: str, query: list[tuple[str, str]]
     ) -> Iterator[bytes]:
         """Chunks of a streaming GET (pod logs); errors raised before the first chunk."""
         response = self._send(

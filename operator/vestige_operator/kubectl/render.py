@@ -1,4 +1,4 @@
-"""Pure parts of ``kubectl vestige``: durations, ages, image tags, summaries, tables, commands.
+"""Pure parts of ``kubectl vestige``: ages, image tags, summaries, tables, commands.
 
 Nothing here talks to the API server or reads the clock (``now`` is always passed in), so every
 function is unit-tested directly (``tests/unit/test_kubectl_render.py``).
@@ -14,74 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from vestige_operator.children import BRIDGE_PORT, TOKEN_KEY, secret_name
+from vestige_operator.times import parse_time
+from vestige_operator.tokens import TOKEN_KEY
+from vestige_operator.vocabulary import BRIDGE_PORT, secret_name
 
 JsonDict = dict[str, Any]
 
-# -- Go durations (the contract's `vestige.dev/rotate-token-grace`) -----------------------------
-
-_GO_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,  # U+00B5 micro sign
-    "μs": 1e-6,  # U+03BC greek mu
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-
-
-def parse_go_duration(text: str) -> float:
-    """Seconds in a Go duration (``time.ParseDuration`` syntax: ``10m``, ``1h30m``, ``90s``, ``0``).
-
-    Negative durations are refused (a grace period cannot be negative); ValueError names the
-    problem.
-    """
-    s = text.strip()
-    if not s:
-        raise ValueError("empty duration")
-    if s.startswith("-"):
-        raise ValueError(f"duration {text!r} is negative")
-    if s.startswith("+"):
-        s = s[1:]
-    if s == "0":
-        return 0.0
-    pos = 0
-    total = 0.0
-    while pos < len(s):
-        m = _GO_PART.match(s, pos)
-        if m is None:
-            raise ValueError(
-                f"invalid duration {text!r} (Go syntax: a number and a unit h, m, s, ms, us or ns, "
-                "e.g. 10m or 1h30m)"
-            )
-        total += float(m.group(1)) * _GO_UNITS[m.group(2)]
-        pos = m.end()
-    return total
-
-
-# -- times ------------------------------------------------------------------------------------
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """An RFC 3339 timestamp (``Z`` or an offset, optional fraction), or None when absent/invalid."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def rfc3339(moment: datetime, *, fraction: bool = False) -> str:
-    """UTC RFC 3339 with a ``Z`` (microseconds when ``fraction``)."""
-    moment = moment.astimezone(UTC)
-    if fraction:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+# -- ages ---------------------------------------------------------------------------------------
 
 
 def human_duration(seconds: float) -> str:
@@ -456,8 +395,3 @@ def connect_info(
             *("  " + line for line in json.dumps(config, indent=2).splitlines()),
         ]
     )
-
-
-def backup_name(memory: str, now: datetime) -> str:
-    """``<memory>-<UTC timestamp>`` (a valid object name: lowercase, digits, dashes)."""
-    return f"{memory}-{now.astimezone(UTC).strftime('%Y%m%d-%H%M%S')}"

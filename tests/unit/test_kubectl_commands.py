@@ -1,0 +1,109 @@
+"""The plugin's commands write what the operator reads, built with the operator's own functions:
+the rotation annotations (read by tokens.rotation_request) and the VestigeBackup (the backup
+scheduler's builder). The API is a recording stand-in for the plugin's Kube (the real API server
+is in tests/integration/test_kubectl_plugin.py)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from vestige_operator import backup, tokens
+from vestige_operator.cluster import VESTIGE_BACKUP, VESTIGE_MEMORY, Kind
+from vestige_operator.kubectl import commands, render
+from vestige_operator.kubectl.cli import build_parser
+from vestige_operator.kubectl.kube import PluginError
+from vestige_operator.vocabulary import Owner
+
+NOW = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
+MEMORY = {
+    "apiVersion": "vestige.dev/v1alpha1",
+    "kind": "VestigeMemory",
+    "metadata": {"name": "agent", "namespace": "team", "uid": "u-1", "resourceVersion": "7"},
+    "spec": {},
+}
+
+
+class RecordingKube:
+    """Answers GETs of the one VestigeMemory; records every write."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[Kind, str, str, Mapping[str, Any]]] = []
+        self.created: list[tuple[Kind, str, Mapping[str, Any]]] = []
+
+    def get(self, resource: Kind, namespace: str, name: str) -> dict[str, Any]:
+        assert (resource, namespace, name) == (VESTIGE_MEMORY, "team", "agent")
+        return MEMORY
+
+    def merge_patch(self, resource: Kind, namespace: str, name: str, patch: Mapping[str, Any]) -> dict:
+        self.patches.append((resource, namespace, name, patch))
+        return {}
+
+    def create(self, resource: Kind, namespace: str, manifest: Mapping[str, Any]) -> dict:
+        self.created.append((resource, namespace, manifest))
+        return dict(manifest)
+
+
+def run(*argv: str) -> tuple[RecordingKube, str]:
+    kube = RecordingKube()
+    out = io.StringIO()
+    ctx = commands.Context(
+        kube=kube,  # type: ignore[arg-type]
+        namespace="team",
+        flags=render.KubeFlags(),
+        out=out,
+        err=io.StringIO(),
+        clock=lambda: NOW,
+    )
+    args = build_parser().parse_args(list(argv))
+    assert args.func(ctx, args) == 0
+    return kube, out.getvalue()
+
+
+def written_annotations(kube: RecordingKube) -> dict[str, str]:
+    ((resource, namespace, name, patch),) = kube.patches
+    assert (resource, namespace, name) == (VESTIGE_MEMORY, "team", "agent")
+    return dict(patch["metadata"]["annotations"])
+
+
+@pytest.mark.parametrize(
+    ("flag", "grace"),
+    [
+        ([], tokens.DEFAULT_GRACE),
+        (["--grace", "0"], timedelta(0)),  # after a leak: the old token goes at once
+        (["--grace", "1h30m"], timedelta(hours=1, minutes=30)),
+        (["--grace", "168h"], tokens.MAX_GRACE),
+    ],
+)
+def test_rotate_token_writes_a_grace_the_operator_reads(flag: list[str], grace: timedelta) -> None:
+    kube, out = run("rotate-token", "agent", *flag)
+    annotations = written_annotations(kube)
+    assert tokens.rotation_request(annotations) == ("2026-12-02T12:00:00Z", grace, True)
+    assert "token rotation requested" in out
+
+
+@pytest.mark.parametrize(
+    ("grace", "message"),
+    [("200h", "maximum grace period 168h"), ("+5m", "sign"), ("-1m", "negative"), ("soon", "invalid")],
+)
+def test_rotate_token_refuses_what_the_operator_would_not_take(grace: str, message: str) -> None:
+    with pytest.raises(PluginError, match=message) as exc:
+        commands.parse_grace(grace)
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as usage:
+        build_parser().parse_args(["rotate-token", "agent", "--grace", grace])
+    assert usage.value.code == 2
+
+
+def test_backup_creates_what_the_scheduler_creates() -> None:
+    kube, out = run("backup", "agent")
+    ((resource, namespace, manifest),) = kube.created
+    owner = Owner(name="agent", namespace="team", uid="u-1")
+    expected = backup.backup_manifest(owner, backup.scheduled_name("agent", NOW), None)
+    assert (resource, namespace) == (VESTIGE_BACKUP, "team")
+    assert manifest == expected
+    assert manifest["metadata"]["name"] == "agent-20261202120000"
+    assert out.strip() == "vestigebackup.vestige.dev/agent-20261202120000 created"
