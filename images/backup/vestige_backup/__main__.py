@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _target_args(restore)
     prune = sub.add_parser("prune", help="delete snapshots (retention)")
-    prune.add_argument("--key", dest="keys", action="append", required=True)
+    prune.add_argument("--key", dest="keys", action="append", default=[])
     prune.add_argument("--prefix", required=True, help="the agent's key space: every --key must be under it")
     _target_args(prune)
     return parser
