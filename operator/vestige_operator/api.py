@@ -1126,8 +1126,10 @@ class S3Destination(SpecModel):
         max_length=512,
         pattern=r"^([^/\x00-\x1f][^\x00-\x1f]*/)?$",
         description=(
-            "Key prefix of the snapshots (ends with /). Default `<namespace>/<name>/` of the memory "
-            "that is backed up (for restore: of spec.restore.fromBackup.source)."
+            "Bucket prefix (ends with /) put IN FRONT of every key; the operator derives the rest: "
+            "snapshots go to `<prefix><namespace>/<agentId>/<backup>.tar.gz` (for restore: the "
+            "namespace and agent id of spec.restore.fromBackup.source), so two namespaces or two "
+            "agents never share keys."
         ),
     )
     region: str = Field(
@@ -1206,7 +1208,12 @@ class RestoreSource(SpecModel):
     source: str = Field(
         max_length=300,
         pattern=SOURCE_PATTERN,
-        description="namespace/name of the VestigeMemory that was backed up (selects the default prefix).",
+        description=(
+            "namespace/agentId of the agent whose snapshot is restored (its VestigeMemory's name "
+            "unless that set spec.agentId); selects its key space. Only the memory's own namespace "
+            "is accepted (checked when reconciled: restoring another namespace's snapshots is "
+            "refused)."
+        ),
     )
     key: (
         Annotated[
@@ -1219,7 +1226,8 @@ class RestoreSource(SpecModel):
         default=None,
         description=(
             "Object key of the snapshot (as in VestigeBackup status.key; no leading '/', no '..' "
-            "segment, no control characters). Set key or latest."
+            "segment, no control characters); it must lie in the source agent's key space (checked "
+            "when reconciled). Set key or latest."
         ),
     )
     latest: bool | None = Field(

@@ -66,12 +66,55 @@ MAX_JOB_NAME = 63
 # -- names -------------------------------------------------------------------------------------
 
 
-def default_prefix(namespace: str, name: str) -> str:
-    return f"{namespace}/{name}/"
+#: Object metadata every backup run records: whose snapshot it is (the runner checks it on
+#: restore; tests/unit/test_contract.py keeps both sides in step).
+METADATA_NAMESPACE = "namespace"
+METADATA_AGENT_ID = "agent-id"
 
 
-def prefix_of(destination: BackupDestination, namespace: str, name: str) -> str:
-    return destination.s3.prefix or default_prefix(namespace, name)
+def key_space(destination: BackupDestination, namespace: str, agent_id: str) -> str:
+    """Where one agent's snapshots live: ``<prefix><namespace>/<agentId>/``.
+
+    Derived, never free text: a user's ``prefix`` only goes in front (the bucket's layout), so two
+    namespaces with the same memory name, or two agents, never write, list or prune the same keys.
+    """
+    return f"{destination.s3.prefix or ''}{namespace}/{agent_id}/"
+
+
+def in_key_space(space: str, key: str) -> bool:
+    return key.startswith(space) and ".." not in key.split("/")
+
+
+def restore_source(spec: VestigeMemorySpec) -> tuple[str, str]:
+    """(namespace, agent id) of the snapshot ``spec.restore`` restores."""
+    if spec.restore is None:
+        raise ValueError("the memory has no spec.restore")
+    namespace, agent_id = spec.restore.from_backup.source.split("/", 1)
+    return namespace, agent_id
+
+
+def restore_problem(owner: Owner, spec: VestigeMemorySpec) -> str | None:
+    """Why ``spec.restore`` may not run for ``owner`` (None: it may). Checked before the agent's pod
+    exists, so a refused restore touches no volume.
+
+    Another namespace's snapshots are refused: a namespace is the tenancy boundary, and the
+    operator (which reads every namespace's backups) must not carry one tenant's memory into
+    another's. A key outside the source agent's key space is refused as well (the runner checks
+    both again, with the snapshot's recorded identity).
+    """
+    if spec.restore is None:
+        return None
+    source = spec.restore.from_backup
+    namespace, agent_id = restore_source(spec)
+    if namespace != owner.namespace:
+        return (
+            f"restore.fromBackup.source {source.source}: restoring another namespace's snapshots is "
+            f"refused (only snapshots of namespace {owner.namespace} can be restored here)"
+        )
+    space = key_space(source.destination, namespace, agent_id)
+    if source.key is not None and not in_key_space(space, source.key):
+        return f"restore.fromBackup.key {source.key} is not in agent {source.source}'s key space {space}"
+    return None
 
 
 def snapshot_key(prefix: str, backup_name: str) -> str:
@@ -354,7 +397,8 @@ def render_backup_job(
     if spec.backup is None:
         raise ValueError("the memory has no spec.backup")
     destination = spec.backup.destination
-    key = snapshot_key(prefix_of(destination, memory.namespace, memory.name), backup_name)
+    agent_id = spec.effective_agent_id(memory.name)
+    key = snapshot_key(key_space(destination, memory.namespace, agent_id), backup_name)
     ca_volumes, ca_mounts = _ca_volume(destination)
     args = [
         "backup",
@@ -364,6 +408,10 @@ def render_backup_job(
         key,
         "--work-dir",
         TMP_DIR,
+        "--metadata",
+        f"{METADATA_NAMESPACE}={memory.namespace}",
+        "--metadata",
+        f"{METADATA_AGENT_ID}={agent_id}",
         "--metadata",
         f"memory={memory.namespace}/{memory.name}",
         "--metadata",
@@ -404,6 +452,14 @@ def render_backup_job(
     )
 
 
+def prunable_keys(space: str, backups: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The snapshot keys retention may delete: those the memory's own runs recorded (status.key,
+    written by the operator) inside its key space. A key outside it (written under another prefix
+    before the destination changed) is kept."""
+    keys = ((b.get("status") or {}).get("key") for b in backups)
+    return [key for key in keys if isinstance(key, str) and key and in_key_space(space, key)]
+
+
 def render_prune_job(
     memory: Owner, spec: VestigeMemorySpec, images: Images, backups: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
@@ -412,12 +468,11 @@ def render_prune_job(
         raise ValueError("the memory has no spec.backup")
     destination = spec.backup.destination
     names = sorted(_meta(b)["name"] for b in backups)
+    space = key_space(destination, memory.namespace, spec.effective_agent_id(memory.name))
     args = ["prune"]
-    for b in backups:
-        key = (b.get("status") or {}).get("key")
-        if key:
-            args += ["--key", key]
-    args += _target_args(destination)
+    for key in prunable_keys(space, backups):
+        args += ["--key", key]
+    args += ["--prefix", space, *_target_args(destination)]
     ca_volumes, ca_mounts = _ca_volume(destination)
     container = {
         "name": "prune",
@@ -456,12 +511,17 @@ def render_restore_init_container(owner: Owner, spec: VestigeMemorySpec, images:
     if spec.restore is None:
         raise ValueError("the memory has no spec.restore")
     source = spec.restore.from_backup
-    namespace, name = source.source.split("/", 1)
+    namespace, agent_id = restore_source(spec)
     args = ["restore", "--data-dir", VESTIGE_DATA_DIR]
-    if source.key:
-        args += ["--key", source.key]
-    else:
-        args += ["--latest", "--prefix", prefix_of(source.destination, namespace, name)]
+    args += ["--key", source.key] if source.key else ["--latest"]
+    args += [
+        "--prefix",
+        key_space(source.destination, namespace, agent_id),
+        "--expect-namespace",
+        namespace,
+        "--expect-agent-id",
+        agent_id,
+    ]
     _, ca_mounts = _ca_volume(source.destination)
     return {
         "name": "restore",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from vestige_backup import __main__ as cli
+from vestige_backup import keys
 from vestige_backup.errors import scrub
 
 from tests.backup import stores
@@ -38,10 +39,25 @@ def test_restore_needs_key_or_latest() -> None:
         parser.parse_args(["restore", "--data-dir", "/d", "--bucket", "bkt", "--key", "k", "--latest"])
     with pytest.raises(SystemExit):
         parser.parse_args(["restore", "--data-dir", "/d", "--bucket", "bkt"])
+    identity = ["--expect-namespace", "ns", "--expect-agent-id", "a"]
+    with pytest.raises(SystemExit):  # the key space and the identity are required
+        parser.parse_args(["restore", "--data-dir", "/d", "--bucket", "bkt", "--latest", *identity])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["restore", "--data-dir", "/d", "--bucket", "bkt", "--latest", "--prefix", "ns/a/"])
     args = parser.parse_args(
-        ["restore", "--data-dir", "/d", "--bucket", "bkt", "--latest", "--prefix", "ns/a/"]
+        ["restore", "--data-dir", "/d", "--bucket", "bkt", "--latest", "--prefix", "ns/a/", *identity]
     )
-    assert args.latest and args.prefix == "ns/a/"
+    assert args.latest and args.prefix == "ns/a/" and args.expect_agent_id == "a"
+
+
+def test_snapshot_identity() -> None:
+    assert keys.belongs({"namespace": "ns", "agent-id": "a"}, "ns", "a")
+    assert not keys.belongs({"namespace": "ns", "agent-id": "b"}, "ns", "a")
+    assert not keys.belongs({"namespace": "other", "agent-id": "a"}, "ns", "a")
+    # a recorded identity wins over the legacy field
+    assert not keys.belongs({"namespace": "other", "agent-id": "a", "memory": "ns/a"}, "ns", "a")
+    assert keys.belongs({"memory": "ns/a"}, "ns", "a")  # written before identities were recorded
+    assert not keys.belongs({}, "ns", "a")
 
 
 def test_missing_credentials_become_a_failed_result(tmp_path: Path, runner_python: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sqlite3
 from pathlib import Path
@@ -116,5 +117,5 @@ def test_restore_checks_the_checksum_and_the_entries(tmp_path: Path) -> None:
     with tarfile.open(evil, "w:gz") as tar:
         tar.add(data / "vestige.db", arcname="../escape.db")
     with pytest.raises(store.StoreError, match="unsafe entry"):
-        store.restore_snapshot(evil, tmp_path / "t2", None, {})
+        store.restore_snapshot(evil, tmp_path / "t2", hashlib.sha256(evil.read_bytes()).hexdigest(), {})
     assert not (tmp_path / "escape.db").exists()

@@ -201,7 +201,46 @@ def test_backup_job_runs_next_to_the_agent_with_the_credentials() -> None:
     spec.backup.destination.s3.prefix = "x y\n'z: {{a}}/"
     job = backup.render_backup_job("b", "u", OWNER, spec, IMAGES)
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--key") + 1] == "x y\n'z: {{a}}/b.tar.gz"
+    assert args[args.index("--key") + 1] == "x y\n'z: {{a}}/agents/agent/b.tar.gz"
+
+
+def test_every_key_is_derived_from_namespace_and_agent_id() -> None:
+    """A user prefix only goes in front: two namespaces with the same memory name and prefix, or
+    two agents, never share a key; the run records whose snapshot it is."""
+    spec = _spec()
+    assert spec.backup is not None
+    spec.backup.destination.s3.prefix = "shared/"
+    mine = backup.render_backup_job("b", "u", OWNER, spec, IMAGES)
+    theirs = backup.render_backup_job("b", "u", Owner("agent", "other", "uid-2"), spec, IMAGES)
+    renamed = spec.model_copy(update={"agent_id": "agent-2"})
+    third = backup.render_backup_job("b", "u", OWNER, renamed, IMAGES)
+    keys = []
+    for job in (mine, theirs, third):
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        keys.append(args[args.index("--key") + 1])
+    assert keys == [
+        "shared/agents/agent/b.tar.gz",
+        "shared/other/agent/b.tar.gz",
+        "shared/agents/agent-2/b.tar.gz",
+    ]
+    args = mine["spec"]["template"]["spec"]["containers"][0]["args"]
+    metadata = [args[i + 1] for i, a in enumerate(args) if a == "--metadata"]
+    assert "namespace=agents" in metadata and "agent-id=agent" in metadata
+
+
+def test_restore_of_another_namespace_or_outside_the_key_space_is_refused() -> None:
+    def spec(source: str, **which: object) -> VestigeMemorySpec:
+        return VestigeMemorySpec.model_validate(
+            {"restore": {"fromBackup": {"destination": S3, "source": source, **which}}}
+        )
+
+    assert backup.restore_problem(OWNER, spec("agents/old", latest=True)) is None
+    assert backup.restore_problem(OWNER, spec("agents/old", key="agents/old/x.tar.gz")) is None
+    other_ns = backup.restore_problem(OWNER, spec("other/old", latest=True))
+    assert other_ns is not None and "another namespace" in other_ns
+    outside = backup.restore_problem(OWNER, spec("agents/old", key="agents/victim/x.tar.gz"))
+    assert outside is not None and "key space agents/old/" in outside
+    assert backup.restore_problem(OWNER, VestigeMemorySpec()) is None
 
 
 def test_suspended_memory_backs_up_without_pod_affinity() -> None:
@@ -216,7 +255,27 @@ def test_prune_job_deletes_keys_and_mounts_no_volume() -> None:
     pod = job["spec"]["template"]["spec"]
     _restricted(pod)
     assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
-    assert pod["containers"][0]["args"][:3] == ["prune", "--key", "agents/agent/agent-0.tar.gz"]
+    assert pod["containers"][0]["args"][:5] == [
+        "prune",
+        "--key",
+        "agents/agent/agent-0.tar.gz",
+        "--prefix",
+        "agents/agent/",
+    ]
+
+
+def test_retention_deletes_only_keys_inside_the_memorys_key_space() -> None:
+    objs = [
+        _vbak("agent-0", "Completed", T0, "agents/agent/agent-0.tar.gz"),
+        _vbak("agent-1", "Completed", T0, "agents/victim/agent-1.tar.gz"),
+        _vbak("agent-2", "Completed", T0, "agents/agent/../victim/x.tar.gz"),
+        _vbak("agent-3", "Failed", T0),
+    ]
+    assert backup.prunable_keys("agents/agent/", objs) == ["agents/agent/agent-0.tar.gz"]
+    args = backup.render_prune_job(OWNER, _spec(), IMAGES, objs)["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--key"] == ["agents/agent/agent-0.tar.gz"]
 
 
 def test_restore_init_container_has_the_only_credentials_of_the_agent_pod() -> None:
@@ -227,13 +286,17 @@ def test_restore_init_container_has_the_only_credentials_of_the_agent_pod() -> N
     _restricted(pod)
     (init,) = pod["initContainers"]
     assert init["name"] == "restore"
-    assert init["args"][:6] == [
+    assert init["args"][:10] == [
         "restore",
         "--data-dir",
         "/data/vestige",
         "--latest",
         "--prefix",
         "old/agent/",
+        "--expect-namespace",
+        "old",
+        "--expect-agent-id",
+        "agent",
     ]
     assert _secret_refs(init) == {"s3-creds"}
     for container in pod["containers"]:  # vestige and bridge never see the storage credentials

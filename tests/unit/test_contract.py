@@ -266,3 +266,35 @@ def test_an_agent_id_the_crd_admits_is_one_the_bridge_serves(agent_id: str) -> N
     else:
         admitted = True
     assert admitted == bool(bridge_settings.AGENT_ID.match(agent_id))
+
+
+def test_snapshot_identity_and_key_space_agree_with_the_runner() -> None:
+    """The metadata a backup run records is what a restore checks, and the key space the operator
+    derives is the one the runner confines restore and prune to."""
+    from vestige_backup import keys
+
+    assert backup.METADATA_NAMESPACE == keys.METADATA_NAMESPACE
+    assert backup.METADATA_AGENT_ID == keys.METADATA_AGENT_ID
+    spec = VestigeMemorySpec.model_validate(
+        {
+            "backup": {
+                "destination": {"s3": {"bucket": "bkt", "prefix": "p/", "credentialsSecret": {"name": "c"}}}
+            }
+        }
+    )
+    assert spec.backup is not None
+    space = backup.key_space(spec.backup.destination, "ns", "agent")
+    job = backup.render_backup_job("agent-1", "uid", Owner("agent", "ns", "uid-1"), spec, Images("v", "b"))
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    key = args[args.index("--key") + 1]
+    recorded = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--metadata")
+    assert keys.belongs(recorded, "ns", "agent") and not keys.belongs(recorded, "ns", "other")
+    for candidate in (
+        key,
+        "p/ns/agent/x.tar.gz",
+        "p/ns/agentx/y",
+        "p/ns/agent/../other/z",
+        "ns/agent/k",
+        "p/ns/",
+    ):
+        assert backup.in_key_space(space, candidate) == keys.under(space, candidate), candidate

@@ -20,6 +20,7 @@ from typing import Any
 
 from vestige_backup import store
 from vestige_backup.errors import ObjectStoreError, scrub
+from vestige_backup.keys import belongs, under
 
 EXIT_FAILED = 1
 EXIT_REFUSED = 3
@@ -54,10 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     which = restore.add_mutually_exclusive_group(required=True)
     which.add_argument("--key")
     which.add_argument("--latest", action="store_true")
-    restore.add_argument("--prefix", default="")
+    restore.add_argument(
+        "--prefix", required=True, help="the source agent's key space: --key must be under it"
+    )
+    restore.add_argument("--expect-namespace", required=True, help="namespace the snapshot must record")
+    restore.add_argument("--expect-agent-id", required=True, help="agent id the snapshot must record")
+    restore.add_argument(
+        "--expect-sha256",
+        default=None,
+        help="sha256 the operator recorded for the snapshot (VestigeBackup status); trusted over "
+        "the object's own metadata",
+    )
     _target_args(restore)
     prune = sub.add_parser("prune", help="delete snapshots (retention)")
-    prune.add_argument("--key", dest="keys", action="append", required=True)
+    prune.add_argument("--key", dest="keys", action="append", default=[])
+    prune.add_argument("--prefix", required=True, help="the agent's key space: every --key must be under it")
     _target_args(prune)
     return parser
 
@@ -122,14 +134,25 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
             f"{data_dir} already holds a Vestige store that was not restored from a snapshot: "
             "refusing to overwrite it (restore needs a new, empty volume)"
         )
+    who = f"{args.expect_namespace}/{args.expect_agent_id}"
+    if args.key is not None and not under(args.prefix, args.key):
+        raise store.StoreError(f"snapshot {args.key} is not in agent {who}'s key space {args.prefix}")
     bucket = Store(_target(args))
-    key = args.key or bucket.latest(args.prefix)
+    key = args.key or bucket.latest(
+        args.prefix, lambda meta: belongs(meta, args.expect_namespace, args.expect_agent_id)
+    )
+    metadata = bucket.metadata(key)
+    if not belongs(metadata, args.expect_namespace, args.expect_agent_id):
+        raise store.StoreError(f"snapshot {key} does not record agent {who}: not restored")
+    sha256 = args.expect_sha256 or bucket.recorded_sha256(key, metadata)
+    if not sha256:
+        raise store.StoreError(f"snapshot {key} has no recorded sha256: it cannot be verified, not restored")
     data_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".restore-download-", dir=data_dir.parent))
     try:
         archive = work / "snapshot.tar.gz"
-        sha256 = bucket.download(key, archive)
-        files = store.restore_snapshot(archive, data_dir, sha256, {"key": key, "sha256": sha256 or ""})
+        bucket.download(key, archive)
+        files = store.restore_snapshot(archive, data_dir, sha256, {"key": key, "sha256": sha256})
     finally:
         for child in work.iterdir():
             child.unlink(missing_ok=True)
@@ -140,6 +163,9 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
 def run_prune(args: argparse.Namespace) -> dict[str, Any]:
     from vestige_backup.objects import Store
 
+    outside = [key for key in args.keys if not under(args.prefix, key)]
+    if outside:
+        raise store.StoreError(f"refusing to delete keys outside {args.prefix}: {', '.join(outside)}")
     deleted = Store(_target(args)).delete(list(args.keys))
     return {"ok": True, "deleted": deleted}
 

@@ -4,6 +4,7 @@ cause (and never a credential)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ import botocore.config
 import botocore.exceptions
 
 from vestige_backup.errors import ObjectStoreError, scrub
+from vestige_backup.keys import METADATA_SHA256
 
 SNAPSHOT_SUFFIX = ".tar.gz"
 CHECKSUM_SUFFIX = ".sha256"
-METADATA_SHA256 = "sha256"
 CHECKING_BUCKET = "checking the bucket"
 
 
@@ -104,27 +105,62 @@ class Store:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._explain(exc, doing) from None
 
+    def _exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.target.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise self._explain(exc, f"checking {key}") from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._explain(exc, f"checking {key}") from None
+        return True
+
+    def _put_new(self, doing: str, key: str, body: Any, **extra: Any) -> None:
+        """PUT ``key`` only if no object has it: ``If-None-Match: *`` (a conditional write, S3's
+        answer 412 when another writer won the race); checked before as well, for servers that
+        ignore the condition."""
+        if self._exists(key):
+            raise ObjectStoreError(
+                f"{doing}: {self.target.where}: an object {key} already exists: refusing to overwrite it"
+            )
+        try:
+            self.client.put_object(Bucket=self.target.bucket, Key=key, Body=body, IfNoneMatch="*", **extra)
+        except botocore.exceptions.ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise ObjectStoreError(
+                    f"{doing}: {self.target.where}: an object {key} was written meanwhile: "
+                    "refusing to overwrite it"
+                ) from None
+            raise self._explain(exc, doing) from None
+        except botocore.exceptions.BotoCoreError as exc:
+            raise self._explain(exc, doing) from None
+
     # -- operations --------------------------------------------------------------------------
 
     def upload(self, path: Path, key: str, sha256: str, metadata: dict[str, str]) -> int:
         """Upload the snapshot with its checksum (object metadata and a ``.sha256`` sidecar) and
-        check what the server stored; its size."""
+        check what the server stored; its size. Never replaces an object: a key that exists
+        fails the run (keys are unique per run; an existing one was written by someone else)."""
         self._call(CHECKING_BUCKET, self.client.head_bucket, Bucket=self.target.bucket)
-        extra = {
-            "Metadata": {METADATA_SHA256: sha256, **metadata},
-            "ContentType": "application/gzip",
-        }
-        self._call(
-            f"uploading {key}", self.client.upload_file, str(path), self.target.bucket, key, ExtraArgs=extra
-        )
-        body = f"{sha256}  {key.rsplit('/', 1)[-1]}\n".encode()
-        self._call(
-            f"uploading {key}{CHECKSUM_SUFFIX}",
-            self.client.put_object,
-            Bucket=self.target.bucket,
-            Key=key + CHECKSUM_SUFFIX,
-            Body=body,
-            ContentType="text/plain",
+        if self._exists(key + CHECKSUM_SUFFIX):
+            raise ObjectStoreError(
+                f"uploading {key}: {self.target.where}: an object {key}{CHECKSUM_SUFFIX} already "
+                "exists: refusing to overwrite it"
+            )
+        with path.open("rb") as body:
+            self._put_new(
+                f"uploading {key}",
+                key,
+                body,
+                Metadata={METADATA_SHA256: sha256, **metadata},
+                ContentType="application/gzip",
+            )
+        sidecar = f"{sha256}  {key.rsplit('/', 1)[-1]}\n".encode()
+        self._put_new(
+            f"uploading {key}{CHECKSUM_SUFFIX}", key + CHECKSUM_SUFFIX, sidecar, ContentType="text/plain"
         )
         head = self._call(f"verifying {key}", self.client.head_object, Bucket=self.target.bucket, Key=key)
         size = int(head["ContentLength"])
@@ -132,36 +168,46 @@ class Store:
             raise ObjectStoreError(f"verifying {key}: the stored object differs from the snapshot")
         return size
 
-    def latest(self, prefix: str) -> str:
-        """The newest snapshot key under ``prefix``."""
-        newest: tuple[Any, str] | None = None
+    def metadata(self, key: str) -> dict[str, str]:
+        """The object metadata recorded with ``key``."""
+        head = self._call(f"reading {key}", self.client.head_object, Bucket=self.target.bucket, Key=key)
+        return {str(k): str(v) for k, v in (head.get("Metadata") or {}).items()}
+
+    def latest(self, prefix: str, belongs: Callable[[dict[str, str]], bool]) -> str:
+        """The newest snapshot key under ``prefix`` whose metadata ``belongs`` to the agent
+        (objects of anyone else under the same prefix are skipped, never restored)."""
+        found: list[tuple[Any, str]] = []
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.target.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
-                    key = obj["Key"]
-                    if key.endswith(SNAPSHOT_SUFFIX) and (
-                        newest is None or (obj["LastModified"], key) > newest
-                    ):
-                        newest = (obj["LastModified"], key)
+                    if obj["Key"].endswith(SNAPSHOT_SUFFIX):
+                        found.append((obj["LastModified"], obj["Key"]))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
             raise self._explain(exc, f"listing {prefix}") from None
-        if newest is None:
-            raise ObjectStoreError(f"no snapshot under {prefix!r} in {self.target.where}")
-        return newest[1]
+        for _, key in sorted(found, reverse=True):
+            if belongs(self.metadata(key)):
+                return key
+        raise ObjectStoreError(f"no snapshot of this agent under {prefix!r} in {self.target.where}")
 
-    def download(self, key: str, path: Path) -> str | None:
-        """Download ``key`` to ``path``; the sha256 recorded with it (metadata, else the sidecar)."""
-        head = self._call(f"reading {key}", self.client.head_object, Bucket=self.target.bucket, Key=key)
+    def download(self, key: str, path: Path) -> None:
+        """Download ``key`` to ``path``."""
         self._call(f"downloading {key}", self.client.download_file, self.target.bucket, key, str(path))
-        recorded = head.get("Metadata", {}).get(METADATA_SHA256)
-        if recorded:
-            return str(recorded)
+
+    def recorded_sha256(self, key: str, metadata: dict[str, str]) -> str | None:
+        """The sha256 written with ``key``: its metadata and its ``.sha256`` sidecar must agree
+        (None when neither exists; a mismatch is an error)."""
+        recorded = metadata.get(METADATA_SHA256)
         try:
             side = self.client.get_object(Bucket=self.target.bucket, Key=key + CHECKSUM_SUFFIX)
-            return side["Body"].read().decode().split()[0]
+            sidecar: str | None = side["Body"].read(1024).decode(errors="replace").split()[0]
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, IndexError):
-            return None
+            sidecar = None
+        if recorded and sidecar and recorded != sidecar:
+            raise ObjectStoreError(
+                f"reading {key}: its metadata and its {CHECKSUM_SUFFIX} disagree on the sha256"
+            )
+        return recorded or sidecar
 
     def delete(self, keys: list[str]) -> list[str]:
         """Delete snapshots and their sidecars; the keys deleted (absent ones count as deleted)."""

@@ -185,7 +185,7 @@ def _safe_members(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
 
 
 def restore_snapshot(
-    archive: Path, data_dir: Path, expected_sha256: str | None, origin: dict[str, str]
+    archive: Path, data_dir: Path, expected_sha256: str, origin: dict[str, str]
 ) -> list[str]:
     """Fill the EMPTY ``data_dir`` from ``archive``; the restored files.
 
@@ -198,10 +198,9 @@ def restore_snapshot(
             f"{data_dir} already holds a Vestige store: refusing to overwrite it "
             "(restore needs a new, empty volume)"
         )
-    if expected_sha256 is not None:
-        actual = _sha256(archive)
-        if actual != expected_sha256:
-            raise StoreError(f"snapshot checksum mismatch: expected sha256 {expected_sha256}, got {actual}")
+    actual = _sha256(archive)
+    if actual != expected_sha256:
+        raise StoreError(f"snapshot checksum mismatch: expected sha256 {expected_sha256}, got {actual}")
     data_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".restore-", dir=data_dir.parent))
     try:
