@@ -175,14 +175,17 @@ def ingress_claim(
 
 
 def ingress_host_holder(
-    namespace: str, name: str, host: str, path: str, claims: Iterable[IngressClaim]
+    namespace: str, name: str, host: str, claims: Iterable[IngressClaim]
 ) -> IngressClaim | None:
-    """The other resource that holds ``host`` + ``path`` before this one (None: this one may route it).
+    """The other resource that holds ``host`` before this one (None: this one may route it).
 
-    The earliest created claim wins (ties: namespace, then name), so every operator replica and
-    every pass reach the same verdict; a resource missing from ``claims`` counts as the newest.
+    One host belongs to one agent, whatever the path or pathType: another agent's `/mcp` or
+    `/search` under a host would take that host's calls on a shared ingress controller. The
+    earliest created claim wins (ties: namespace, then name), across every watched namespace, so
+    every operator replica and every pass reach the same verdict; a resource missing from
+    ``claims`` counts as the newest.
     """
-    same = [c for c in claims if c.host == host.lower() and c.path == path]
+    same = [c for c in claims if c.host == host.lower()]
     others = [c for c in same if (c.namespace, c.name) != (namespace, name)]
     if not others:
         return None

@@ -31,6 +31,7 @@ from typing import Any
 
 from vestige_operator import KIND
 from vestige_operator.api import VestigeMemorySpec, parse_quantity
+from vestige_operator.backup import restore_problem
 from vestige_operator.children import (
     IngressClaim,
     mounts_claim,
@@ -297,7 +298,7 @@ def ingress_conflict(owner: Owner, spec: VestigeMemorySpec, holder: IngressClaim
     if holder is None or not spec.ingress.enabled:
         return None
     return (
-        f"host {spec.ingress.host} path {spec.ingress.path} is already routed by VestigeMemory "
+        f"host {spec.ingress.host} is already routed by VestigeMemory "
         f"{holder.namespace}/{holder.name} (created first); the Ingress is not applied"
     )
 
@@ -392,6 +393,8 @@ class Plan:
     ingress_conflict: str | None = None
     #: Kinds rendered but held back (not written this pass) and why, for the log.
     held_back: tuple[str, ...] = field(default=())
+    #: Why spec.restore may not run (the agent's pod is then never created, so no volume is filled).
+    restore_refused: str | None = None
 
     def foreign(self) -> list[Foreign]:
         return [a for a in self.actions if isinstance(a, Foreign)]
@@ -434,6 +437,11 @@ def plan(
         manifests = [m for m in manifests if m["kind"] != "Ingress"]
         held.append("Ingress")
     deployment_mine = deployment is not None and ownership("Deployment", deployment, owner).state == "owned"
+    # Checked until the pod first exists: a restore fills the new volume before Vestige first starts.
+    restore_refused = restore_problem(owner, spec) if deployment is None else None
+    if restore_refused is not None:  # never carry another tenant's snapshot into this volume
+        manifests = [m for m in manifests if m["kind"] != "Deployment"]
+        held.append("Deployment")
     if not volume.mountable:  # never mount one agent's memory for another
         manifests = [m for m in manifests if m["kind"] != "Deployment"]
         held.append("Deployment")
@@ -463,4 +471,4 @@ def plan(
             meta = _meta(obj)
             if ownership(kind, obj, owner).state == "owned" and meta.get("uid"):
                 actions.append(Delete(kind, str(meta["name"]), str(meta["uid"])))
-    return Plan(tuple(actions), volume, conflict, tuple(held))
+    return Plan(tuple(actions), volume, conflict, tuple(held), restore_refused)

@@ -396,7 +396,8 @@ class Reconciler:
             token_rotated_at=previous.get("tokenRotatedAt") if token.unavailable else token.rotated_at,
             volume_problem=plan.volume.problem,
             backup=backups.summary(key) if backups is not None else None,
-            restore_refused=backups.restore_problem(key) if backups is not None and spec.restore else None,
+            restore_refused=plan.restore_refused
+            or (backups.restore_problem(key) if backups is not None and spec.restore else None),
             not_owned=tuple(not_owned),
             rotation_refused=token.refused,
         )
@@ -487,7 +488,7 @@ class Reconciler:
         if not ingress.enabled or not ingress.host:
             return None
         host = ingress.host.lower()
-        return ingress_host_holder(owner.namespace, owner.name, host, ingress.path, self._hosts.get(host, ()))
+        return ingress_host_holder(owner.namespace, owner.name, host, self._hosts.get(host, ()))
 
     async def _missing_storage_class(
         self, spec: VestigeMemorySpec, pvc: Mapping[str, Any] | None

@@ -55,26 +55,29 @@ def test_ingress_claim_needs_an_enabled_ingress_with_a_host() -> None:
 def test_the_earliest_claim_holds_the_host() -> None:
     first = claim("team", "agent-a", T0)
     mine = claim("team", "agent-b", T1)
-    assert ingress_host_holder("team", "agent-b", "m.example.com", "/", [first, mine]) == first
-    assert ingress_host_holder("team", "agent-a", "m.example.com", "/", [first, mine]) is None
+    assert ingress_host_holder("team", "agent-b", "m.example.com", [first, mine]) == first
+    assert ingress_host_holder("team", "agent-a", "m.example.com", [first, mine]) is None
 
 
 def test_ties_are_broken_by_namespace_then_name_and_hosts_compare_case_insensitively() -> None:
     a = claim("team", "agent-a", T0)
     b = claim("team", "agent-b", T0)
-    assert ingress_host_holder("team", "agent-b", "M.EXAMPLE.com", "/", [b, a]) == a
-    assert ingress_host_holder("team", "agent-a", "m.example.com", "/", [b, a]) is None
+    assert ingress_host_holder("team", "agent-b", "M.EXAMPLE.com", [b, a]) == a
+    assert ingress_host_holder("team", "agent-a", "m.example.com", [b, a]) is None
     other_ns = claim("alpha", "zzz", T0)
-    assert ingress_host_holder("team", "agent-a", "m.example.com", "/", [a, other_ns]) == other_ns
+    assert ingress_host_holder("team", "agent-a", "m.example.com", [a, other_ns]) == other_ns
 
 
-def test_other_paths_and_hosts_do_not_conflict_and_an_unindexed_resource_is_newest() -> None:
+def test_one_host_belongs_to_one_agent_whatever_the_path_and_an_unindexed_resource_is_newest() -> None:
     a = claim("team", "agent-a", T1)
-    assert ingress_host_holder("team", "agent-b", "m.example.com", "/b", [a]) is None
-    assert ingress_host_holder("team", "agent-b", "n.example.com", "/", [a]) is None
+    # Another path under a host someone else holds: refused (it would take that host's calls).
+    for path in ("/mcp", "/search", "/ingest", "/b"):
+        b = IngressClaim("m.example.com", path, "other", "agent-b", "2026-01-01T00:06:00Z")
+        assert ingress_host_holder("other", "agent-b", "m.example.com", [a, b]) == a
+    assert ingress_host_holder("team", "agent-b", "n.example.com", [a]) is None
     # Not in the index yet (the index lags): yields to any existing claim, however recent.
-    assert ingress_host_holder("team", "agent-b", "m.example.com", "/", [a]) == a
-    assert ingress_host_holder("team", "agent-b", "m.example.com", "/", []) is None
+    assert ingress_host_holder("team", "agent-b", "m.example.com", [a]) == a
+    assert ingress_host_holder("team", "agent-b", "m.example.com", []) is None
 
 
 # -- status ------------------------------------------------------------------------------------

@@ -118,3 +118,18 @@ def test_switched_off_children_are_deleted_only_when_owned() -> None:
     off = VestigeMemorySpec.model_validate({"networkPolicy": {"enabled": False}})
     plan = p.plan(OWNER, off, IMAGES, "h", cached, pvc=cached["PersistentVolumeClaim"][0])
     assert [(a.kind, a.name) for a in plan.actions if isinstance(a, p.Delete)] == [("NetworkPolicy", "a")]
+
+
+def test_a_restore_from_another_namespace_never_starts_the_pod() -> None:
+    s3 = {"s3": {"bucket": "bkt", "credentialsSecret": {"name": "creds"}}}
+
+    def spec(source: str) -> VestigeMemorySpec:
+        return VestigeMemorySpec.model_validate(
+            {"restore": {"fromBackup": {"destination": s3, "source": source, "latest": True}}}
+        )
+
+    refused = p.plan(OWNER, spec("victims/their-agent"), IMAGES, "h", {}, pvc=None)
+    assert refused.restore_refused is not None and "another namespace" in refused.restore_refused
+    assert "Deployment" not in kinds(refused, p.Create)
+    allowed = p.plan(OWNER, spec("team/old-agent"), IMAGES, "h", {}, pvc=None)
+    assert allowed.restore_refused is None and "Deployment" in kinds(allowed, p.Create)
