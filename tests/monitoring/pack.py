@@ -26,7 +26,13 @@ def rule_groups(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def dashboard(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    cm = one(docs, "ConfigMap")
+    """The dashboard's JSON: the ConfigMap with Grafana's sidecar label (the admission policy's
+    params are a ConfigMap too)."""
+    (cm,) = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and "grafana_dashboard" in (d["metadata"].get("labels") or {})
+    ]
     (text,) = cm["data"].values()
     return dict(json.loads(text))
 
