@@ -45,12 +45,14 @@ def test_backup_of_the_real_vestige_while_it_ingests(
         for i in range(1, 101):
             ingest(i)
         server.wait(set(range(1, 101)))
-        key = f"real/{version}.tar.gz"
+        # The key space and identity the operator derives for agent real-<version> of namespace ns.
+        agent = "real-" + version.replace(".", "-")
+        key = f"ns/{agent}/{agent}.tar.gz"
         started = time.monotonic()
         proc = subprocess.Popen(
             [str(runner_python), "-m", "vestige_backup", "backup", "--data-dir", str(data), "--key", key,
-             "--work-dir", str(tmp_path / "work"), "--endpoint", s3.endpoint, "--bucket", BUCKET,
-             "--force-path-style"],
+             "--work-dir", str(tmp_path / "work"), "--metadata", "namespace=ns", "--metadata",
+             f"agent-id={agent}", "--endpoint", s3.endpoint, "--bucket", BUCKET, "--force-path-style"],
             env={**creds, "PYTHONPATH": str(RUNNER_PATH), "HOME": str(tmp_path),
                  "VESTIGE_BACKUP_RESULT_FILE": str(tmp_path / "backup.json")},
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -71,8 +73,9 @@ def test_backup_of_the_real_vestige_while_it_ingests(
     target = tmp_path / "restored" / "vestige"
     res = run_runner(
         runner_python,
-        ["restore", "--data-dir", str(target), "--key", key, "--endpoint", s3.endpoint, "--bucket", BUCKET,
-         "--force-path-style"],
+        ["restore", "--data-dir", str(target), "--key", key, "--prefix", f"ns/{agent}/",
+         "--expect-namespace", "ns", "--expect-agent-id", agent, "--endpoint", s3.endpoint, "--bucket",
+         BUCKET, "--force-path-style"],
         env=creds,
         result_file=tmp_path / "restore.json",
     )  # fmt: skip
