@@ -230,6 +230,9 @@ def _on_the_real_node(doc: dict[str, Any], vestige_image: str, s3: dict[str, Any
         if holder and "destination" in holder:
             prefix = holder["destination"]["s3"].get("prefix")
             holder["destination"] = {"s3": {**s3, **({"prefix": prefix} if prefix else {})}}
+    restore = (spec.get("restore") or {}).get("fromBackup")
+    if restore:  # the examples' namespace is `agents`; a restore takes only its own namespace's snapshots
+        restore["source"] = f"{NAMESPACE}/{restore['source'].split('/', 1)[1]}"
     return doc
 
 
@@ -508,7 +511,7 @@ def tour() -> None:
     _delete_volumes(kc, f"demo-{NAMESPACE}-{name}-")
     _volume_for(kc, launcher.real_node_layout(st), name, fresh=True)
     _apply(kc, _on_the_real_node(restored, state["vestige_image"], state["s3"]))
-    say(f"  applied vestigememory/{name} (restore.fromBackup: source agents/research-agent, latest)")
+    say(f"  applied vestigememory/{name} (restore.fromBackup: {NAMESPACE}/research-assistant-prod, latest)")
     _wait_ready(kc, state["operator"], [name])
     _show_agent(kc, name, _fact("research-assistant"))  # research-assistant's memory, restored
     say("  => the new agent started from the backup: it finds research-assistant's memory")

@@ -44,10 +44,11 @@ def test_the_demo_runs_each_example_with_the_real_vestige_on_the_real_node(examp
 def test_backups_and_restores_go_to_the_local_s3_server_keeping_the_prefix() -> None:
     full = demo._on_the_real_node(demo._example("full.yaml"), IMAGE, S3)
     dest = full["spec"]["backup"]["destination"]["s3"]
-    assert dest == {**S3, "prefix": "agents/research-agent/"}  # the prefix restore.yaml's source reads
+    assert dest == {**S3, "prefix": "team-a/"}  # the prefix restore.yaml reads from too
     restore = demo._on_the_real_node(demo._example("restore.yaml"), IMAGE, S3)
-    assert restore["spec"]["restore"]["fromBackup"]["destination"] == {"s3": S3}
-    assert restore["spec"]["restore"]["fromBackup"]["source"] == "agents/research-agent"
+    assert restore["spec"]["restore"]["fromBackup"]["destination"] == {"s3": {**S3, "prefix": "team-a/"}}
+    # a restore takes only its own namespace's snapshots: the demo's namespace, full.yaml's agent id
+    assert restore["spec"]["restore"]["fromBackup"]["source"] == f"{demo.NAMESPACE}/research-assistant-prod"
 
 
 def test_the_examples_keep_the_default_images_of_a_real_cluster() -> None:
