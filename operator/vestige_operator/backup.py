@@ -61,6 +61,9 @@ JOB_TTL_SECONDS = 86400
 EXIT_REFUSED = 3
 RUNNER_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
 MAX_JOB_NAME = 63
+#: generateName prefix of a fallback scheduled run: with the API server's 5 random characters the
+#: name stays a valid label value (the Job carries it in a label).
+MAX_GENERATE_PREFIX = MAX_JOB_NAME - 5
 
 
 # -- names -------------------------------------------------------------------------------------
@@ -633,16 +636,22 @@ def restore_refusal(pods: Iterable[Mapping[str, Any]]) -> str | None:
     return None
 
 
-def backup_manifest(memory: Owner, name: str, scheduled_at: datetime | None) -> dict[str, Any]:
+def backup_manifest(
+    memory: Owner, name: str, scheduled_at: datetime | None, *, generate: bool = False
+) -> dict[str, Any]:
     """A VestigeBackup of ``memory``, as the scheduler (``scheduled_at``: its cron time) and
     ``kubectl vestige backup`` (None) create it: owned by the memory, so the objects go with it
-    (the snapshots in the bucket stay)."""
+    (the snapshots in the bucket stay). ``generate``: the API server names it ``<name>-<random>``
+    (the scheduler's fallback when the name is taken by an object it did not create)."""
     meta: dict[str, Any] = {
-        "name": name,
         "namespace": memory.namespace,
         "labels": {LABEL_MEMORY: memory.name, LABEL_MANAGED_BY: MANAGED_BY},
         "ownerReferences": [owner_reference(memory)],
     }
+    if generate:
+        meta["generateName"] = f"{name[: MAX_GENERATE_PREFIX - 1]}-"
+    else:
+        meta["name"] = name
     if scheduled_at is not None:
         meta["annotations"] = {ANNOTATION_SCHEDULED_AT: format_time(scheduled_at)}
     return {
@@ -651,3 +660,11 @@ def backup_manifest(memory: Owner, name: str, scheduled_at: datetime | None) -> 
         "metadata": meta,
         "spec": {"memory": memory.name},
     }
+
+
+def is_scheduled_run(obj: Mapping[str, Any], memory: Owner, due: datetime) -> bool:
+    """Whether ``obj`` is the scheduler's VestigeBackup of ``memory`` for the run due at ``due``."""
+    annotations = _meta(obj).get("annotations") or {}
+    return (obj.get("spec") or {}).get("memory") == memory.name and parse_time(
+        annotations.get(ANNOTATION_SCHEDULED_AT)
+    ) == due

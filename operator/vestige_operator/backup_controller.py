@@ -35,6 +35,7 @@ from vestige_operator import backup as b
 from vestige_operator import cluster as k8s
 from vestige_operator.api import BackupPhase, VestigeMemorySpec
 from vestige_operator.events import make_event
+from vestige_operator.plan import ownership
 from vestige_operator.port import ApiPort
 from vestige_operator.times import format_time, parse_time
 from vestige_operator.vocabulary import (
@@ -42,7 +43,6 @@ from vestige_operator.vocabulary import (
     COMPONENT_BACKUP,
     COMPONENT_MEMORY,
     COMPONENT_PRUNE,
-    LABEL_BACKUP,
     LABEL_COMPONENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -68,6 +68,12 @@ def _now() -> datetime:
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("metadata") or {}
+
+
+def _backup_owner(memory: Owner, backup: Mapping[str, Any]) -> Owner:
+    """The VestigeBackup as the owner of its Job."""
+    meta = _meta(backup)
+    return Owner(name=meta["name"], namespace=memory.namespace, uid=meta["uid"])
 
 
 def _phase(obj: Mapping[str, Any]) -> str | None:
@@ -100,6 +106,8 @@ class BackupController:
         self._restore_problems: dict[Key, str] = {}
         #: Newest cron time a run was created for, per memory (the objects may lag or be pruned).
         self._scheduled: dict[Key, datetime] = {}
+        #: The last "prune Job name taken" message per memory (one Warning event each).
+        self._blocked: dict[Key, str] = {}
         self.queue: WorkQueue[Key] = WorkQueue(
             "backup", self._pass, concurrency=concurrency, max_backoff=max(interval, 1.0) * 6
         )
@@ -242,16 +250,24 @@ class BackupController:
         self, memory: Owner, backups: list[Mapping[str, Any]], jobs: list[Mapping[str, Any]]
     ) -> bool:
         changed = False
-        by_backup = {(_meta(j).get("labels") or {}).get(LABEL_BACKUP): j for j in jobs}
+        by_name = {_meta(j).get("name"): j for j in jobs}
         for obj in backups:
             if _phase(obj) != BackupPhase.RUNNING:
                 continue
             name = _meta(obj)["name"]
-            job = by_backup.get(name)
+            job = by_name.get(b.job_name(name))
             if job is None:
                 job_obj = await self.port.get(k8s.JOB, memory.namespace, b.job_name(name))
                 if job_obj is None:
                     await self._finish(memory.namespace, obj, False, {}, "the backup Job disappeared", memory)
+                    changed = True
+                    continue
+                job = job_obj
+            verdict = ownership("Job", job, _backup_owner(memory, obj), owner_kind=BACKUP_KIND)
+            if verdict.state != "owned":
+                # Never read a result from, or delete, a Job this VestigeBackup did not create.
+                if verdict.state == "foreign":
+                    await self._finish(memory.namespace, obj, False, {}, verdict.message, memory)
                     changed = True
                 continue
             outcome = await self._outcome(memory.namespace, job, "backup")
@@ -304,7 +320,14 @@ class BackupController:
             )
             return True
         job = b.render_backup_job(meta["name"], meta["uid"], memory, spec, self.images)
-        await self.port.create(job)  # None: it exists already (an earlier pass created it)
+        if await self.port.create(job) is None:  # the name is taken: by an earlier pass, or not
+            existing = await self.port.get(k8s.JOB, memory.namespace, job["metadata"]["name"])
+            verdict = ownership("Job", existing, _backup_owner(memory, obj), owner_kind=BACKUP_KIND)
+            if verdict.state == "foreign":
+                await self._finish(memory.namespace, obj, False, {}, verdict.message, memory)
+                return True
+            if verdict.state != "owned":
+                return False  # gone meanwhile, or an earlier VestigeBackup's: a later pass retries
         key = job["spec"]["template"]["spec"]["containers"][0]["args"]
         patch = {
             "phase": str(BackupPhase.RUNNING),
@@ -338,14 +361,43 @@ class BackupController:
         if spec.backup is None or not spec.backup.schedule or spec.backup.suspend:
             return False
         key = (memory.namespace, memory.name)
-        known = [t for t in (b.last_scheduled(backups), self._scheduled.get(key)) if t is not None]
+        # Only the scheduler's own runs move the schedule on (a VestigeBackup anyone else made,
+        # with any annotation, never makes a run skip).
+        own = [o for o in backups if ownership(BACKUP_KIND, o, memory).state == "owned"]
+        known = [t for t in (b.last_scheduled(own), self._scheduled.get(key)) if t is not None]
         baseline = max(known) if known else (parse_time(created) or now)
         due = b.due_run(spec.backup.schedule, baseline, now)
         if due is None or b.active(backups):
             return False  # nothing due, or a backup of this memory is still active (one at a time)
         manifest = b.backup_manifest(memory, b.scheduled_name(memory.name, due), due)
-        if await self.port.create(manifest) is not None:
-            logger.info("scheduled VestigeBackup %s/%s", memory.namespace, manifest["metadata"]["name"])
+        name = manifest["metadata"]["name"]
+        if await self.port.create(manifest) is None:
+            existing = await self.port.get(k8s.VESTIGE_BACKUP, memory.namespace, name)
+            if existing is None:
+                return False  # deleted meanwhile: the next pass creates it
+            if not b.is_scheduled_run(existing, memory, due) or (
+                ownership(BACKUP_KIND, existing, memory).state != "owned"
+            ):
+                # The name is taken by an object the scheduler did not create for this run: the
+                # run still happens, under a generated name, and the memory says so once.
+                manifest = b.backup_manifest(memory, name, due, generate=True)
+                created = await self.port.create(manifest)
+                taken = (
+                    f"VestigeBackup {name} exists and was not created by the scheduler for the run "
+                    f"due at {format_time(due)}"
+                )
+                await self.port.post_event(
+                    make_event(
+                        memory,
+                        "Warning",
+                        "BackupNameTaken",
+                        f"{taken}; the run is VestigeBackup {_meta(created or {}).get('name', '?')}",
+                        format_time(now),
+                    )
+                )
+                logger.warning("%s/%s: %s", memory.namespace, memory.name, taken)
+        else:
+            logger.info("scheduled VestigeBackup %s/%s", memory.namespace, name)
         self._scheduled[key] = due  # also when it existed: the cache lags behind the create
         return True
 
@@ -359,12 +411,16 @@ class BackupController:
     ) -> bool:
         if spec.backup is None:
             return False
+        key = (memory.namespace, memory.name)
         changed = False
         plan = b.retention_plan(backups, spec.backup.retention, now)
         for obj in plan.delete_failed:
             changed |= await self._delete(k8s.VESTIGE_BACKUP, memory.namespace, obj)
         prune_jobs = [
-            j for j in jobs if (_meta(j).get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_PRUNE
+            j
+            for j in jobs
+            if (_meta(j).get("labels") or {}).get(LABEL_COMPONENT) == COMPONENT_PRUNE
+            and ownership("Job", j, memory).state == "owned"
         ]
         for job in prune_jobs:
             outcome = await self._outcome(memory.namespace, job, "prune")
@@ -399,7 +455,16 @@ class BackupController:
                     job["metadata"]["name"],
                     len(plan.prune),
                 )
-            changed = True
+                changed = True
+            else:
+                existing = await self.port.get(k8s.JOB, memory.namespace, job["metadata"]["name"])
+                verdict = ownership("Job", existing, memory)
+                if verdict.state == "foreign" and self._blocked.get(key) != verdict.message:
+                    self._blocked[key] = verdict.message  # one event, not one per pass
+                    await self.port.post_event(
+                        make_event(memory, "Warning", "PruneFailed", verdict.message, format_time(now))
+                    )
+                changed = verdict.state == "owned"
         return changed
 
     async def _restore_refusal(self, memory: Owner, spec: VestigeMemorySpec) -> bool:
@@ -461,6 +526,7 @@ def trim_backup(body: Mapping[str, Any]) -> dict[str, Any]:
                 "creationTimestamp",
                 "labels",
                 "annotations",
+                "ownerReferences",
                 "deletionTimestamp",
             )
             if k in meta
@@ -503,7 +569,9 @@ def register_backups(
         meta = _meta(body)
         trimmed = {
             "metadata": {
-                k: meta[k] for k in ("name", "namespace", "uid", "labels", "annotations") if k in meta
+                k: meta[k]
+                for k in ("name", "namespace", "uid", "labels", "annotations", "ownerReferences")
+                if k in meta
             },
             "status": dict(body.get("status") or {}),
         }

@@ -240,7 +240,8 @@ class Cluster:
         if status == 409:
             return None
         if status != 201 and status != 200:
-            raise _error_from(status, "", data, "create", f"{kind.kind} {meta['namespace']}/{meta['name']}")
+            name = meta.get("name") or f"{meta.get('generateName', '')}*"
+            raise _error_from(status, "", data, "create", f"{kind.kind} {meta['namespace']}/{name}")
         return json.loads(data)
 
     async def create_applied(self, manifest: JsonDict) -> JsonDict | None:

@@ -233,8 +233,14 @@ class Verdict:
     message: str = ""
 
 
-def ownership(kind: str, obj: Obj | None, owner: Owner, volume: VolumeCheck | None = None) -> Verdict:
-    """The one ownership rule, for every child kind (the data claim's is ``volume`` when given)."""
+def ownership(
+    kind: str, obj: Obj | None, owner: Owner, volume: VolumeCheck | None = None, owner_kind: str = KIND
+) -> Verdict:
+    """The one ownership rule, for every object the operator writes or deletes on behalf of a
+    resource: the memory's children, and the Jobs and VestigeBackups of its backups (``owner`` is
+    then the VestigeBackup or VestigeMemory the object is for, ``owner_kind`` its kind). An object
+    is this owner's when its controller owner reference names the owner's uid; the data claim's
+    rule is ``volume`` when given (a retained claim records its agent)."""
     if obj is None:
         return Verdict("absent")
     name = _meta(obj).get("name", "")
@@ -245,19 +251,19 @@ def ownership(kind: str, obj: Obj | None, owner: Owner, volume: VolumeCheck | No
     ref = _controller(obj)
     if ref is not None and ref.get("uid") == owner.uid:
         return Verdict("owned")
-    if ref is not None and ref.get("kind") == KIND and ref.get("name") == owner.name:
+    if ref is not None and ref.get("kind") == owner_kind and ref.get("name") == owner.name:
         return Verdict(
             "stale",
             "PreviousOwner",
-            f"{kind} {name} belongs to an earlier VestigeMemory {owner.name} (uid {ref.get('uid')}): "
+            f"{kind} {name} belongs to an earlier {owner_kind} {owner.name} (uid {ref.get('uid')}): "
             "waiting for the garbage collector to delete it",
         )
     return Verdict(
         "foreign",
         REASON_NOT_OWNED,
-        f"{kind} {name} exists and is not owned by this VestigeMemory (it was not created by the "
+        f"{kind} {name} exists and is not owned by this {owner_kind} (it was not created by the "
         "operator for it), so the operator does not modify, adopt or delete it: delete or rename "
-        f"that {kind}, or give this VestigeMemory another name",
+        f"that {kind}, or give this {owner_kind} another name",
     )
 
 

@@ -531,3 +531,92 @@ def test_backup_of_a_missing_memory_fails_after_the_grace(
         assert status["phase"] == "Failed" and status["message"] == "VestigeMemory ghost not found"
     finally:
         h.close()
+
+
+@pytest.mark.usefixtures("crd_installed")
+def test_a_restore_from_another_namespace_is_refused_before_any_pod(
+    kubectl: Kubectl, namespace: str, s3: S3Server, operator_factory: Any
+) -> None:
+    """The operator reads every namespace's backups; it never carries one tenant's snapshot into
+    another's: the memory stalls (RestoreRefused, one event) and no Deployment is created."""
+    op: OperatorProcess = operator_factory(namespace, env={"VESTIGE_BACKUP_INTERVAL_SECONDS": "1"})
+    op.wait_ready()
+    doc = {
+        "apiVersion": "vestige.dev/v1alpha1",
+        "kind": "VestigeMemory",
+        "metadata": {"name": "thief"},
+        "spec": {
+            "pod": {"nodeSelector": UNSCHEDULABLE},
+            "restore": {
+                "fromBackup": {
+                    "source": "other-tenant/agent",
+                    "latest": True,
+                    "destination": json.loads(_memory("x", s3))["spec"]["backup"]["destination"],
+                }
+            },
+        },
+    }
+    kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(doc))
+
+    def stalled() -> dict[str, Any] | None:
+        conds = (must_get(kubectl, namespace, "vestigememory", "thief").get("status") or {}).get(
+            "conditions"
+        ) or []
+        return next((c for c in conds if c["type"] == "Stalled" and c["status"] == "True"), None)
+
+    cond = wait_until(stalled, timeout=60, what="Stalled RestoreRefused")
+    assert cond["reason"] == "RestoreRefused" and "another namespace" in cond["message"], cond
+    assert get(kubectl, namespace, "deployment", "thief") is None
+    events = wait_until(lambda: _events(kubectl, namespace, "thief", "RestoreRefused"), what="the event")
+    assert len(events) == 1 and events[0]["type"] == "Warning", events
+
+
+@pytest.mark.usefixtures("crd_installed")
+def test_a_job_the_operator_did_not_create_is_never_read_adopted_or_deleted(
+    kubectl: Kubectl, namespace: str, s3: S3Server, operator_factory: Any
+) -> None:
+    """A Job planted under the name of a backup's Job (with the operator's labels, claiming
+    success) fails that backup with a named reason; the Job keeps its uid, spec and owners."""
+    op: OperatorProcess = operator_factory(namespace, env={"VESTIGE_BACKUP_INTERVAL_SECONDS": "1"})
+    op.wait_ready()
+    _creds_secret(kubectl, namespace, s3)
+    kubectl("-n", namespace, "apply", "-f", "-", input=_memory("agent", s3))
+    planted = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": b.job_name("manual"),
+            "labels": {
+                "app.kubernetes.io/managed-by": "vestige-operator",
+                "app.kubernetes.io/component": "backup",
+                LABEL_MEMORY: "agent",
+            },
+        },
+        "spec": {
+            "suspend": True,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": UNSCHEDULABLE,
+                    "containers": [{"name": "backup", "image": "example.org/not-the-runner:1"}],
+                }
+            },
+        },
+    }
+    kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(planted))
+    before = must_get(kubectl, namespace, "job", b.job_name("manual"))
+    kubectl("-n", namespace, "apply", "-f", "-", input=_vbak("manual", "agent"))
+
+    def finished() -> dict[str, Any] | None:
+        status = must_get(kubectl, namespace, "vestigebackup", "manual").get("status") or {}
+        return status if status.get("phase") in ("Completed", "Failed") else None
+
+    status = wait_until(finished, timeout=60, what="the backup to finish")
+    assert status["phase"] == "Failed" and "not owned by this VestigeBackup" in status["message"], status
+    assert "sha256" not in status
+    after = must_get(kubectl, namespace, "job", b.job_name("manual"))
+    assert after["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["metadata"].get("ownerReferences") is None
+    assert after["spec"]["template"]["spec"]["containers"][0]["image"] == "example.org/not-the-runner:1"
+    events = wait_until(lambda: _events(kubectl, namespace, "agent", "BackupFailed"), what="the event")
+    assert len(events) == 1 and b.job_name("manual") in events[0]["message"], events

@@ -142,7 +142,11 @@ def quiet_window(op: OperatorProcess, resyncs: int = 3) -> dict[str, int]:
 
 def writes(op: OperatorProcess) -> list[str]:
     """The operator's writes so far, in order (status patches and applies), as logged."""
-    return log_messages(op, "status of") + log_messages(op, "applying")
+    return [
+        m
+        for m in (str(line.get("message", "")) for line in op.log_lines())
+        if m.startswith("status of") or m.startswith("applying")
+    ]
 
 
 def settle(op: OperatorProcess, resyncs: int = 6) -> list[str]:
@@ -355,7 +359,9 @@ def test_bad_input_stalls_with_a_condition_and_one_event_and_no_hot_loop(
     kubectl("-n", ns, "create", "secret", "generic", "byo", "--from-literal=other=not-the-token-123456")
     apply_memory(kubectl, ns, "first", {"ingress": {"enabled": True, "host": host}})
     wait_settled(kubectl, ns, "first")
-    apply_memory(kubectl, ns, "second", {"ingress": {"enabled": True, "host": host}})
+    # One host belongs to one agent whatever the path: another path under it is refused too.
+    other_path = {"enabled": True, "host": host, "path": "/mcp", "pathType": "Exact"}
+    apply_memory(kubectl, ns, "second", {"ingress": other_path})
     apply_memory(kubectl, ns, "nokey", {"auth": {"existingSecret": {"name": "byo", "key": "token"}}})
     apply_memory(kubectl, ns, "noclass", {"storage": {"storageClassName": storage_class_name}})
 
@@ -382,10 +388,14 @@ def test_bad_input_stalls_with_a_condition_and_one_event_and_no_hot_loop(
 
     # Stuck resources cost nothing but the checks they need: no status write, no apply, one
     # Event each (not one per pass), and the operator keeps running (no crash loop).
+    # A watched fact may still change once (the claim of a stalled memory binding late is a new
+    # StorageReady): at most one write per resource in the window, never one per resync.
     writes_before = settle(op)
     window = quiet_window(op, 4)
-    writes_after = writes(op)
-    assert writes_after == writes_before, [w for w in writes_after if w not in writes_before]
+    late = writes(op)[len(writes_before) :]
+    per_resource = Counter(w.split(":")[0] for w in late)
+    assert all(n <= 1 for n in per_resource.values()), late
+    assert not [w for w in late if w.startswith("applying")], late
     # Per pass at most: a GET of the existingSecret and a GET of the StorageClass.
     assert window["api_requests"] <= 2 * window["resyncs"] + 2, window
     events = {name: warning_events(kubectl, ns, name) for name in expected}
@@ -421,7 +431,7 @@ def test_bad_input_stalls_with_a_condition_and_one_event_and_no_hot_loop(
     for name in expected:
         wait_settled(kubectl, ns, name, timeout=recovery)
     assert must_get(kubectl, ns, "ingress", "second")["spec"]["rules"][0]["host"] == host
-    assert must_get(kubectl, ns, "vmem", "second")["status"]["url"] == f"http://{host}/"
+    assert must_get(kubectl, ns, "vmem", "second")["status"]["url"] == f"http://{host}/mcp"
 
     record(
         "bad_input",

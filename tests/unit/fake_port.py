@@ -100,6 +100,10 @@ class FakePort:
         kind_of(manifest)
         self._count("create", manifest["kind"])
         meta = manifest["metadata"]
+        if "name" not in meta:  # generateName: the API server adds 5 random characters
+            manifest = copy.deepcopy(manifest)
+            meta = manifest["metadata"]
+            meta["name"] = meta.pop("generateName") + uuid.uuid4().hex[:5]
         if (manifest["kind"], meta["namespace"], meta["name"]) in self.objects:
             self.errors[("create", manifest["kind"], 409)] += 1
             return None
