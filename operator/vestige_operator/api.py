@@ -1065,6 +1065,8 @@ MAX_AGE_PATTERN = r"^[1-9][0-9]{0,5}(m|h|d|w)$"
 SOURCE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z]([-a-z0-9]*[a-z0-9])?$"
 #: An object key below a prefix (no leading slash, no control characters).
 OBJECT_KEY_PATTERN = r"^[^/\x00-\x1f][^\x00-\x1f]*$"
+#: A SHA-256 digest in lower-case hex (as VestigeBackup status.sha256 records it).
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 MAX_OBJECT_KEY_LENGTH = 1024
 _MAX_AGE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -1233,6 +1235,17 @@ class RestoreSource(SpecModel):
     latest: bool | None = Field(
         default=None, description="Restore the newest snapshot under the prefix. Set key or latest."
     )
+    sha256: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=SHA256_PATTERN,
+        description=(
+            "SHA-256 (lower-case hex) the snapshot at key must have: copy it from the VestigeBackup "
+            "that wrote it (status.sha256); 64 characters. The restore refuses a snapshot with other "
+            "content. Only with key. Unset: the checksum the snapshot recorded when it was uploaded "
+            "is used."
+        ),
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -1240,7 +1253,11 @@ class RestoreSource(SpecModel):
                 {
                     "rule": "has(self.key) != (has(self.latest) && self.latest)",
                     "message": "restore.fromBackup: set key or latest: true (exactly one)",
-                }
+                },
+                {
+                    "rule": "!has(self.sha256) || has(self.key)",
+                    "message": "restore.fromBackup.sha256 pins the snapshot at key: set key with it",
+                },
             ]
         }
     )
@@ -1249,6 +1266,12 @@ class RestoreSource(SpecModel):
     def _key_xor_latest(self) -> RestoreSource:
         if (self.key is not None) == bool(self.latest):
             raise ValueError("restore.fromBackup: set key or latest: true (exactly one)")
+        return self
+
+    @model_validator(mode="after")
+    def _sha256_needs_key(self) -> RestoreSource:
+        if self.sha256 is not None and self.key is None:
+            raise ValueError("restore.fromBackup.sha256 pins the snapshot at key: set key with it")
         return self
 
 
@@ -1319,7 +1342,11 @@ class VestigeBackupStatus(StatusModel):
         json_schema_extra={"format": "int64"},
     )
     sha256: str | None = Field(
-        default=None, max_length=64, description="SHA-256 of the compressed snapshot (hex)."
+        default=None,
+        max_length=64,
+        description=(
+            "SHA-256 of the compressed snapshot (hex); a restore may pin it (restore.fromBackup.sha256)."
+        ),
     )
     vestige_version: str | None = Field(
         default=None,

@@ -517,6 +517,8 @@ def render_restore_init_container(owner: Owner, spec: VestigeMemorySpec, images:
     namespace, agent_id = restore_source(spec)
     args = ["restore", "--data-dir", VESTIGE_DATA_DIR]
     args += ["--key", source.key] if source.key else ["--latest"]
+    if source.sha256:
+        args += ["--expect-sha256", source.sha256]
     args += [
         "--prefix",
         key_space(source.destination, namespace, agent_id),

@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
 from vestige_operator import backup
 from vestige_operator.api import BackupRetention, VestigeMemorySpec
 from vestige_operator.children import render_deployment
@@ -309,6 +311,22 @@ def test_restore_init_container_has_the_only_credentials_of_the_agent_pod() -> N
     )
     init = render_deployment(OWNER, with_key, IMAGES, "h")["spec"]["template"]["spec"]["initContainers"][0]
     assert init["args"][3:5] == ["--key", "old/agent/x.tar.gz"]
+    assert "--expect-sha256" not in init["args"]
+    digest = "ab" * 32
+    pinned = VestigeMemorySpec.model_validate(
+        {
+            "restore": {
+                "fromBackup": {**with_key.restore.from_backup.model_dump(by_alias=True), "sha256": digest}
+            }
+        }  # type: ignore[union-attr]
+    )
+    init = render_deployment(OWNER, pinned, IMAGES, "h")["spec"]["template"]["spec"]["initContainers"][0]
+    assert init["args"][3:7] == ["--key", "old/agent/x.tar.gz", "--expect-sha256", digest]
+    for bad in ({"latest": True, "sha256": digest}, {"key": "old/agent/x.tar.gz", "sha256": "AB" * 32}):
+        with pytest.raises(ValidationError):
+            VestigeMemorySpec.model_validate(
+                {"restore": {"fromBackup": {"destination": S3, "source": "old/agent", **bad}}}
+            )
     assert (
         "initContainers"
         not in render_deployment(OWNER, VestigeMemorySpec(), IMAGES, "h")["spec"]["template"]["spec"]

@@ -127,7 +127,7 @@ def test_memory_backup_schema_names() -> None:
         "forcePathStyle",
     }
     restore = spec["restore"]["properties"]["fromBackup"]
-    assert set(restore["properties"]) == {"destination", "source", "key", "latest"}
+    assert set(restore["properties"]) == {"destination", "source", "key", "latest", "sha256"}
     assert restore["x-kubernetes-validations"][0]["message"].startswith("restore.fromBackup")
     status = crd.openapi_schema()["properties"]["status"]["properties"]["backup"]["properties"]
     assert set(status["lastSuccessful"]["properties"]) >= {"time", "key"}
@@ -164,6 +164,9 @@ def test_backup_spec_validation() -> None:
         ({"source": "agents/a", "latest": False}, False),
         ({"source": "a", "latest": True}, False),
         ({"source": "agents/a", "key": "x/../y"}, False),
+        ({"source": "agents/a", "key": "agents/a/x.tar.gz", "sha256": "0f" * 32}, True),
+        ({"source": "agents/a", "latest": True, "sha256": "0f" * 32}, False),
+        ({"source": "agents/a", "key": "agents/a/x.tar.gz", "sha256": "0f" * 31}, False),
     ],
 )
 def test_restore_key_xor_latest(source: dict[str, Any], ok: bool) -> None:

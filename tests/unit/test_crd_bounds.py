@@ -120,6 +120,10 @@ COUNTERPARTS: dict[str, tuple[str, str | None]] = {
     "EnvVar._value_xor_value_from": ("cel", "env: set value or valueFrom, not both"),
     "IngressSpec._tls_needs_host": ("cel", "ingress.tls needs ingress.host"),
     "RestoreSource._key_xor_latest": ("cel", "restore.fromBackup: set key or latest: true (exactly one)"),
+    "RestoreSource._sha256_needs_key": (
+        "cel",
+        "restore.fromBackup.sha256 pins the snapshot at key: set key with it",
+    ),
 }
 
 
