@@ -28,7 +28,13 @@ from vestige_operator.api import (
     VestigeGeneration,
     VestigeMemorySpec,
 )
-from vestige_operator.backup import render_restore_init_container, restore_volumes
+from vestige_operator.backup import (
+    continuous_enabled,
+    render_replication_sidecar,
+    render_restore_init_containers,
+    replication_volumes,
+    restore_volumes,
+)
 from vestige_operator.tokens import PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY, TOKEN_KEY, VESTIGE_TOKEN_KEY
 from vestige_operator.vocabulary import (
     ANNOTATION_AGENT_ID,
@@ -47,6 +53,7 @@ from vestige_operator.vocabulary import (
     MANAGED_BY,
     TMP_DIR,
     VESTIGE_DATA_DIR,
+    VESTIGE_DATABASE,
     VESTIGE_HOST,
     VESTIGE_MCP_URL,
     VESTIGE_PORT,
@@ -65,8 +72,6 @@ from vestige_operator.vocabulary import (
 
 # -- Vestige's layout ---------------------------------------------------------------------------
 
-#: Vestige 1.x takes the database file, not its directory.
-VESTIGE_V1_DATABASE = f"{VESTIGE_DATA_DIR}/vestige.db"
 #: The shell Vestige 1.x/2.x runs under, behind mcp-proxy (both seen with the real 1.3.0/2.0.0,
 #: tests/bridge/test_real.py): they open `--data-dir` (the database file) without creating its
 #: directory, which a fresh volume lacks (`XDG_DATA_HOME` is that directory, see below); and
@@ -400,7 +405,7 @@ def render_vestige_container(owner: Owner, spec: VestigeMemorySpec, images: Imag
             "vestige",
             "vestige-mcp",
             "--data-dir",
-            VESTIGE_V1_DATABASE,
+            VESTIGE_DATABASE,
         ]
         # 1.x/2.x write `backup`/`export` files under the parent of their XDG data dir
         # ($XDG_DATA_HOME, else $HOME/.local/share): on the volume beside the database, not in
@@ -529,9 +534,15 @@ def render_deployment(
     }
     if not spec.bridge.allow_anonymous:
         pod_spec["volumes"].append(render_auth_volume(owner, spec))
+    init: list[dict[str, Any]] = []
     if spec.restore is not None:  # fill a new, empty volume before Vestige starts (docs/backup.md)
-        pod_spec["initContainers"] = [render_restore_init_container(owner, spec, images)]
+        init += render_restore_init_containers(owner, spec, images)
         pod_spec["volumes"] += restore_volumes(spec)
+    if continuous_enabled(spec):  # a native sidecar: after the restore, before Vestige
+        init.append(render_replication_sidecar(owner, spec, images))
+        pod_spec["volumes"] += [v for v in replication_volumes(spec) if v not in pod_spec["volumes"]]
+    if init:
+        pod_spec["initContainers"] = init
     if pod_opts.node_selector:
         pod_spec["nodeSelector"] = dict(pod_opts.node_selector)
     if pod_opts.tolerations:

@@ -68,6 +68,8 @@ AUTH_VOLUME = "auth"
 #: The data volume, in the agent's pod and in the backup Jobs.
 DATA_MOUNT = "/data"
 VESTIGE_DATA_DIR = f"{DATA_MOUNT}/vestige"
+#: Vestige's SQLite store (every generation; 1.x takes the file itself as its ``--data-dir``).
+VESTIGE_DATABASE = f"{VESTIGE_DATA_DIR}/vestige.db"
 #: The containers' only writable scratch space (an emptyDir: the root filesystem is read-only).
 TMP_DIR = "/tmp"  # noqa: S108 (a path inside the pod)
 #: uid and gid of every container the operator runs (the images' USER).
@@ -85,10 +87,12 @@ class Owner:
 
 @dataclass(frozen=True, slots=True)
 class Images:
-    """Operator-wide default images (``spec.*.image`` overrides them)."""
+    """Operator-wide default images (``spec.*.image`` overrides them; the Litestream sidecar's is
+    the operator's only)."""
 
     vestige: str
     bridge: str
+    litestream: str
 
 
 # -- names -----------------------------------------------------------------------------------------

@@ -294,9 +294,12 @@ def test_the_pod_monitor_scrapes_every_agents_bridge() -> None:
     docs = by_key(render_chart(*PACK_ON))
     monitor = docs[("PodMonitor", NAMESPACE, f"{RELEASE}-bridges")]
     owner = Owner(name="agent-a", namespace="agents", uid="uid-a")
-    pod = render_deployment(owner, VestigeMemorySpec(), Images(vestige="v:1", bridge="b:1"), "hash")["spec"][
-        "template"
-    ]
+    pod = render_deployment(
+        owner,
+        VestigeMemorySpec(),
+        Images(vestige="v:1", bridge="b:1", litestream="example.org/litestream:0.5.18"),
+        "hash",
+    )["spec"]["template"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     bridge = next(c for c in pod["spec"]["containers"] if c["name"] == "bridge")

@@ -10,7 +10,9 @@ from vestige_operator.children import IngressClaim, render_children, render_pvc
 from vestige_operator.vocabulary import Images, Owner
 
 OWNER = Owner(name="a", namespace="team", uid="uid-a")
-IMAGES = Images(vestige="example.org/vestige:3", bridge="example.org/bridge:1")
+IMAGES = Images(
+    vestige="example.org/vestige:3", bridge="example.org/bridge:1", litestream="example.org/litestream:0.5.18"
+)
 
 
 def live(spec: VestigeMemorySpec) -> dict[str, list[dict[str, Any]]]:
