@@ -175,10 +175,10 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
     return {"ok": True, "key": key, "sha256": sha256, "files": files, "message": f"restored {key}"}
 
 
-#: Where Litestream keeps its files under a replica's path: ``ltx/<level>/<min>-<max>.ltx``;
-#: level 9 holds the full snapshots (the start of every restore).
-LTX_DIR = "ltx"
-SNAPSHOT_LEVEL = 9
+#: Where Litestream's S3 client keeps its files under a replica's path:
+#: ``<level, 4 digits>/<minTXID>-<maxTXID>.ltx``; level 9 holds the full snapshots (the start of
+#: every restore).
+SNAPSHOT_LEVEL_DIR = "0009/"
 
 
 def _parse_time(value: str) -> datetime:
@@ -213,7 +213,7 @@ def run_restore_check(args: argparse.Namespace, now: datetime | None = None) -> 
     if not under(args.prefix, replica) or not args.prefix.endswith(f"{who}/"):
         raise store.StoreError(f"replica {args.replica} is not in agent {who}'s key space {args.prefix}")
     bucket = Store(_target(args))
-    files = bucket.list_keys(f"{replica}{LTX_DIR}/")
+    files = [(key, when) for key, when in bucket.list_keys(replica) if key.endswith(".ltx")]
     if not files:
         raise store.RestoreRefused(
             f"no continuous replica of agent {who} under {replica} in {bucket.target.where}: nothing "
@@ -227,7 +227,7 @@ def run_restore_check(args: argparse.Namespace, now: datetime | None = None) -> 
                 f"point in time {args.point_in_time} is in the future (now {now:%Y-%m-%dT%H:%M:%SZ}): "
                 "refused (use latest)"
             )
-        level = f"{replica}{LTX_DIR}/{SNAPSHOT_LEVEL}/"
+        level = f"{replica}{SNAPSHOT_LEVEL_DIR}"
         snapshots = [bucket.replica_time(key, modified) for key, modified in files if key.startswith(level)]
         oldest = min(snapshots) if snapshots else None
         if oldest is None or when < oldest:
