@@ -1167,9 +1167,10 @@ class S3Destination(SpecModel):
         pattern=r"^([^/\x00-\x1f][^\x00-\x1f]*/)?$",
         description=(
             "Bucket prefix (ends with /) put IN FRONT of every key; the operator derives the rest: "
-            "snapshots go to `<prefix><namespace>/<agentId>/<backup>.tar.gz` (for restore: the "
-            "namespace and agent id of spec.restore.fromBackup.source), so two namespaces or two "
-            "agents never share keys."
+            "snapshots go to `<prefix><namespace>/<agentId>/<backup>.tar.gz`, the continuous "
+            "replica to `<prefix><namespace>/<agentId>/litestream/` (for restore: the namespace and "
+            "agent id of spec.restore.fromBackup.source), so two namespaces or two agents never "
+            "share keys."
         ),
     )
     region: str = Field(
@@ -1181,8 +1182,9 @@ class S3Destination(SpecModel):
     )
     credentials_secret: SecretRef = Field(
         description=(
-            "Secret with the keys `accessKeyId` and `secretAccessKey`. Mounted only into the backup "
-            "Job's pod and the restore init container, never into the bridge or Vestige containers."
+            "Secret with the keys `accessKeyId` and `secretAccessKey`. Given only to the backup "
+            "Job's pod, the restore init containers and (backup.continuous) the Litestream sidecar, "
+            "never to the bridge or Vestige containers."
         )
     )
     ca_secret: CASecretRef | None = Field(

@@ -2,9 +2,9 @@
 ``/etc/litestream.yml`` (``images/litestream/litestream.yml``) plus environment variables, with
 the S3 credentials only in the environment (as the sidecar gets them from a Secret).
 
-``replica_path`` is the key space rule of continuous backups (to move into the operator's
-backup module when the sidecar is wired in): derived from namespace and agent id, never free
-text, so one agent's replica can never be written or restored by another.
+``replica_path`` is the operator's key space rule of continuous backups
+(``vestige_operator.backup.replica_path``): derived from namespace and agent id, never free text,
+so one agent's replica can never be written or restored by another.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from vestige_operator.api import DNS1123_LABEL_PATTERN
+from vestige_operator import backup
+from vestige_operator.api import DNS1123_LABEL_PATTERN, BackupDestination
 
 from tests.litestream import build
 from tests.s3.server import S3Server
@@ -44,7 +45,10 @@ def replica_path(namespace: str, agent_id: str, prefix: str = "") -> str:
             raise ValueError(f"{what} must be a DNS label: {value!r}")
     if prefix and (not prefix.endswith("/") or prefix.startswith("/") or ".." in prefix.split("/")):
         raise ValueError(f"prefix must be empty or end with '/' (no leading '/', no '..'): {prefix!r}")
-    return f"{prefix}{namespace}/{agent_id}/litestream"
+    destination = BackupDestination.model_validate(
+        {"s3": {"bucket": "any-bucket", "prefix": prefix or None, "credentialsSecret": {"name": "any"}}}
+    )
+    return backup.replica_path(destination, namespace, agent_id)
 
 
 @dataclass(frozen=True)
