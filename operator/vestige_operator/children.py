@@ -29,6 +29,9 @@ from vestige_operator.api import (
     VestigeMemorySpec,
 )
 from vestige_operator.backup import (
+    LITESTREAM_RUN,
+    LITESTREAM_RUN_VOLUME,
+    LITESTREAM_SOCKET,
     continuous_enabled,
     render_replication_sidecar,
     render_restore_init_containers,
@@ -104,6 +107,7 @@ RESERVED_BRIDGE_ENV = frozenset(
         "VESTIGE_MCP_TOKEN",
         "VESTIGE_AUTH_TOKEN_DIR",
         "VESTIGE_AUTH_RELOAD_SECONDS",
+        "VESTIGE_REPLICATION_SOCKET",
         "HOME",
     }
 )
@@ -464,6 +468,9 @@ def render_bridge_container(owner: Owner, spec: VestigeMemorySpec, images: Image
     if not bridge.allow_anonymous:
         env.append({"name": "VESTIGE_AUTH_TOKEN_DIR", "value": AUTH_MOUNT})
         mounts.append({"name": AUTH_VOLUME, "mountPath": AUTH_MOUNT, "readOnly": True})
+    if continuous_enabled(spec):  # the replication lag, read from the sidecar's control socket
+        env.append({"name": "VESTIGE_REPLICATION_SOCKET", "value": LITESTREAM_SOCKET})
+        mounts.append({"name": LITESTREAM_RUN_VOLUME, "mountPath": LITESTREAM_RUN, "readOnly": True})
     env += _user_env(bridge.env, RESERVED_BRIDGE_ENV)
 
     def probe(path: str, **timing: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ so one agent's replica can never be written or restored by another.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import httpx
+from vestige_bridge import replication
 from vestige_operator import backup
 from vestige_operator.api import DNS1123_LABEL_PATTERN, BackupDestination
 
@@ -147,18 +148,9 @@ class Litestream:
 
 
 def last_sync_at(socket: Path) -> datetime | None:
-    """When the replica last held every change of the store (``GET /list`` of the control API,
-    ``last_sync_at``): Litestream records it after each sync that left nothing to upload, so it
-    advances every sync interval while replication is healthy (idle or not) and stops while
-    uploads fail. ``now - last_sync_at`` is the replication lag."""
-    transport = httpx.HTTPTransport(uds=str(socket))
-    with httpx.Client(transport=transport, base_url="http://litestream", timeout=5) as client:
-        answer = client.get("/list")
-    answer.raise_for_status()
-    databases = answer.json()["databases"]
-    stamp = databases[0].get("last_sync_at") if databases else None
-    # Go writes nanoseconds; Python reads at most microseconds
-    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", stamp)) if stamp else None
+    """When the replica last held every change of the store: the bridge's reader of the control
+    socket (``vestige_bridge.replication``, the one place the lag is measured), run here."""
+    return asyncio.run(replication.last_sync_at(socket, seconds=5))
 
 
 def restore(

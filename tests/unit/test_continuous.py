@@ -270,3 +270,29 @@ def test_the_snapshot_restore_is_unchanged() -> None:
         "/data/vestige",
         "--latest",
     ]
+
+
+def test_the_bridge_reads_the_lag_from_the_sidecars_socket() -> None:
+    pod = _pod(_spec())
+    bridge = next(c for c in pod["containers"] if c["name"] == "bridge")
+    assert _env(bridge)["VESTIGE_REPLICATION_SOCKET"] == "/run/litestream/litestream.sock"
+    assert {"name": "litestream-run", "mountPath": "/run/litestream", "readOnly": True} in bridge[
+        "volumeMounts"
+    ]
+    vestige = next(c for c in pod["containers"] if c["name"] == "vestige")
+    assert "litestream-run" not in {m["name"] for m in vestige["volumeMounts"]}
+    plain = next(c for c in _pod(VestigeMemorySpec())["containers"] if c["name"] == "bridge")
+    assert "VESTIGE_REPLICATION_SOCKET" not in _env(plain)
+
+
+def test_the_socket_answer_is_parsed() -> None:
+    from vestige_bridge import replication
+
+    body = {
+        "databases": [{"path": "/data/vestige/vestige.db", "last_sync_at": "2026-12-03T17:41:05.123456789Z"}]
+    }
+    parsed = replication.parse_list(body)
+    assert parsed is not None and parsed.isoformat() == "2026-12-03T17:41:05.123456+00:00"
+    assert replication.parse_list({"databases": [{"path": "x"}]}) is None
+    assert replication.parse_list({"databases": []}) is None
+    assert replication.parse_list(["bogus"]) is None
