@@ -13,7 +13,8 @@ be there.
 2. A NEW memory restored at a time between two ingests holds those before it only.
 3. The S3 server down for a minute: the agent keeps serving (every ingest acknowledged);
    replication catches up afterwards: a restore at "latest" holds every memory.
-   (The ReplicationHealthy condition and the Warning event are not built yet: not checked.)
+   (The ReplicationHealthy condition and the Warning event are not built yet: not checked; the
+   bridge's lag gauge is checked while replication runs.)
 4. A time outside the retained window, and another namespace's replica, are refused with
    Stalled RestoreRefused; the refused volume is not touched.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import time
@@ -168,6 +170,12 @@ def test_crash_point_in_time_outage_and_refusals(
     for container in pod["containers"]:
         assert not any(e["name"].startswith("AWS_") for e in container.get("env", []))
     time.sleep(5)  # the first snapshot is written when the sidecar sees the store
+    # the bridge reads the lag from the sidecar's socket (its emptyDir, mounted read-only)
+    with src.client() as http:
+        text = http.get("/metrics").text
+    gauges = dict(re.findall(r"^(vestige_bridge_replication_\w+) (\S+)$", text, re.M))
+    assert gauges.get("vestige_bridge_replication_up") == "1.0", text[-2000:]
+    assert float(gauges["vestige_bridge_replication_lag_seconds"]) < 10, gauges
     acked: dict[int, float] = {}
 
     # 2. a moment between two ingests
