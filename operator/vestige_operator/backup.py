@@ -325,16 +325,18 @@ def _target_args(destination: BackupDestination) -> list[str]:
     return args
 
 
-def _ca_volume(destination: BackupDestination) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _ca_volume(
+    destination: BackupDestination, name: str = "backup-ca", mount: str = CA_MOUNT
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts) for the CA bundle, if any."""
     ca = destination.s3.ca_secret
     if ca is None:
         return [], []
     volume = {
-        "name": "backup-ca",
+        "name": name,
         "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": ca.key}]},
     }
-    return [volume], [{"name": "backup-ca", "mountPath": CA_MOUNT, "readOnly": True}]
+    return [volume], [{"name": name, "mountPath": mount, "readOnly": True}]
 
 
 def vestige_version(spec: VestigeMemorySpec, images: Images) -> str:
@@ -582,6 +584,10 @@ LITESTREAM_SOCKET = f"{LITESTREAM_RUN}/litestream.sock"
 LITESTREAM_RUN_VOLUME = "litestream-run"
 LITESTREAM_METRICS_PORT = 9091
 LITESTREAM_PORT_NAME = "litestream"
+#: The sidecar's CA bundle: its own volume (the memory's destination may name another CA than
+#: the restore's source, whose bundle is at CA_MOUNT).
+SIDECAR_CA_VOLUME = "litestream-ca"
+SIDECAR_CA_MOUNT = "/etc/litestream/ca"
 #: Per-sync files are kept this long after compaction: a point in time inside it is restored to
 #: the sync; older ones to the level-1 compaction (30 s) before it.
 LITESTREAM_L0_RETENTION = "1h"
@@ -599,7 +605,10 @@ def monitor_interval(sync_interval: str) -> str:
 
 
 def litestream_env(
-    destination: BackupDestination, path: str, continuous: ContinuousBackupSpec | None
+    destination: BackupDestination,
+    path: str,
+    continuous: ContinuousBackupSpec | None,
+    ca_mount: str = CA_MOUNT,
 ) -> list[dict[str, Any]]:
     """The environment of a Litestream container (images/litestream/litestream.yml reads every
     value from it): the replica at ``path`` and, for the sidecar (``continuous``), its intervals,
@@ -624,7 +633,7 @@ def litestream_env(
     }
     env = [{"name": name, "value": value} for name, value in values.items()]
     if s3.ca_secret is not None:  # the AWS SDK for Go reads a private CA bundle from here
-        env.append({"name": "AWS_CA_BUNDLE", "value": f"{CA_MOUNT}/{s3.ca_secret.key}"})
+        env.append({"name": "AWS_CA_BUNDLE", "value": f"{ca_mount}/{s3.ca_secret.key}"})
     return env + _credentials_env(destination)
 
 
@@ -642,13 +651,13 @@ def render_replication_sidecar(owner: Owner, spec: VestigeMemorySpec, images: Im
         raise ValueError("the memory has no spec.backup.continuous")
     destination = spec.backup.destination
     path = replica_path(destination, owner.namespace, spec.effective_agent_id(owner.name))
-    _, ca_mounts = _ca_volume(destination)
+    _, ca_mounts = _ca_volume(destination, SIDECAR_CA_VOLUME, SIDECAR_CA_MOUNT)
     return {
         "name": "litestream",
         "image": images.litestream,
         "args": ["replicate"],
         "restartPolicy": "Always",
-        "env": litestream_env(destination, path, spec.backup.continuous),
+        "env": litestream_env(destination, path, spec.backup.continuous, SIDECAR_CA_MOUNT),
         "ports": [
             {"name": LITESTREAM_PORT_NAME, "containerPort": LITESTREAM_METRICS_PORT, "protocol": "TCP"}
         ],
@@ -669,11 +678,10 @@ def render_replication_sidecar(owner: Owner, spec: VestigeMemorySpec, images: Im
 
 
 def replication_volumes(spec: VestigeMemorySpec) -> list[dict[str, Any]]:
-    """Extra pod volumes of the sidecar: the control socket's emptyDir, the CA bundle if any (not
-    again when the restore already mounts the same one)."""
+    """Extra pod volumes of the sidecar: the control socket's emptyDir, its CA bundle if any."""
     if not continuous_enabled(spec) or spec.backup is None:
         return []
-    ca_volumes, _ = _ca_volume(spec.backup.destination)
+    ca_volumes, _ = _ca_volume(spec.backup.destination, SIDECAR_CA_VOLUME, SIDECAR_CA_MOUNT)
     return [{"name": LITESTREAM_RUN_VOLUME, "emptyDir": {}}, *ca_volumes]
 
 

@@ -547,7 +547,7 @@ def render_deployment(
         pod_spec["volumes"] += restore_volumes(spec)
     if continuous_enabled(spec):  # a native sidecar: after the restore, before Vestige
         init.append(render_replication_sidecar(owner, spec, images))
-        pod_spec["volumes"] += [v for v in replication_volumes(spec) if v not in pod_spec["volumes"]]
+        pod_spec["volumes"] += replication_volumes(spec)
     if init:
         pod_spec["initContainers"] = init
     if pod_opts.node_selector:

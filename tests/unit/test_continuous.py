@@ -176,21 +176,22 @@ def test_disabled_or_absent_means_no_sidecar() -> None:
         assert "litestream-run" not in {v["name"] for v in pod["volumes"]}
 
 
-def test_a_private_ca_reaches_litestream_once() -> None:
-    with_ca = {"s3": {**S3["s3"], "caSecret": {"name": "s3-ca"}}}
+def test_each_private_ca_reaches_its_litestream_container() -> None:
+    source_ca = {"s3": {**S3["s3"], "caSecret": {"name": "old-ca"}}}
+    own_ca = {"s3": {**S3["s3"], "caSecret": {"name": "own-ca", "key": "bundle.pem"}}}
+    restore = {"fromBackup": {"destination": source_ca, "source": "team-a/old", "pointInTime": "latest"}}
     spec = VestigeMemorySpec.model_validate(
-        {
-            "backup": {"destination": with_ca, "continuous": {"enabled": True}},
-            "restore": {
-                "fromBackup": {"destination": with_ca, "source": "team-a/old", "pointInTime": "latest"}
-            },
-        }
+        {"backup": {"destination": own_ca, "continuous": {"enabled": True}}, "restore": restore}
     )
     pod = _pod(spec)
-    names = [v["name"] for v in pod["volumes"]]
-    assert names.count("backup-ca") == 1
-    sidecar = pod["initContainers"][-1]
-    assert _env(sidecar)["AWS_CA_BUNDLE"] == "/etc/vestige-backup/ca/ca.crt"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert len(volumes) == len(pod["volumes"])  # no name twice
+    assert volumes["backup-ca"]["secret"]["secretName"] == "old-ca"
+    assert volumes["litestream-ca"]["secret"]["secretName"] == "own-ca"
+    _, fill, sidecar = pod["initContainers"]
+    assert _env(fill)["AWS_CA_BUNDLE"] == "/etc/vestige-backup/ca/ca.crt"
+    assert _env(sidecar)["AWS_CA_BUNDLE"] == "/etc/litestream/ca/bundle.pem"
+    assert {m["name"] for m in sidecar["volumeMounts"]} == {"data", "litestream-run", "litestream-ca"}
 
 
 def test_the_variables_are_the_configuration_files() -> None:
