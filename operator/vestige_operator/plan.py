@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vestige_operator import KIND
-from vestige_operator.api import VestigeMemorySpec, parse_quantity
+from vestige_operator.api import VestigeBackupGrantSpec, VestigeMemorySpec, parse_quantity
 from vestige_operator.backup import restore_problem
 from vestige_operator.children import (
     IngressClaim,
@@ -420,6 +420,7 @@ def plan(
     pvc: Obj | None,
     pvc_readable: bool = True,
     ingress_holder: IngressClaim | None = None,
+    restore_grants: Sequence[VestigeBackupGrantSpec] = (),
 ) -> Plan:
     """The writes of one pass.
 
@@ -428,7 +429,8 @@ def plan(
     not cached); ``auth_hash`` the internal token's hash (None: unavailable, no Deployment);
     ``ingress_holder`` the earlier resource routing this one's Ingress host, if any;
     ``pvc_readable`` False: the claim's name could not be read (no claim and no Deployment are
-    written this pass).
+    written this pass); ``restore_grants`` the VestigeBackupGrants of the restore source's
+    namespace.
     """
     deployment = _named(cached.get("Deployment", ()), owner.name)
     if pvc_readable:
@@ -444,7 +446,7 @@ def plan(
         held.append("Ingress")
     deployment_mine = deployment is not None and ownership("Deployment", deployment, owner).state == "owned"
     # Checked until the pod first exists: a restore fills the new volume before Vestige first starts.
-    restore_refused = restore_problem(owner, spec) if deployment is None else None
+    restore_refused = restore_problem(owner, spec, restore_grants) if deployment is None else None
     if restore_refused is not None:  # never carry another tenant's snapshot into this volume
         manifests = [m for m in manifests if m["kind"] != "Deployment"]
         held.append("Deployment")

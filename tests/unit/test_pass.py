@@ -42,6 +42,8 @@ class World:
             new_token=lambda: f"token-{next(counter):04d}-0123456789abcdef",
         )
         self.hosts = hosts or {}
+        #: namespace -> VestigeBackupGrant specs (the grant watch's cache)
+        self.grants: dict[str, list[dict[str, Any]]] = {}
 
     def memory(self, name: str, spec: dict[str, Any] | None = None, **annotations: str) -> dict[str, Any]:
         existing = self.port.objects.get(("VestigeMemory", NS, name))
@@ -68,7 +70,7 @@ class World:
                 owners[(ns, name)] = [trim_owner(obj)]
             elif kind in children and labels.get(LABEL_MANAGED_BY) == MANAGED_BY and LABEL_INSTANCE in labels:
                 children[kind].setdefault((ns, labels[LABEL_INSTANCE]), []).append(trim(obj))
-        self.rec.attach(owners, children, self.hosts)
+        self.rec.attach(owners, children, self.hosts, grants=self.grants)
 
     async def run(self, name: str) -> float | None:
         self.attach()
@@ -362,3 +364,37 @@ async def test_the_queue_arms_the_pass_at_the_expiry_not_a_timer_of_the_pass() -
     assert w.rec.queue.depth() == {"queued": 0, "running": 0, "backoff": 0}
     w.rec.forget((NS, "a"), None)
     assert not w.rec.queue.scheduled((NS, "a"))
+
+
+# -- restore across namespaces ---------------------------------------------------------------------
+
+
+async def test_a_restore_from_another_namespace_waits_for_the_source_sides_grant() -> None:
+    w = World()
+    s3 = {"s3": {"bucket": "bkt", "credentialsSecret": {"name": "creds"}}}
+    source = {"destination": s3, "source": "victims/their-agent", "latest": True}
+    w.memory("copy", {"restore": {"fromBackup": source}})
+    await w.settle("copy")
+    stalled = w.condition("copy", "Stalled")
+    assert stalled is not None and stalled["reason"] == "RestoreRefused", stalled
+    assert ("Deployment", NS, "copy") not in w.port.objects
+    assert w.rec.restore_sources_in("victims") == [(NS, "copy")] and w.rec.restore_sources_in(NS) == []
+    # A grant in the restoring namespace, or for another agent, or an invalid one, is not enough.
+    w.grants[NS] = [{"from": [{"namespace": NS}], "to": [{"agentId": "their-agent"}]}]
+    w.grants["victims"] = [
+        {"from": [{"namespace": NS}], "to": [{"agentId": "another-agent"}]},
+        {"from": [{"namespace": "*"}], "to": [{"agentId": "their-agent"}]},
+    ]
+    await w.settle("copy")
+    assert ("Deployment", NS, "copy") not in w.port.objects
+    # The source side grants it: the pod is created, restoring from the source's key space.
+    w.grants["victims"].append({"from": [{"namespace": NS}], "to": [{"agentId": "their-agent"}]})
+    await w.settle("copy")
+    deployment = w.port.objects[("Deployment", NS, "copy")]
+    args = deployment["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert args[args.index("--prefix") + 1] == "victims/their-agent/"
+    assert (w.condition("copy", "Stalled") or {}).get("status") == "False"
+    # Revoked after the pod exists: the restore is not undone, and nothing is deleted.
+    w.grants["victims"].pop()
+    await w.settle("copy")
+    assert ("Deployment", NS, "copy") in w.port.objects

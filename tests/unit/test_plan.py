@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vestige_operator import plan as p
-from vestige_operator.api import VestigeMemorySpec
+from vestige_operator.api import VestigeBackupGrantSpec, VestigeMemorySpec
 from vestige_operator.children import IngressClaim, render_children, render_pvc
 from vestige_operator.vocabulary import Images, Owner
 
@@ -133,3 +133,11 @@ def test_a_restore_from_another_namespace_never_starts_the_pod() -> None:
     assert "Deployment" not in kinds(refused, p.Create)
     allowed = p.plan(OWNER, spec("team/old-agent"), IMAGES, "h", {}, pvc=None)
     assert allowed.restore_refused is None and "Deployment" in kinds(allowed, p.Create)
+    grant = VestigeBackupGrantSpec.model_validate(
+        {"from": [{"namespace": OWNER.namespace}], "to": [{"agentId": "their-agent"}]}
+    )
+    granted = p.plan(OWNER, spec("victims/their-agent"), IMAGES, "h", {}, pvc=None, restore_grants=[grant])
+    assert granted.restore_refused is None and "Deployment" in kinds(granted, p.Create)
+    init = next(a.manifest for a in granted.actions if isinstance(a, p.Create) and a.kind == "Deployment")
+    args = init["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert args[args.index("--expect-namespace") + 1] == "victims"
