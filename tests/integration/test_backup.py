@@ -88,6 +88,32 @@ def _memory(
     return json.dumps(doc)
 
 
+def _restoring(name: str, source: str, s3: S3Server) -> str:
+    """A VestigeMemory (pods never scheduled) whose volume starts from ``source``'s newest snapshot."""
+    doc = {
+        "apiVersion": "vestige.dev/v1alpha1",
+        "kind": "VestigeMemory",
+        "metadata": {"name": name},
+        "spec": {
+            "pod": {"nodeSelector": UNSCHEDULABLE},
+            "restore": {
+                "fromBackup": {
+                    "source": source,
+                    "latest": True,
+                    "destination": json.loads(_memory("x", s3))["spec"]["backup"]["destination"],
+                }
+            },
+        },
+    }
+    return json.dumps(doc)
+
+
+def _stalled(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any] | None:
+    """The memory's Stalled condition while it is True."""
+    conds = (must_get(kubectl, ns, "vestigememory", name).get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c["type"] == "Stalled" and c["status"] == "True"), None)
+
+
 def _creds_secret(kubectl: Kubectl, ns: str, s3: S3Server) -> None:
     kubectl(
         "-n", ns, "create", "secret", "generic", "s3-creds",
@@ -449,22 +475,7 @@ def test_restore_refusal_stalls_the_memory(
 ) -> None:
     op: OperatorProcess = operator_factory(namespace, env={"VESTIGE_BACKUP_INTERVAL_SECONDS": "1"})
     op.wait_ready()
-    doc = {
-        "apiVersion": "vestige.dev/v1alpha1",
-        "kind": "VestigeMemory",
-        "metadata": {"name": "restored"},
-        "spec": {
-            "pod": {"nodeSelector": UNSCHEDULABLE},
-            "restore": {
-                "fromBackup": {
-                    "source": f"{namespace}/agent",
-                    "latest": True,
-                    "destination": json.loads(_memory("x", s3))["spec"]["backup"]["destination"],
-                }
-            },
-        },
-    }  # fmt: skip
-    kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(doc))
+    kubectl("-n", namespace, "apply", "-f", "-", input=_restoring("restored", f"{namespace}/agent", s3))
     dep = wait_until(lambda: get(kubectl, namespace, "deployment", "restored"), what="the Deployment")
     pod_spec = dep["spec"]["template"]["spec"]
     (init,) = pod_spec["initContainers"]
@@ -501,13 +512,7 @@ def test_restore_refusal_stalls_the_memory(
     kubectl("-n", namespace, "patch", "pod", pod["metadata"]["name"], "--subresource=status", "--type=merge",
             "-p", json.dumps(status))  # fmt: skip
 
-    def stalled() -> dict[str, Any] | None:
-        conds = (must_get(kubectl, namespace, "vestigememory", "restored").get("status") or {}).get(
-            "conditions"
-        ) or []
-        return next((c for c in conds if c["type"] == "Stalled" and c["status"] == "True"), None)
-
-    cond = wait_until(stalled, timeout=60, what="Stalled RestoreRefused")
+    cond = wait_until(lambda: _stalled(kubectl, namespace, "restored"), timeout=60, what="Stalled")
     assert cond["reason"] == "RestoreRefused" and "refusing to overwrite" in cond["message"]
     assert wait_until(
         lambda: _events(kubectl, namespace, "restored", "RestoreRefused"), what="the Warning event"
@@ -555,21 +560,6 @@ def test_a_restore_from_another_namespace_needs_the_source_sides_grant(
         namespace, source_namespace, env={"VESTIGE_BACKUP_INTERVAL_SECONDS": "1"}
     )
     op.wait_ready()
-    doc = {
-        "apiVersion": "vestige.dev/v1alpha1",
-        "kind": "VestigeMemory",
-        "metadata": {"name": "copy"},
-        "spec": {
-            "pod": {"nodeSelector": UNSCHEDULABLE},
-            "restore": {
-                "fromBackup": {
-                    "source": f"{source_namespace}/agent",
-                    "latest": True,
-                    "destination": json.loads(_memory("x", s3))["spec"]["backup"]["destination"],
-                }
-            },
-        },
-    }
 
     def grant(name: str, ns: str, allowed: str, agent: str) -> None:
         body = {
@@ -583,15 +573,8 @@ def test_a_restore_from_another_namespace_needs_the_source_sides_grant(
     # Grants that do not count: in the restoring namespace, or for another agent.
     grant("self-service", namespace, namespace, "agent")
     grant("other-agent", source_namespace, namespace, "someone-else")
-    kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(doc))
-
-    def stalled() -> dict[str, Any] | None:
-        conds = (must_get(kubectl, namespace, "vestigememory", "copy").get("status") or {}).get(
-            "conditions"
-        ) or []
-        return next((c for c in conds if c["type"] == "Stalled" and c["status"] == "True"), None)
-
-    cond = wait_until(stalled, timeout=60, what="Stalled RestoreRefused")
+    kubectl("-n", namespace, "apply", "-f", "-", input=_restoring("copy", f"{source_namespace}/agent", s3))
+    cond = wait_until(lambda: _stalled(kubectl, namespace, "copy"), timeout=60, what="Stalled RestoreRefused")
     assert cond["reason"] == "RestoreRefused" and "another namespace" in cond["message"], cond
     assert f"VestigeBackupGrant in namespace {source_namespace}" in cond["message"], cond
     assert get(kubectl, namespace, "deployment", "copy") is None
