@@ -30,6 +30,7 @@ from vestige_operator.backup import BackupSummary, restore_source
 from vestige_operator.children import IngressClaim, ignored_env, ingress_host_holder
 from vestige_operator.config import OperatorConfig
 from vestige_operator.port import ApiPort
+from vestige_operator.rollouts import Rollouts
 from vestige_operator.status import (
     ChildError,
     Observation,
@@ -186,6 +187,8 @@ class Reconciler:
             concurrency=config.max_concurrent_reconciles,
             max_backoff=config.resync_seconds,
         )
+        #: Slots for rollouts of new operator default images (at most max_fleet_rollouts at once).
+        self.rollouts = Rollouts(config.max_fleet_rollouts, self.request)
         self._owners: Cache = {}
         self._children: Mapping[str, Cache] = {}
         self._hosts: Mapping[str, Iterable[IngressClaim]] = {}
@@ -224,6 +227,7 @@ class Reconciler:
     def forget(self, key: Key, uid: str | None) -> None:
         """Drop per-resource state once a VestigeMemory is gone."""
         self.queue.forget(key)
+        self.rollouts.forget(key)
         if uid is not None:
             self._written.pop(uid, None)
 
@@ -380,6 +384,8 @@ class Reconciler:
             ingress_holder=self._ingress_holder(owner, spec),
             restore_grants=self._restore_grants(spec),
         )
+        self.rollouts.observe(key, _named(cached["Deployment"], name), self.images)
+        plan, rollout_waiting = self.rollouts.pace(key, plan)
         observed, applied, not_owned = await self._carry_out(owner, plan, errors)
         if token.not_owned is not None:
             not_owned.insert(0, token.not_owned[1:])
@@ -405,6 +411,7 @@ class Reconciler:
             or (backups.restore_problem(key) if backups is not None and spec.restore else None),
             not_owned=tuple(not_owned),
             rotation_refused=token.refused,
+            rollout_waiting=rollout_waiting,
         )
         new = compute_status(owner, spec, obs, previous, self._clock())
         await self._write_status(owner, previous, new)
