@@ -31,6 +31,8 @@ DEFAULT_METRICS_PORT = 8080
 DEFAULT_MAX_CONCURRENT_RECONCILES = 8
 #: Every this many resyncs the watch caches are checked against a metadata-only LIST.
 DEFAULT_VERIFY_RESYNCS = 10
+#: At most this many agents restart at once for new operator default images (0: all at once).
+DEFAULT_MAX_FLEET_ROLLOUTS = 10
 
 LogFormat = Literal["json", "plain"]
 
@@ -65,6 +67,16 @@ def _parse_positive_int(name: str, raw: str) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, got {raw!r}")
+    return value
+
+
+def _parse_count(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {raw!r}")
     return value
 
 
@@ -105,6 +117,7 @@ class OperatorConfig:
     verify_resyncs: int = DEFAULT_VERIFY_RESYNCS
     metrics_host: str = DEFAULT_METRICS_HOST
     metrics_port: int = DEFAULT_METRICS_PORT
+    max_fleet_rollouts: int = DEFAULT_MAX_FLEET_ROLLOUTS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -138,6 +151,10 @@ class OperatorConfig:
             ),
             metrics_host=env.get("VESTIGE_METRICS_HOST", "").strip() or DEFAULT_METRICS_HOST,
             metrics_port=_parse_port("VESTIGE_METRICS_PORT", env.get("VESTIGE_METRICS_PORT", "")),
+            max_fleet_rollouts=_parse_count(
+                "VESTIGE_MAX_FLEET_ROLLOUTS",
+                env.get("VESTIGE_MAX_FLEET_ROLLOUTS", str(DEFAULT_MAX_FLEET_ROLLOUTS)),
+            ),
         )
 
     def replace(self, **changes: object) -> OperatorConfig:

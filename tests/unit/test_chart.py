@@ -164,6 +164,7 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
             "defaultLitestreamImage": "registry.example/litestream:0.5.18",
             "maxConcurrentReconciles": 4,
             "verifyResyncs": 5,
+            "maxFleetRollouts": 0,
             "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
         },
         "metrics": {"port": 9090, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
@@ -194,6 +195,7 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
         "VESTIGE_LITESTREAM_IMAGE": "registry.example/litestream:0.5.18",
         "VESTIGE_MAX_CONCURRENT_RECONCILES": "4",
         "VESTIGE_VERIFY_RESYNCS": "5",
+        "VESTIGE_MAX_FLEET_ROLLOUTS": "0",
         "VESTIGE_NAMESPACES": "team-a,team-b",
         "HTTPS_PROXY": "http://proxy:3128",
     }

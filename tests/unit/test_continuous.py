@@ -297,3 +297,16 @@ def test_the_socket_answer_is_parsed() -> None:
     assert replication.parse_list({"databases": [{"path": "x"}]}) is None
     assert replication.parse_list({"databases": []}) is None
     assert replication.parse_list(["bogus"]) is None
+
+
+def test_the_default_images_annotation_records_the_sidecars_image() -> None:
+    """Paced rollouts compare the defaults a Deployment was rendered with: the sidecar's image is
+    one of them; an annotation written before it existed still decodes (the upgrade stays paced)."""
+    assert Images.decode(IMAGES.encode()) == IMAGES
+    old = Images.decode('{"bridge":"bridge:1","vestige":"vestige:3"}')
+    assert old is not None and (old.vestige, old.bridge) == ("vestige:3", "bridge:1")
+    # a change of the litestream default alone changes no pod of a memory without the sidecar
+    other = Images(vestige=IMAGES.vestige, bridge=IMAGES.bridge, litestream="example.org/litestream:9")
+    plain = VestigeMemorySpec()
+    assert _pod(plain) == render_deployment(OWNER, plain, other, "hash")["spec"]["template"]["spec"]
+    assert _pod(_spec()) != render_deployment(OWNER, _spec(), other, "hash")["spec"]["template"]["spec"]
