@@ -398,10 +398,11 @@ def test_bad_input_stalls_with_a_condition_and_one_event_and_no_hot_loop(
     assert not [w for w in late if w.startswith("applying")], late
     # No hot loop: the passes are the resyncs' (4 resources each) and a few a late watch event
     # brought (a claim binding), and a pass costs at most its one check (the existingSecret's GET,
-    # or the StorageClass's) plus a write the window logged. A loaded machine delivers late events,
-    # so the bound counts passes, not resyncs (seen in CI: 21 passes, 14 requests, 4 resyncs).
+    # or the StorageClass's) plus a write the window logged (and its Event). A loaded machine
+    # delivers late events, so the bound counts passes, not resyncs (seen in CI: 21 passes,
+    # 14 requests, 4 resyncs).
     assert window["passes"] <= 4 * (window["resyncs"] + 2), window
-    assert window["api_requests"] <= window["passes"] + len(late), window
+    assert window["api_requests"] <= window["passes"] + 2 * len(late), window  # a write and its Event
     events = {name: warning_events(kubectl, ns, name) for name in expected}
     for name, (reason, _) in expected.items():
         assert [e["reason"] for e in events[name]] == [reason], events[name]
