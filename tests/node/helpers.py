@@ -166,18 +166,23 @@ class Agent:
         )
         for pod in json.loads(pods.stdout)["items"]:
             out.append(json.dumps(pod.get("status", {}), indent=1)[:4000])
-            for c in pod["spec"]["containers"]:
-                logs = self.rn.kubectl(
-                    "-n",
-                    self.namespace,
-                    "logs",
-                    pod["metadata"]["name"],
-                    "-c",
-                    c["name"],
-                    "--tail=40",
-                    check=False,
-                )
-                out.append(f"--- logs {c['name']}:\n{logs.stdout[-3000:]}{logs.stderr[-500:]}")
+            containers = [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]
+            for c in containers:
+                for previous in ((), ("--previous",)):  # a restarted container's last run says why
+                    logs = self.rn.kubectl(
+                        "-n",
+                        self.namespace,
+                        "logs",
+                        pod["metadata"]["name"],
+                        "-c",
+                        c["name"],
+                        "--tail=40",
+                        *previous,
+                        check=False,
+                    )
+                    if logs.stdout or not previous:
+                        label = f"{c['name']}{' (previous)' if previous else ''}"
+                        out.append(f"--- logs {label}:\n{logs.stdout[-3000:]}{logs.stderr[-500:]}")
         events = self.rn.kubectl(
             "-n", self.namespace, "get", "events", "--sort-by=.lastTimestamp", check=False
         )
