@@ -144,21 +144,55 @@ class Leadership:
 
 
 class _TimedLeases:
-    """The three Lease calls the library makes, each with a request timeout."""
+    """The three Lease calls the library makes, each with a request timeout. A refusal other than
+    "absent" or "conflict" (RBAC, an unreachable API server) is logged as a warning once until a
+    call succeeds again: the library logs it at INFO only, and a replica that can never lead
+    should say why."""
 
     def __init__(self, api: kubernetes.client.CoordinationV1Api, timeout: float) -> None:
         self._api = api
         self._timeout = timeout
+        self._failing: str | None = None
+
+    def _call(self, verb: str, fn: Callable[[], Any]) -> Any:
+        try:
+            result = fn()
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                self._warn(f"{verb} of the Lease failed: {exc.status} {exc.reason}")
+            raise
+        except Exception as exc:  # urllib3: connection refused, timeouts
+            self._warn(f"{verb} of the Lease failed: {exc}")
+            # As an ApiException the library counts it as one failed attempt (and retries
+            # within the renew deadline) instead of ending its run.
+            raise ApiException(status=0, reason=str(exc)[:200]) from exc
+        if self._failing is not None:
+            logger.info("the Lease is reachable again")
+            self._failing = None
+        return result
+
+    def _warn(self, message: str) -> None:
+        if message != self._failing:
+            logger.warning(message)
+            self._failing = message
 
     def read_namespaced_lease(self, name: str, namespace: str) -> Any:
-        return self._api.read_namespaced_lease(name, namespace, _request_timeout=self._timeout)
+        return self._call(
+            "get", lambda: self._api.read_namespaced_lease(name, namespace, _request_timeout=self._timeout)
+        )
 
     def create_namespaced_lease(self, namespace: str, body: Any) -> Any:
-        return self._api.create_namespaced_lease(namespace, body, _request_timeout=self._timeout)
+        return self._call(
+            "create",
+            lambda: self._api.create_namespaced_lease(namespace, body, _request_timeout=self._timeout),
+        )
 
     def replace_namespaced_lease(self, name: str, namespace: str, body: Any) -> Any:
-        return self._api.replace_namespaced_lease(
-            name=name, namespace=namespace, body=body, _request_timeout=self._timeout
+        return self._call(
+            "update",
+            lambda: self._api.replace_namespaced_lease(
+                name=name, namespace=namespace, body=body, _request_timeout=self._timeout
+            ),
         )
 
 

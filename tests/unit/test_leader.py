@@ -273,3 +273,36 @@ def test_the_identity_is_the_pod_name_else_host_and_pid() -> None:
     assert candidate_identity({"POD_NAME": "vestige-operator-7d9-abcde"}) == "vestige-operator-7d9-abcde"
     assert candidate_identity({}) != candidate_identity({"POD_NAME": "x"})
     assert candidate_identity({}).endswith(f"-{__import__('os').getpid()}")
+
+
+def test_lease_call_failures_are_retried_attempts_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A connection error becomes a failed attempt for the library (an ApiException, not the end
+    of its run); a refusal other than absent/conflict is logged once as a warning."""
+    from kubernetes.client.exceptions import ApiException
+    from vestige_operator.leader import _TimedLeases
+
+    class Api:
+        error: Exception | None = None
+
+        def read_namespaced_lease(self, name: str, namespace: str, _request_timeout: float) -> str:
+            if self.error is not None:
+                raise self.error
+            return "lease"
+
+    api = Api()
+    leases = _TimedLeases(api, 1.0)  # type: ignore[arg-type]
+    api.error = ConnectionRefusedError("refused")
+    for _ in range(3):
+        with pytest.raises(ApiException) as raised:
+            leases.read_namespaced_lease("l", "ns")
+        assert raised.value.status == 0
+    api.error = ApiException(status=409, reason="Conflict")
+    with pytest.raises(ApiException):
+        leases.read_namespaced_lease("l", "ns")
+    api.error = ApiException(status=403, reason="Forbidden")
+    with pytest.raises(ApiException):
+        leases.read_namespaced_lease("l", "ns")
+    api.error = None
+    assert leases.read_namespaced_lease("l", "ns") == "lease"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["get of the Lease failed: refused", "get of the Lease failed: 403 Forbidden"]
