@@ -12,3 +12,7 @@ FIELD_MANAGER = "vestige-operator"
 BACKUP_KIND = "VestigeBackup"
 BACKUP_PLURAL = "vestigebackups"
 BACKUP_SINGULAR = "vestigebackup"
+
+GRANT_KIND = "VestigeBackupGrant"
+GRANT_PLURAL = "vestigebackupgrants"
+GRANT_SINGULAR = "vestigebackupgrant"

@@ -1212,9 +1212,9 @@ class RestoreSource(SpecModel):
         pattern=SOURCE_PATTERN,
         description=(
             "namespace/agentId of the agent whose snapshot is restored (its VestigeMemory's name "
-            "unless that set spec.agentId); selects its key space. Only the memory's own namespace "
-            "is accepted (checked when reconciled: restoring another namespace's snapshots is "
-            "refused)."
+            "unless that set spec.agentId); selects its key space. Another namespace is accepted "
+            "only when a VestigeBackupGrant in THAT namespace allows this namespace and agent "
+            "(checked when reconciled, before the pod exists; else Stalled, RestoreRefused)."
         ),
     )
     key: (
@@ -1293,6 +1293,52 @@ class BackupPhase(StrEnum):
     RUNNING = "Running"
     COMPLETED = "Completed"
     FAILED = "Failed"
+
+
+#: Most namespaces, or agents, one VestigeBackupGrant names.
+MAX_GRANT_ENTRIES = 32
+
+
+class GrantFrom(SpecModel):
+    """A namespace allowed to restore the granted agents' snapshots."""
+
+    namespace: str = Field(
+        max_length=63,
+        pattern=DNS1123_LABEL_PATTERN,
+        description="Namespace whose VestigeMemories may restore.",
+    )
+
+
+class GrantTo(SpecModel):
+    """An agent of the grant's namespace whose snapshots may be restored."""
+
+    agent_id: str = Field(
+        max_length=MAX_AGENT_ID_LENGTH,
+        pattern=DNS1123_LABEL_PATTERN,
+        description="Agent id (spec.agentId, else the VestigeMemory's name) in this namespace.",
+    )
+
+
+class VestigeBackupGrantSpec(SpecModel):
+    """Who may restore which of this namespace's agents' snapshots (the source side grants)."""
+
+    from_: list[GrantFrom] = Field(
+        alias="from",
+        min_length=1,
+        max_length=MAX_GRANT_ENTRIES,
+        description="Namespaces allowed to restore; no wildcard: each is named.",
+    )
+    to: list[GrantTo] = Field(
+        min_length=1,
+        max_length=MAX_GRANT_ENTRIES,
+        description="Agents of this namespace whose snapshots they may restore; no wildcard: each is named.",
+    )
+
+    def allows(self, namespace: str, agent_id: str) -> bool:
+        """Whether this grant lets ``namespace`` restore ``agent_id``'s snapshots."""
+        return any(f.namespace == namespace for f in self.from_) and any(
+            t.agent_id == agent_id for t in self.to
+        )
 
 
 class VestigeBackupSpec(SpecModel):
@@ -1529,6 +1575,8 @@ __all__ = [
     "ConditionStatus",
     "EnvVar",
     "EnvVarSource",
+    "GrantFrom",
+    "GrantTo",
     "ImagePullPolicy",
     "IngressSpec",
     "IngressTLS",
@@ -1552,6 +1600,7 @@ __all__ = [
     "StorageSpec",
     "StorageStatus",
     "Toleration",
+    "VestigeBackupGrantSpec",
     "VestigeBackupSpec",
     "VestigeBackupStatus",
     "VestigeContainerSpec",

@@ -23,6 +23,7 @@ from vestige_operator.api import (
     BackupDestination,
     BackupPhase,
     BackupRetention,
+    VestigeBackupGrantSpec,
     VestigeGeneration,
     VestigeMemorySpec,
     max_age_seconds,
@@ -96,23 +97,27 @@ def restore_source(spec: VestigeMemorySpec) -> tuple[str, str]:
     return namespace, agent_id
 
 
-def restore_problem(owner: Owner, spec: VestigeMemorySpec) -> str | None:
+def restore_problem(
+    owner: Owner, spec: VestigeMemorySpec, grants: Iterable[VestigeBackupGrantSpec] = ()
+) -> str | None:
     """Why ``spec.restore`` may not run for ``owner`` (None: it may). Checked before the agent's pod
     exists, so a refused restore touches no volume.
 
-    Another namespace's snapshots are refused: a namespace is the tenancy boundary, and the
-    operator (which reads every namespace's backups) must not carry one tenant's memory into
-    another's. A key outside the source agent's key space is refused as well (the runner checks
-    both again, with the snapshot's recorded identity).
+    A namespace is the tenancy boundary, and the operator (which reads every namespace's backups)
+    must not carry one tenant's memory into another's: another namespace's snapshots are refused
+    unless one of ``grants`` (the VestigeBackupGrants of the SOURCE namespace) names this namespace
+    and the source agent. A key outside the source agent's key space is refused as well (the
+    runner checks both again, with the snapshot's recorded identity).
     """
     if spec.restore is None:
         return None
     source = spec.restore.from_backup
     namespace, agent_id = restore_source(spec)
-    if namespace != owner.namespace:
+    if namespace != owner.namespace and not any(g.allows(owner.namespace, agent_id) for g in grants):
         return (
-            f"restore.fromBackup.source {source.source}: restoring another namespace's snapshots is "
-            f"refused (only snapshots of namespace {owner.namespace} can be restored here)"
+            f"restore.fromBackup.source {source.source}: restoring another namespace's snapshots "
+            f"needs a VestigeBackupGrant in namespace {namespace} that allows namespace "
+            f"{owner.namespace} and agent {agent_id}; there is none, so the restore is refused"
         )
     space = key_space(source.destination, namespace, agent_id)
     if source.key is not None and not in_key_space(space, source.key):

@@ -33,6 +33,7 @@ from vestige_operator.tokens import PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY, TOKEN_KE
 from vestige_operator.vocabulary import (
     ANNOTATION_AGENT_ID,
     ANNOTATION_APPLIED_HASH,
+    ANNOTATION_DEFAULT_IMAGES,
     ANNOTATION_TOKEN_HASH,
     AUTH_MOUNT,
     AUTH_VOLUME,
@@ -545,7 +546,9 @@ def render_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(owner, owner.name, COMPONENT_MEMORY),
+        "metadata": _metadata(
+            owner, owner.name, COMPONENT_MEMORY, annotations={ANNOTATION_DEFAULT_IMAGES: images.encode()}
+        ),
         "spec": {
             "replicas": 0 if spec.suspend else 1,
             "strategy": {"type": "Recreate"},

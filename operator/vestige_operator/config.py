@@ -40,6 +40,8 @@ DEFAULT_LEASE_RENEW_DEADLINE_SECONDS = 7
 DEFAULT_LEASE_RETRY_PERIOD_SECONDS = 2
 #: The namespace of an in-cluster ServiceAccount (the Lease namespace when POD_NAMESPACE is unset).
 SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+#: At most this many agents restart at once for new operator default images (0: all at once).
+DEFAULT_MAX_FLEET_ROLLOUTS = 10
 
 LogFormat = Literal["json", "plain"]
 LeaderElection = Literal["auto", "on", "off"]
@@ -75,6 +77,16 @@ def _parse_positive_int(name: str, raw: str) -> int:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if value < 1:
         raise ConfigError(f"{name} must be at least 1, got {raw!r}")
+    return value
+
+
+def _parse_count(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {raw!r}")
     return value
 
 
@@ -132,6 +144,7 @@ class OperatorConfig:
     lease_duration_seconds: int = DEFAULT_LEASE_DURATION_SECONDS
     lease_renew_deadline_seconds: int = DEFAULT_LEASE_RENEW_DEADLINE_SECONDS
     lease_retry_period_seconds: int = DEFAULT_LEASE_RETRY_PERIOD_SECONDS
+    max_fleet_rollouts: int = DEFAULT_MAX_FLEET_ROLLOUTS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -177,6 +190,10 @@ class OperatorConfig:
             lease_retry_period_seconds=_parse_positive_int(
                 "VESTIGE_LEASE_RETRY_PERIOD_SECONDS",
                 env.get("VESTIGE_LEASE_RETRY_PERIOD_SECONDS", str(DEFAULT_LEASE_RETRY_PERIOD_SECONDS)),
+            ),
+            max_fleet_rollouts=_parse_count(
+                "VESTIGE_MAX_FLEET_ROLLOUTS",
+                env.get("VESTIGE_MAX_FLEET_ROLLOUTS", str(DEFAULT_MAX_FLEET_ROLLOUTS)),
             ),
         ).checked()
 

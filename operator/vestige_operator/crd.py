@@ -25,6 +25,9 @@ from vestige_operator import (
     BACKUP_KIND,
     BACKUP_PLURAL,
     BACKUP_SINGULAR,
+    GRANT_KIND,
+    GRANT_PLURAL,
+    GRANT_SINGULAR,
     GROUP,
     KIND,
     PLURAL,
@@ -35,6 +38,7 @@ from vestige_operator.api import (
     DNS1035_LABEL_PATTERN,
     MAX_NAME_LENGTH,
     PATTERN_NAMES,
+    VestigeBackupGrantSpec,
     VestigeBackupSpec,
     VestigeBackupStatus,
     VestigeMemorySpec,
@@ -48,6 +52,8 @@ CATEGORIES = ["vestige"]
 BACKUP_CRD_NAME = f"{BACKUP_PLURAL}.{GROUP}"
 BACKUP_CRD_FILE = f"{GROUP}_{BACKUP_PLURAL}.yaml"
 BACKUP_SHORT_NAMES = ["vbak"]
+GRANT_CRD_FILE = f"{GROUP}_{GRANT_PLURAL}.yaml"
+GRANT_SHORT_NAMES = ["vbgrant"]
 #: Longest VestigeBackup name: its Job and the Job's pods carry it in a label value (<= 63).
 MAX_BACKUP_NAME_LENGTH = 63
 
@@ -322,6 +328,7 @@ def _crd(
     short_names: list[str],
     columns: list[dict[str, Any]],
     schema: dict[str, Any],
+    status: bool = True,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -346,7 +353,7 @@ def _crd(
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    **({"subresources": {"status": {}}} if status else {}),
                     "additionalPrinterColumns": columns,
                     "schema": {"openAPIV3Schema": schema},
                 }
@@ -363,25 +370,20 @@ def crd_manifest() -> dict[str, Any]:
 # -- VestigeBackup ----------------------------------------------------------------------------
 
 
-def backup_openapi_schema() -> dict[str, Any]:
-    """The openAPIV3Schema of VestigeBackup."""
-    spec = to_structural(VestigeBackupSpec.model_json_schema(by_alias=True))
-    status = to_structural(VestigeBackupStatus.model_json_schema(by_alias=True, mode="serialization"))
+def _envelope(kind: str, description: str, properties: dict[str, Any]) -> dict[str, Any]:
+    """The openAPIV3Schema of a small kind: apiVersion, kind, a DNS-1035 name of at most 63
+    characters (a label value), and ``properties`` (spec, status)."""
     return {
         "type": "object",
-        "description": (
-            "VestigeBackup is one backup of a VestigeMemory's store to the object storage named in "
-            "its spec.backup.destination: a consistent, compressed snapshot with its SHA-256. "
-            "Create one to back up now; scheduled runs create them too (<memory>-<UTC timestamp>)."
-        ),
+        "description": description,
         "properties": {
             "apiVersion": {
                 "type": "string",
-                "description": "APIVersion of this representation of the object (vestige.dev/v1alpha1).",
+                "description": f"APIVersion of this representation of the object ({GROUP}/{VERSION}).",
             },
             "kind": {
                 "type": "string",
-                "description": "Kind is the REST resource this object represents (VestigeBackup).",
+                "description": f"Kind is the REST resource this object represents ({kind}).",
             },
             "metadata": {
                 "type": "object",
@@ -393,11 +395,23 @@ def backup_openapi_schema() -> dict[str, Any]:
                     }
                 },
             },
-            "spec": spec,
-            "status": status,
+            **properties,
         },
         "required": ["spec"],
     }
+
+
+def backup_openapi_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of VestigeBackup."""
+    spec = to_structural(VestigeBackupSpec.model_json_schema(by_alias=True))
+    status = to_structural(VestigeBackupStatus.model_json_schema(by_alias=True, mode="serialization"))
+    return _envelope(
+        BACKUP_KIND,
+        "VestigeBackup is one backup of a VestigeMemory's store to the object storage named in "
+        "its spec.backup.destination: a consistent, compressed snapshot with its SHA-256. "
+        "Create one to back up now; scheduled runs create them too (<memory>-<UTC timestamp>).",
+        {"spec": spec, "status": status},
+    )
 
 
 def backup_printer_columns() -> list[dict[str, Any]]:
@@ -442,14 +456,55 @@ def backup_printer_columns() -> list[dict[str, Any]]:
 
 def backup_crd_manifest() -> dict[str, Any]:
     """The CustomResourceDefinition (apiextensions.k8s.io/v1) of VestigeBackup."""
-    return _crd(
-        BACKUP_KIND,
-        BACKUP_PLURAL,
-        BACKUP_SINGULAR,
-        BACKUP_SHORT_NAMES,
-        backup_printer_columns(),
-        backup_openapi_schema(),
+    columns, schema = backup_printer_columns(), backup_openapi_schema()
+    return _crd(BACKUP_KIND, BACKUP_PLURAL, BACKUP_SINGULAR, BACKUP_SHORT_NAMES, columns, schema)
+
+
+# -- VestigeBackupGrant -----------------------------------------------------------------------
+
+
+def grant_openapi_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of VestigeBackupGrant."""
+    return _envelope(
+        GRANT_KIND,
+        "VestigeBackupGrant lets VestigeMemories of other namespaces restore snapshots of "
+        "agents in ITS namespace (spec.restore.fromBackup.source <this namespace>/<agentId>). "
+        "Created in the source namespace, by whoever owns those agents: without one, the "
+        "operator refuses every restore across namespaces (Gateway API's ReferenceGrant "
+        "pattern). It is checked before the restoring agent's pod is created; deleting it "
+        "stops later restores, not one that already ran.",
+        {"spec": to_structural(VestigeBackupGrantSpec.model_json_schema(by_alias=True))},
     )
+
+
+def grant_printer_columns() -> list[dict[str, Any]]:
+    """Columns of ``kubectl get vbgrant``."""
+    return [
+        {
+            "name": "From",
+            "type": "string",
+            "jsonPath": ".spec.from[*].namespace",
+            "description": "Namespaces allowed to restore.",
+        },
+        {
+            "name": "Agents",
+            "type": "string",
+            "jsonPath": ".spec.to[*].agentId",
+            "description": "Agents of this namespace whose snapshots they may restore.",
+        },
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
+def grant_crd_manifest() -> dict[str, Any]:
+    """The CustomResourceDefinition (apiextensions.k8s.io/v1) of VestigeBackupGrant (no status)."""
+    columns, schema = grant_printer_columns(), grant_openapi_schema()
+    return _crd(GRANT_KIND, GRANT_PLURAL, GRANT_SINGULAR, GRANT_SHORT_NAMES, columns, schema, status=False)
+
+
+def grant_crd_yaml() -> str:
+    """The VestigeBackupGrant CRD as YAML, with a do-not-edit header."""
+    return _yaml(grant_crd_manifest())
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -476,7 +531,7 @@ def backup_crd_yaml() -> str:
 
 def all_crds_yaml() -> str:
     """Every CRD the operator serves, one multi-document YAML (``kubectl apply -f -`` takes it)."""
-    return "---\n".join((crd_yaml(), backup_crd_yaml()))
+    return "---\n".join((crd_yaml(), backup_crd_yaml(), grant_crd_yaml()))
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,6 +643,23 @@ def api_reference_markdown() -> str:
         lines.append("")
     lines += [f"## {BACKUP_KIND} printer columns", ""]
     lines += [f"- {c['name'].upper()}: `{c['jsonPath']}`" for c in backup_printer_columns()]
+    grant = grant_openapi_schema()
+    lines += [
+        "",
+        f"# {GRANT_KIND} API reference ({GROUP}/{VERSION})",
+        "",
+        grant["description"],
+        "",
+        f"Short name `{GRANT_SHORT_NAMES[0]}`, category `{CATEGORIES[0]}`, namespaced, no status. "
+        "See [backup.md](backup.md) and [security.md](security.md).",
+        "",
+        f"## {GRANT_KIND} spec",
+        "",
+        header,
+    ]
+    lines += _rows(grant["properties"]["spec"], "spec", True)
+    lines += ["", f"## {GRANT_KIND} printer columns", ""]
+    lines += [f"- {c['name'].upper()}: `{c['jsonPath']}`" for c in grant_printer_columns()]
     return "\n".join(lines) + "\n"
 
 
@@ -596,6 +668,7 @@ def write(root: Path) -> list[Path]:
     targets = {
         root / "crds" / CRD_FILE: crd_yaml(),
         root / "crds" / BACKUP_CRD_FILE: backup_crd_yaml(),
+        root / "crds" / GRANT_CRD_FILE: grant_crd_yaml(),
         root / "docs" / "api.md": api_reference_markdown(),
     }
     for target, text in targets.items():

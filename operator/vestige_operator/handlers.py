@@ -30,7 +30,7 @@ from typing import Any
 
 import kopf
 
-from vestige_operator import GROUP, PLURAL, VERSION
+from vestige_operator import GRANT_PLURAL, GROUP, PLURAL, VERSION
 from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
 from vestige_operator.children import ingress_claim
 from vestige_operator.leader import Elector, Leadership
@@ -39,6 +39,7 @@ from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGE
 
 OWNER_INDEX = "vestige_owners"
 HOST_INDEX = "vestige_ingress_hosts"
+GRANT_INDEX = "vestige_backup_grants"
 
 #: kind -> (group, version, plural, index id) of every child kind the operator manages.
 CHILD_RESOURCES: Mapping[str, tuple[str, str, str, str]] = {
@@ -135,6 +136,15 @@ def register(
             child_event
         )
 
+    @kopf.index(GROUP, VERSION, GRANT_PLURAL, id=GRANT_INDEX, registry=registry)
+    def vestige_backup_grants(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
+        return {namespace: dict(body.get("spec") or {})}
+
+    @kopf.on.event(GROUP, VERSION, GRANT_PLURAL, id="vestige_backup_grant_event", registry=registry)
+    async def vestige_backup_grant_event(namespace: str, **_: Any) -> None:
+        for key in reconciler.restore_sources_in(namespace):
+            reconciler.request(key)
+
     backups = register_backups(registry, reconciler, OWNER_INDEX, CHILD_RESOURCES["Deployment"][3])
 
     queues = (reconciler.queue, backups.queue)
@@ -165,6 +175,7 @@ def register(
             children={kind: kwargs[res[3]] for kind, res in CHILD_RESOURCES.items()},
             hosts=kwargs[HOST_INDEX],
             backups=backups,
+            grants=kwargs[GRANT_INDEX],
         )
         loop = asyncio.get_running_loop()
         tasks.append(loop.create_task(reconciler.resync_forever(), name="resync"))

@@ -12,6 +12,7 @@ VestigeMemory, and ``Cluster.requests`` / ``Cluster.errors`` (API requests by ve
 | ``vestige_operator_reconcile_duration_seconds`` | histogram | |
 | ``vestige_operator_queue_depth`` | gauge | ``state``: queued, running, backoff |
 | ``vestige_operator_resources`` | gauge | ``phase`` |
+| ``vestige_operator_fleet_rollouts`` | gauge | ``state``: rolling, waiting |
 | ``vestige_operator_api_requests_total`` | counter | ``verb``, ``kind`` |
 | ``vestige_operator_api_errors_total`` | counter | ``verb``, ``kind``, ``code`` |
 | ``vestige_operator_watch_restarts_total`` | counter | ``resource`` |
@@ -109,6 +110,17 @@ class _StateCollector(Collector):
         for state in QUEUE_STATES:
             queue.add_metric([state], depth.get(state, 0))
         yield queue
+
+        rollouts = GaugeMetricFamily(
+            f"{PREFIX}_fleet_rollouts",
+            "Agents restarting for new operator default images (rolling: holding one of the "
+            "VESTIGE_MAX_FLEET_ROLLOUTS slots; waiting: in line for one).",
+            labels=["state"],
+        )
+        rolling, waiting = rec.rollouts.counts()
+        rollouts.add_metric(["rolling"], rolling)
+        rollouts.add_metric(["waiting"], waiting)
+        yield rollouts
 
         phases = GaugeMetricFamily(
             f"{PREFIX}_resources",

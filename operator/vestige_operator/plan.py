@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vestige_operator import KIND
-from vestige_operator.api import VestigeMemorySpec, parse_quantity
+from vestige_operator.api import VestigeBackupGrantSpec, VestigeMemorySpec, parse_quantity
 from vestige_operator.backup import restore_problem
 from vestige_operator.children import (
     IngressClaim,
@@ -39,7 +39,13 @@ from vestige_operator.children import (
     volume_agent_id,
     with_applied_hash,
 )
-from vestige_operator.vocabulary import ANNOTATION_APPLIED_HASH, Images, Owner, pvc_name
+from vestige_operator.vocabulary import (
+    ANNOTATION_APPLIED_HASH,
+    ANNOTATION_DEFAULT_IMAGES,
+    Images,
+    Owner,
+    pvc_name,
+)
 
 Obj = Mapping[str, Any]
 Manifest = dict[str, Any]
@@ -333,11 +339,14 @@ class Create:
 
 @dataclass(frozen=True, slots=True)
 class Apply:
-    """An owned child that differs from its rendering: server-side apply it."""
+    """An owned child that differs from its rendering: server-side apply it. ``paced``: it would
+    restart the agent only because the operator's default images changed (a fleet rollout, which
+    the reconciler spreads out; see rollouts.py)."""
 
     manifest: Manifest
     why: str
     observed: Obj
+    paced: bool = False
 
     @property
     def kind(self) -> str:
@@ -390,6 +399,32 @@ def decide(manifest: Manifest, obj: Obj | None, owner: Owner, volume: VolumeChec
     return Keep(kind, obj) if why is None else Apply(manifest, why, obj)
 
 
+def fleet_only(
+    owner: Owner,
+    spec: VestigeMemorySpec,
+    images: Images,
+    auth_hash: str | None,
+    desired: Manifest,
+    observed: Obj,
+) -> bool:
+    """Whether applying ``desired`` over the agent's Deployment ``observed`` restarts the agent only
+    because the operator-wide default images changed: rendered with the defaults ``observed``
+    records, the agent's own inputs (spec, token) give exactly ``observed``, and the new pod
+    template differs. Any change of the agent's own is never held behind the fleet."""
+    annotations = _meta(observed).get("annotations") or {}
+    recorded = Images.decode(annotations.get(ANNOTATION_DEFAULT_IMAGES))
+    if recorded is None or recorded == images or auth_hash is None:
+        return False
+    before = next(
+        m for m in render_children(owner, spec, recorded, auth_hash).apply if m["kind"] == "Deployment"
+    )
+    if (before["metadata"].get("annotations") or {}).get(ANNOTATION_APPLIED_HASH) != annotations.get(
+        ANNOTATION_APPLIED_HASH
+    ):
+        return False
+    return bool(before["spec"]["template"] != desired["spec"]["template"])
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """Every child decision of one pass, in apply order, and the overrides that shaped them."""
@@ -420,6 +455,7 @@ def plan(
     pvc: Obj | None,
     pvc_readable: bool = True,
     ingress_holder: IngressClaim | None = None,
+    restore_grants: Sequence[VestigeBackupGrantSpec] = (),
 ) -> Plan:
     """The writes of one pass.
 
@@ -428,7 +464,8 @@ def plan(
     not cached); ``auth_hash`` the internal token's hash (None: unavailable, no Deployment);
     ``ingress_holder`` the earlier resource routing this one's Ingress host, if any;
     ``pvc_readable`` False: the claim's name could not be read (no claim and no Deployment are
-    written this pass).
+    written this pass); ``restore_grants`` the VestigeBackupGrants of the restore source's
+    namespace.
     """
     deployment = _named(cached.get("Deployment", ()), owner.name)
     if pvc_readable:
@@ -444,7 +481,7 @@ def plan(
         held.append("Ingress")
     deployment_mine = deployment is not None and ownership("Deployment", deployment, owner).state == "owned"
     # Checked until the pod first exists: a restore fills the new volume before Vestige first starts.
-    restore_refused = restore_problem(owner, spec) if deployment is None else None
+    restore_refused = restore_problem(owner, spec, restore_grants) if deployment is None else None
     if restore_refused is not None:  # never carry another tenant's snapshot into this volume
         manifests = [m for m in manifests if m["kind"] != "Deployment"]
         held.append("Deployment")
@@ -471,7 +508,17 @@ def plan(
             manifest = keep_unshrinkable_request(manifest, pvc)
             actions.append(decide(manifest, pvc, owner, volume))
             continue
-        actions.append(decide(manifest, _named(cached.get(kind, ()), name), owner))
+        action = decide(manifest, _named(cached.get(kind, ()), name), owner)
+        if (
+            isinstance(action, Apply)
+            and kind == "Deployment"
+            and volume.mountable
+            and fleet_only(owner, spec, images, auth_hash, manifest, action.observed)
+        ):
+            action = Apply(
+                action.manifest, f"{action.why} (new operator default images)", action.observed, True
+            )
+        actions.append(action)
     for kind in desired.remove_kinds:
         for obj in cached.get(kind, ()):
             meta = _meta(obj)

@@ -25,11 +25,12 @@ from pydantic import ValidationError
 from vestige_operator import cluster as k8s
 from vestige_operator import plan as p
 from vestige_operator import tokens
-from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.backup import BackupSummary
+from vestige_operator.api import VestigeBackupGrantSpec, VestigeMemorySpec
+from vestige_operator.backup import BackupSummary, restore_source
 from vestige_operator.children import IngressClaim, ignored_env, ingress_host_holder
 from vestige_operator.config import OperatorConfig
 from vestige_operator.port import ApiPort
+from vestige_operator.rollouts import Rollouts
 from vestige_operator.status import (
     ChildError,
     Observation,
@@ -186,9 +187,12 @@ class Reconciler:
             concurrency=config.max_concurrent_reconciles,
             max_backoff=config.resync_seconds,
         )
+        #: Slots for rollouts of new operator default images (at most max_fleet_rollouts at once).
+        self.rollouts = Rollouts(config.max_fleet_rollouts, self.request)
         self._owners: Cache = {}
         self._children: Mapping[str, Cache] = {}
         self._hosts: Mapping[str, Iterable[IngressClaim]] = {}
+        self._grants: Mapping[str, Iterable[Mapping[str, Any]]] = {}
         self._backups: BackupView | None = None
         self._storage_class_check_logged = False
         self._written: dict[str, dict[str, Any]] = {}  # owner uid -> last status written
@@ -202,14 +206,17 @@ class Reconciler:
         children: Mapping[str, Cache],
         hosts: Mapping[str, Iterable[IngressClaim]] | None = None,
         backups: BackupView | None = None,
+        grants: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
     ) -> None:
         """Give the reconciler its watch caches (kopf indexes, or plain mappings in tests);
         ``hosts`` maps a lower-cased Ingress host to the VestigeMemory claims on it; ``backups``
-        is the backup controller's read-only view (status.backup, restore refusals)."""
+        is the backup controller's read-only view (status.backup, restore refusals); ``grants``
+        maps a namespace to the specs of its VestigeBackupGrants."""
         self._owners = owners
         self._children = children
         self._hosts = hosts if hosts is not None else {}
         self._backups = backups
+        self._grants = grants if grants is not None else {}
 
     # -- queue -------------------------------------------------------------------------------
 
@@ -220,6 +227,7 @@ class Reconciler:
     def forget(self, key: Key, uid: str | None) -> None:
         """Drop per-resource state once a VestigeMemory is gone."""
         self.queue.forget(key)
+        self.rollouts.forget(key)
         if uid is not None:
             self._written.pop(uid, None)
 
@@ -379,7 +387,10 @@ class Reconciler:
             pvc=pvc,
             pvc_readable=pvc_readable,
             ingress_holder=self._ingress_holder(owner, spec),
+            restore_grants=self._restore_grants(spec),
         )
+        self.rollouts.observe(key, _named(cached["Deployment"], name), self.images)
+        plan, rollout_waiting = self.rollouts.pace(key, plan)
         observed, applied, not_owned = await self._carry_out(owner, plan, errors)
         if token.not_owned is not None:
             not_owned.insert(0, token.not_owned[1:])
@@ -405,6 +416,7 @@ class Reconciler:
             or (backups.restore_problem(key) if backups is not None and spec.restore else None),
             not_owned=tuple(not_owned),
             rotation_refused=token.refused,
+            rollout_waiting=rollout_waiting,
         )
         new = compute_status(owner, spec, obs, previous, self._clock())
         await self._write_status(owner, previous, new)
@@ -486,6 +498,28 @@ class Reconciler:
             except k8s.ApiError as exc:
                 errors.append(ChildError(action.kind, exc.message or str(exc), exc.transient))
         return observed, applied, not_owned
+
+    def _restore_grants(self, spec: VestigeMemorySpec) -> list[VestigeBackupGrantSpec]:
+        """The VestigeBackupGrants of the restore source's namespace (an invalid one counts as none)."""
+        if spec.restore is None:
+            return []
+        namespace = restore_source(spec)[0]
+        grants = []
+        for body in list(self._grants.get(namespace, ())) if namespace in self._grants else []:
+            try:
+                grants.append(VestigeBackupGrantSpec.model_validate(body))
+            except ValidationError:
+                continue
+        return grants
+
+    def restore_sources_in(self, namespace: str) -> list[Key]:
+        """The resources whose spec.restore reads from ``namespace`` (a grant there changed)."""
+        found = []
+        for key in self.keys():
+            source = (((self._owner(key) or {}).get("spec") or {}).get("restore") or {}).get("fromBackup")
+            if isinstance(source, Mapping) and str(source.get("source", "")).split("/")[0] == namespace:
+                found.append(key)
+        return found
 
     def _ingress_holder(self, owner: Owner, spec: VestigeMemorySpec) -> IngressClaim | None:
         """The earlier resource that routes this one's Ingress host and path, if any."""

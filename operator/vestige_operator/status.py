@@ -75,6 +75,8 @@ class Observation:
     not_owned: tuple[tuple[str, str], ...] = ()
     #: (reason, message) of a token rotation request that is not carried out.
     rotation_refused: tuple[str, str] | None = None
+    #: Why the Deployment waits for a fleet rollout slot (rollouts.py), if it does.
+    rollout_waiting: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +171,7 @@ def _quantity_lt(a: str, b: str) -> bool:
         return False
 
 
-def _deployment_state(dep: Mapping[str, Any] | None, suspended: bool) -> tuple[str, str]:
+def deployment_state(dep: Mapping[str, Any] | None, suspended: bool) -> tuple[str, str]:
     """(state, message) with state one of: missing, suspended, scaling-down, rolling, available,
     unavailable, stuck."""
     if dep is None:
@@ -229,7 +231,7 @@ def compute_status(
     )
     if obs.volume_problem is not None:
         storage_cond = _Cond(False, *obs.volume_problem)
-    dep_state, dep_message = _deployment_state(obs.deployment, spec.suspend)
+    dep_state, dep_message = deployment_state(obs.deployment, spec.suspend)
     permanent = [e for e in obs.errors if not e.transient]
     transient = [e for e in obs.errors if e.transient]
 
@@ -282,6 +284,8 @@ def compute_status(
         ready = _Cond(False, "Provisioning", dep_message)
         reconciling = _Cond(True, "Progressing", dep_message)
 
+    if stalled is None and obs.rollout_waiting is not None:
+        reconciling = _Cond(True, "RolloutPending", obs.rollout_waiting)
     if stalled is None and (obs.applied or obs.missing or transient):
         notes = []
         if obs.applied:

@@ -11,6 +11,7 @@ token lifecycle's own contract and live in tokens.py.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,9 @@ ANNOTATION_TOKEN_HASH = f"{GROUP}/vestige-token-hash"
 #: The agent id a data claim was created for (annotation: the record; label: for selection). A
 #: VestigeMemory whose agent id differs never mounts the claim (docs/operator.md, "Data volumes").
 ANNOTATION_AGENT_ID = f"{GROUP}/agent-id"
+#: On an agent's Deployment: the operator-wide default images it was rendered with (Images.encode),
+#: so a change of those defaults is told apart from a change of the agent's own spec (paced rollouts).
+ANNOTATION_DEFAULT_IMAGES = f"{GROUP}/default-images"
 LABEL_AGENT_ID = f"{GROUP}/agent-id"
 #: On VestigeBackups (the memory they belong to) and on the operator's Jobs.
 LABEL_MEMORY = f"{GROUP}/memory"
@@ -89,6 +93,19 @@ class Images:
 
     vestige: str
     bridge: str
+
+    def encode(self) -> str:
+        """The annotation value (compact JSON, stable key order)."""
+        return json.dumps({"bridge": self.bridge, "vestige": self.vestige}, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, value: str | None) -> Images | None:
+        """The images an ``encode`` value names (None: absent or not understood)."""
+        try:
+            data = json.loads(value or "")
+            return cls(vestige=str(data["vestige"]), bridge=str(data["bridge"]))
+        except (ValueError, TypeError, KeyError):
+            return None
 
 
 # -- names -----------------------------------------------------------------------------------------

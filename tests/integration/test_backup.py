@@ -88,6 +88,32 @@ def _memory(
     return json.dumps(doc)
 
 
+def _restoring(name: str, source: str, s3: S3Server) -> str:
+    """A VestigeMemory (pods never scheduled) whose volume starts from ``source``'s newest snapshot."""
+    doc = {
+        "apiVersion": "vestige.dev/v1alpha1",
+        "kind": "VestigeMemory",
+        "metadata": {"name": name},
+        "spec": {
+            "pod": {"nodeSelector": UNSCHEDULABLE},
+            "restore": {
+                "fromBackup": {
+                    "source": source,
+                    "latest": True,
+                    "destination": json.loads(_memory("x", s3))["spec"]["backup"]["destination"],
+                }
+            },
+        },
+    }
+    return json.dumps(doc)
+
+
+def _stalled(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any] | None:
+    """The memory's Stalled condition while it is True."""
+    conds = (must_get(kubectl, ns, "vestigememory", name).get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c["type"] == "Stalled" and c["status"] == "True"), None)
+
+
 def _creds_secret(kubectl: Kubectl, ns: str, s3: S3Server) -> None:
     kubectl(
         "-n", ns, "create", "secret", "generic", "s3-creds",
@@ -449,22 +475,7 @@ def test_restore_refusal_stalls_the_memory(
 ) -> None:
     op: OperatorProcess = operator_factory(namespace, env={"VESTIGE_BACKUP_INTERVAL_SECONDS": "1"})
     op.wait_ready()
-    doc = {
-        "apiVersion": "vestige.dev/v1alpha1",
-        "kind": "VestigeMemory",
-        "metadata": {"name": "restored"},
-        "spec": {
-            "pod": {"nodeSelector": UNSCHEDULABLE},
-            "restore": {
-                "fromBackup": {
-                    "source": f"{namespace}/agent",
-                    "latest": True,
-                    "destination": json.loads(_memory("x", s3))["spec"]["backup"]["destination"],
-                }
-            },
-        },
-    }  # fmt: skip
-    kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(doc))
+    kubectl("-n", namespace, "apply", "-f", "-", input=_restoring("restored", f"{namespace}/agent", s3))
     dep = wait_until(lambda: get(kubectl, namespace, "deployment", "restored"), what="the Deployment")
     pod_spec = dep["spec"]["template"]["spec"]
     (init,) = pod_spec["initContainers"]
@@ -501,13 +512,7 @@ def test_restore_refusal_stalls_the_memory(
     kubectl("-n", namespace, "patch", "pod", pod["metadata"]["name"], "--subresource=status", "--type=merge",
             "-p", json.dumps(status))  # fmt: skip
 
-    def stalled() -> dict[str, Any] | None:
-        conds = (must_get(kubectl, namespace, "vestigememory", "restored").get("status") or {}).get(
-            "conditions"
-        ) or []
-        return next((c for c in conds if c["type"] == "Stalled" and c["status"] == "True"), None)
-
-    cond = wait_until(stalled, timeout=60, what="Stalled RestoreRefused")
+    cond = wait_until(lambda: _stalled(kubectl, namespace, "restored"), timeout=60, what="Stalled")
     assert cond["reason"] == "RestoreRefused" and "refusing to overwrite" in cond["message"]
     assert wait_until(
         lambda: _events(kubectl, namespace, "restored", "RestoreRefused"), what="the Warning event"
@@ -533,42 +538,56 @@ def test_backup_of_a_missing_memory_fails_after_the_grace(
         h.close()
 
 
+@pytest.fixture
+def source_namespace(kubectl: Kubectl, namespace: str) -> Iterator[str]:
+    """A second tenant's namespace (the restore source)."""
+    name = f"{namespace[:55]}-src"
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
 @pytest.mark.usefixtures("crd_installed")
-def test_a_restore_from_another_namespace_is_refused_before_any_pod(
-    kubectl: Kubectl, namespace: str, s3: S3Server, operator_factory: Any
+def test_a_restore_from_another_namespace_needs_the_source_sides_grant(
+    kubectl: Kubectl, namespace: str, source_namespace: str, s3: S3Server, operator_factory: Any
 ) -> None:
     """The operator reads every namespace's backups; it never carries one tenant's snapshot into
-    another's: the memory stalls (RestoreRefused, one event) and no Deployment is created."""
-    op: OperatorProcess = operator_factory(namespace, env={"VESTIGE_BACKUP_INTERVAL_SECONDS": "1"})
+    another's unless the source namespace grants it: without a VestigeBackupGrant there (a grant
+    in the restoring namespace does not count) the memory stalls (RestoreRefused, one event) and no
+    Deployment is created; the source side's grant lets the pod be created, restoring from the
+    source agent's key space."""
+    op: OperatorProcess = operator_factory(
+        namespace, source_namespace, env={"VESTIGE_BACKUP_INTERVAL_SECONDS": "1"}
+    )
     op.wait_ready()
-    doc = {
-        "apiVersion": "vestige.dev/v1alpha1",
-        "kind": "VestigeMemory",
-        "metadata": {"name": "thief"},
-        "spec": {
-            "pod": {"nodeSelector": UNSCHEDULABLE},
-            "restore": {
-                "fromBackup": {
-                    "source": "other-tenant/agent",
-                    "latest": True,
-                    "destination": json.loads(_memory("x", s3))["spec"]["backup"]["destination"],
-                }
-            },
-        },
-    }
-    kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(doc))
 
-    def stalled() -> dict[str, Any] | None:
-        conds = (must_get(kubectl, namespace, "vestigememory", "thief").get("status") or {}).get(
-            "conditions"
-        ) or []
-        return next((c for c in conds if c["type"] == "Stalled" and c["status"] == "True"), None)
+    def grant(name: str, ns: str, allowed: str, agent: str) -> None:
+        body = {
+            "apiVersion": "vestige.dev/v1alpha1",
+            "kind": "VestigeBackupGrant",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"from": [{"namespace": allowed}], "to": [{"agentId": agent}]},
+        }
+        kubectl("apply", "-f", "-", input=json.dumps(body))
 
-    cond = wait_until(stalled, timeout=60, what="Stalled RestoreRefused")
+    # Grants that do not count: in the restoring namespace, or for another agent.
+    grant("self-service", namespace, namespace, "agent")
+    grant("other-agent", source_namespace, namespace, "someone-else")
+    kubectl("-n", namespace, "apply", "-f", "-", input=_restoring("copy", f"{source_namespace}/agent", s3))
+    cond = wait_until(lambda: _stalled(kubectl, namespace, "copy"), timeout=60, what="Stalled RestoreRefused")
     assert cond["reason"] == "RestoreRefused" and "another namespace" in cond["message"], cond
-    assert get(kubectl, namespace, "deployment", "thief") is None
-    events = wait_until(lambda: _events(kubectl, namespace, "thief", "RestoreRefused"), what="the event")
+    assert f"VestigeBackupGrant in namespace {source_namespace}" in cond["message"], cond
+    assert get(kubectl, namespace, "deployment", "copy") is None
+    events = wait_until(lambda: _events(kubectl, namespace, "copy", "RestoreRefused"), what="the event")
     assert len(events) == 1 and events[0]["type"] == "Warning", events
+
+    # The source side grants it: the grant's event brings the memory's pass, the pod is created.
+    grant("to-copy", source_namespace, namespace, "agent")
+    dep = wait_until(lambda: get(kubectl, namespace, "deployment", "copy"), timeout=60, what="the Deployment")
+    args = dep["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert args[args.index("--prefix") + 1] == f"{source_namespace}/agent/"
+    assert args[args.index("--expect-namespace") + 1] == source_namespace
+    assert len(_events(kubectl, namespace, "copy", "RestoreRefused")) == 1
 
 
 @pytest.mark.usefixtures("crd_installed")

@@ -103,6 +103,8 @@ class FakePort:
             return self.put(manifest)
         merged = _merge(current, manifest)
         merged["metadata"]["resourceVersion"] = str(next(self._rv))
+        if merged.get("spec") != current.get("spec"):  # as the API server does: a spec change
+            merged["metadata"]["generation"] = int(current["metadata"].get("generation") or 1) + 1
         self.objects[ref] = merged
         self._write("apply", manifest)
         return copy.deepcopy(merged)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from vestige_operator import backup
-from vestige_operator.api import BackupRetention, VestigeMemorySpec
+from vestige_operator.api import BackupRetention, VestigeBackupGrantSpec, VestigeMemorySpec
 from vestige_operator.children import render_deployment
 from vestige_operator.status import Observation, compute_status
 from vestige_operator.times import format_time
@@ -243,6 +243,38 @@ def test_restore_of_another_namespace_or_outside_the_key_space_is_refused() -> N
     outside = backup.restore_problem(OWNER, spec("agents/old", key="agents/victim/x.tar.gz"))
     assert outside is not None and "key space agents/old/" in outside
     assert backup.restore_problem(OWNER, VestigeMemorySpec()) is None
+
+
+def test_a_grant_in_the_source_namespace_allows_exactly_what_it_names() -> None:
+    def spec(source: str, **which: object) -> VestigeMemorySpec:
+        return VestigeMemorySpec.model_validate(
+            {"restore": {"fromBackup": {"destination": S3, "source": source, **which}}}
+        )
+
+    def grant(namespaces: list[str], agents: list[str]) -> VestigeBackupGrantSpec:
+        return VestigeBackupGrantSpec.model_validate(
+            {"from": [{"namespace": n} for n in namespaces], "to": [{"agentId": a} for a in agents]}
+        )
+
+    wanted = spec("other/old", latest=True)
+    assert OWNER.namespace == "agents"
+    assert backup.restore_problem(OWNER, wanted, [grant(["agents"], ["old"])]) is None
+    assert (
+        backup.restore_problem(OWNER, wanted, [grant(["x"], ["y"]), grant(["agents", "b"], ["z", "old"])])
+        is None
+    )
+    for grants in ([], [grant(["elsewhere"], ["old"])], [grant(["agents"], ["other-agent"])]):
+        refused = backup.restore_problem(OWNER, wanted, grants)
+        assert refused is not None and "VestigeBackupGrant in namespace other" in refused, grants
+    # A grant does not widen the key space: a key outside the agent's space is still refused.
+    outside = spec("other/old", key="other/victim/x.tar.gz")
+    assert "key space other/old/" in (
+        backup.restore_problem(OWNER, outside, [grant(["agents"], ["old"])]) or ""
+    )
+    with pytest.raises(ValidationError):
+        VestigeBackupGrantSpec.model_validate({"from": [], "to": [{"agentId": "a"}]})
+    with pytest.raises(ValidationError):
+        VestigeBackupGrantSpec.model_validate({"from": [{"namespace": "*"}], "to": [{"agentId": "a"}]})
 
 
 def test_suspended_memory_backs_up_without_pod_affinity() -> None:

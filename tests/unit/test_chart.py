@@ -167,6 +167,7 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
             "defaultBridgeImage": "registry.example/bridge:0.2",
             "maxConcurrentReconciles": 4,
             "verifyResyncs": 5,
+            "maxFleetRollouts": 0,
             "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
         },
         "replicaCount": 3,
@@ -206,6 +207,7 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
         "VESTIGE_BRIDGE_IMAGE": "registry.example/bridge:0.2",
         "VESTIGE_MAX_CONCURRENT_RECONCILES": "4",
         "VESTIGE_VERIFY_RESYNCS": "5",
+        "VESTIGE_MAX_FLEET_ROLLOUTS": "0",
         "VESTIGE_NAMESPACES": "team-a,team-b",
         "HTTPS_PROXY": "http://proxy:3128",
     }

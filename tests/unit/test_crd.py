@@ -53,9 +53,10 @@ def test_yaml_parses_back_to_the_manifest(manifest: dict[str, Any]) -> None:
     assert yaml.safe_load(text) == manifest
 
 
-def test_write_creates_both_files(tmp_path: Path) -> None:
+def test_write_creates_every_file(tmp_path: Path) -> None:
     written = crd.write(tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
+        "crds/vestige.dev_vestigebackupgrants.yaml",
         "crds/vestige.dev_vestigebackups.yaml",
         "crds/vestige.dev_vestigememories.yaml",
         "docs/api.md",
@@ -373,8 +374,10 @@ def test_all_crds_is_one_multi_document_yaml_of_the_committed_files() -> None:
     assert [(d["kind"], d["spec"]["names"]["kind"]) for d in docs] == [
         ("CustomResourceDefinition", "VestigeMemory"),
         ("CustomResourceDefinition", "VestigeBackup"),
+        ("CustomResourceDefinition", "VestigeBackupGrant"),
     ]
-    committed = [yaml.safe_load((ROOT / "crds" / f).read_text()) for f in (crd.CRD_FILE, crd.BACKUP_CRD_FILE)]
+    files = (crd.CRD_FILE, crd.BACKUP_CRD_FILE, crd.GRANT_CRD_FILE)
+    committed = [yaml.safe_load((ROOT / "crds" / f).read_text()) for f in files]
     assert docs == committed
 
 
@@ -390,4 +393,8 @@ def test_operator_cli_crd_command_prints_every_crd() -> None:
     )
     assert proc.stdout == crd.all_crds_yaml()
     names = [d["metadata"]["name"] for d in yaml.safe_load_all(proc.stdout)]
-    assert names == ["vestigememories.vestige.dev", "vestigebackups.vestige.dev"]
+    assert names == [
+        "vestigememories.vestige.dev",
+        "vestigebackups.vestige.dev",
+        "vestigebackupgrants.vestige.dev",
+    ]

@@ -23,6 +23,7 @@ from vestige_operator import api, crd
 SCHEMAS = {
     "VestigeMemory": crd.openapi_schema(),
     "VestigeBackup": crd.backup_openapi_schema(),
+    "VestigeBackupGrant": crd.grant_openapi_schema(),
 }
 ROOTS: dict[str, dict[str, type[BaseModel]]] = {
     "VestigeMemory": {"spec": api.VestigeMemorySpec, "status": api.VestigeMemoryStatus},

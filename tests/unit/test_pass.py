@@ -18,7 +18,7 @@ from vestige_operator.api import VestigeMemorySpec
 from vestige_operator.children import IngressClaim, render_pvc
 from vestige_operator.config import OperatorConfig
 from vestige_operator.reconcile import CHILD_KINDS, Reconciler, trim, trim_owner
-from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, Owner
+from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, Images, Owner
 from vestige_operator.workqueue import RetryLater
 
 from tests.unit.fake_port import FakePort
@@ -30,18 +30,20 @@ T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 class World:
     """One fake API server, one reconciler, a test clock and predictable tokens."""
 
-    def __init__(self, hosts: dict[str, list[IngressClaim]] | None = None) -> None:
+    def __init__(self, hosts: dict[str, list[IngressClaim]] | None = None, **settings: Any) -> None:
         self.port = FakePort()
         self.now = T0
         counter = itertools.count(1)
         self.rec = Reconciler(
             self.port,
-            OperatorConfig(namespaces=(NS,)),
+            OperatorConfig(namespaces=(NS,), **settings),
             clock=lambda: self.now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             now=lambda: self.now,
             new_token=lambda: f"token-{next(counter):04d}-0123456789abcdef",
         )
         self.hosts = hosts or {}
+        #: namespace -> VestigeBackupGrant specs (the grant watch's cache)
+        self.grants: dict[str, list[dict[str, Any]]] = {}
 
     def memory(self, name: str, spec: dict[str, Any] | None = None, **annotations: str) -> dict[str, Any]:
         existing = self.port.objects.get(("VestigeMemory", NS, name))
@@ -68,7 +70,7 @@ class World:
                 owners[(ns, name)] = [trim_owner(obj)]
             elif kind in children and labels.get(LABEL_MANAGED_BY) == MANAGED_BY and LABEL_INSTANCE in labels:
                 children[kind].setdefault((ns, labels[LABEL_INSTANCE]), []).append(trim(obj))
-        self.rec.attach(owners, children, self.hosts)
+        self.rec.attach(owners, children, self.hosts, grants=self.grants)
 
     async def run(self, name: str) -> float | None:
         self.attach()
@@ -362,3 +364,124 @@ async def test_the_queue_arms_the_pass_at_the_expiry_not_a_timer_of_the_pass() -
     assert w.rec.queue.depth() == {"queued": 0, "running": 0, "backoff": 0}
     w.rec.forget((NS, "a"), None)
     assert not w.rec.queue.scheduled((NS, "a"))
+
+
+# -- restore across namespaces ---------------------------------------------------------------------
+
+
+async def test_a_restore_from_another_namespace_waits_for_the_source_sides_grant() -> None:
+    w = World()
+    s3 = {"s3": {"bucket": "bkt", "credentialsSecret": {"name": "creds"}}}
+    source = {"destination": s3, "source": "victims/their-agent", "latest": True}
+    w.memory("copy", {"restore": {"fromBackup": source}})
+    await w.settle("copy")
+    stalled = w.condition("copy", "Stalled")
+    assert stalled is not None and stalled["reason"] == "RestoreRefused", stalled
+    assert ("Deployment", NS, "copy") not in w.port.objects
+    assert w.rec.restore_sources_in("victims") == [(NS, "copy")] and w.rec.restore_sources_in(NS) == []
+    # A grant in the restoring namespace, or for another agent, or an invalid one, is not enough.
+    w.grants[NS] = [{"from": [{"namespace": NS}], "to": [{"agentId": "their-agent"}]}]
+    w.grants["victims"] = [
+        {"from": [{"namespace": NS}], "to": [{"agentId": "another-agent"}]},
+        {"from": [{"namespace": "*"}], "to": [{"agentId": "their-agent"}]},
+    ]
+    await w.settle("copy")
+    assert ("Deployment", NS, "copy") not in w.port.objects
+    # The source side grants it: the pod is created, restoring from the source's key space.
+    w.grants["victims"].append({"from": [{"namespace": NS}], "to": [{"agentId": "their-agent"}]})
+    await w.settle("copy")
+    deployment = w.port.objects[("Deployment", NS, "copy")]
+    args = deployment["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert args[args.index("--prefix") + 1] == "victims/their-agent/"
+    assert (w.condition("copy", "Stalled") or {}).get("status") == "False"
+    # Revoked after the pod exists: the restore is not undone, and nothing is deleted.
+    w.grants["victims"].pop()
+    await w.settle("copy")
+    assert ("Deployment", NS, "copy") in w.port.objects
+
+
+# -- paced fleet rollouts -----------------------------------------------------------------------
+
+
+def _roll_out(w: World, name: str) -> None:
+    """Play the volume binder, Deployment controller and kubelet: the claim is bound and the
+    Deployment's pod runs its template."""
+    claim = w.port.objects[("PersistentVolumeClaim", NS, f"{name}-data")]
+    claim["status"] = {"phase": "Bound", "capacity": {"storage": "1Gi"}}
+    dep = w.port.objects[("Deployment", NS, name)]
+    generation = dep["metadata"].get("generation", 1)
+    dep["status"] = {
+        "observedGeneration": generation,
+        "replicas": 1,
+        "updatedReplicas": 1,
+        "availableReplicas": 1,
+        "readyReplicas": 1,
+    }
+
+
+def _bridge_image(w: World, name: str) -> str:
+    containers = w.port.objects[("Deployment", NS, name)]["spec"]["template"]["spec"]["containers"]
+    return next(c["image"] for c in containers if c["name"] == "bridge")
+
+
+async def test_new_default_images_roll_out_at_most_n_agents_at_a_time_own_changes_never_wait() -> None:
+    w = World(max_fleet_rollouts=2)
+    woken: list[Any] = []
+    w.rec.rollouts._wake = woken.append  # the queue is not running here: record the wake-ups
+    names = [f"agent-{i}" for i in range(5)]
+    for name in names:
+        w.memory(name)
+        await w.settle(name)
+        _roll_out(w, name)
+        await w.settle(name)
+    old = _bridge_image(w, names[0])
+    new = "example.org/vestige-bridge:9.9.9"
+    w.rec.images = Images(vestige=w.rec.images.vestige, bridge=new)  # an operator upgrade
+
+    for name in names:
+        await w.settle(name)
+    rolled = [n for n in names if _bridge_image(w, n) == new]
+    assert rolled == names[:2], rolled
+    waiting = names[2:]
+    for name in waiting:
+        cond = w.condition(name, "Reconciling")
+        assert cond is not None and cond["reason"] == "RolloutPending", cond
+        assert w.status(name)["phase"] == "Ready"  # the old pod still serves
+    assert w.rec.rollouts.counts() == (2, 3)
+
+    # The agent's own change is applied at once, new defaults included, without a slot.
+    w.memory(waiting[-1], {"vestige": {"env": [{"name": "RUST_LOG", "value": "debug"}]}})
+    await w.settle(waiting[-1])
+    assert _bridge_image(w, waiting[-1]) == new
+    assert w.rec.rollouts.counts() == (2, 2)
+
+    # Slots free up as rollouts finish; who waited longest goes next.
+    _roll_out(w, names[0])
+    await w.run(names[0])
+    assert woken == [(NS, names[2])]
+    await w.settle(names[2])
+    assert _bridge_image(w, names[2]) == new and _bridge_image(w, names[3]) == old
+    for name in (names[1], names[2]):
+        _roll_out(w, name)
+        await w.run(name)
+    await w.settle(names[3])
+    assert all(_bridge_image(w, n) == new for n in names)
+    _roll_out(w, names[3])
+    await w.run(names[3])
+    assert w.rec.rollouts.counts() == (0, 0)
+    _roll_out(w, names[4])  # its own change rolled out at once, outside the slots
+    for name in names:
+        await w.settle(name)
+        assert (w.condition(name, "Reconciling") or {}).get("reason") == "Reconciled", name
+
+
+async def test_without_a_limit_every_agent_rolls_at_once() -> None:
+    w = World(max_fleet_rollouts=0)
+    for name in ("a", "b", "c"):
+        w.memory(name)
+        await w.settle(name)
+        _roll_out(w, name)
+    w.rec.images = Images(vestige=w.rec.images.vestige, bridge="example.org/bridge:2")
+    for name in ("a", "b", "c"):
+        await w.settle(name)
+        assert _bridge_image(w, name) == "example.org/bridge:2"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vestige_operator import plan as p
-from vestige_operator.api import VestigeMemorySpec
+from vestige_operator.api import VestigeBackupGrantSpec, VestigeMemorySpec
 from vestige_operator.children import IngressClaim, render_children, render_pvc
 from vestige_operator.vocabulary import Images, Owner
 
@@ -133,3 +133,40 @@ def test_a_restore_from_another_namespace_never_starts_the_pod() -> None:
     assert "Deployment" not in kinds(refused, p.Create)
     allowed = p.plan(OWNER, spec("team/old-agent"), IMAGES, "h", {}, pvc=None)
     assert allowed.restore_refused is None and "Deployment" in kinds(allowed, p.Create)
+    grant = VestigeBackupGrantSpec.model_validate(
+        {"from": [{"namespace": OWNER.namespace}], "to": [{"agentId": "their-agent"}]}
+    )
+    granted = p.plan(OWNER, spec("victims/their-agent"), IMAGES, "h", {}, pvc=None, restore_grants=[grant])
+    assert granted.restore_refused is None and "Deployment" in kinds(granted, p.Create)
+    init = next(a.manifest for a in granted.actions if isinstance(a, p.Create) and a.kind == "Deployment")
+    args = init["spec"]["template"]["spec"]["initContainers"][0]["args"]
+    assert args[args.index("--expect-namespace") + 1] == "victims"
+
+
+def _deployment(spec: VestigeMemorySpec, images: Images, auth_hash: str = "h") -> dict:
+    return next(m for m in render_children(OWNER, spec, images, auth_hash).apply if m["kind"] == "Deployment")
+
+
+def test_only_a_change_of_the_operators_default_images_is_a_paced_fleet_rollout() -> None:
+    spec = VestigeMemorySpec()
+    new = Images(vestige=IMAGES.vestige, bridge="example.org/bridge:2")
+    running = _deployment(spec, IMAGES)
+    assert p.fleet_only(OWNER, spec, new, "h", _deployment(spec, new), running)
+    assert not p.fleet_only(OWNER, spec, IMAGES, "h", _deployment(spec, IMAGES), running)  # nothing new
+    # The agent's own change (spec or token) at the same time: applied at once, never paced.
+    own = VestigeMemorySpec.model_validate({"vestige": {"env": [{"name": "RUST_LOG", "value": "debug"}]}})
+    assert not p.fleet_only(OWNER, own, new, "h", _deployment(own, new), running)
+    assert not p.fleet_only(OWNER, spec, new, "rotated", _deployment(spec, new, "rotated"), running)
+    # An agent that pins its own images does not restart for new defaults: nothing to pace.
+    pinned = VestigeMemorySpec.model_validate(
+        {"vestige": {"image": "example.org/vestige:3.1"}, "bridge": {"image": "example.org/bridge:1"}}
+    )
+    assert not p.fleet_only(OWNER, pinned, new, "h", _deployment(pinned, new), _deployment(pinned, IMAGES))
+    # A Deployment from before the annotation existed: not known to be fleet-only.
+    legacy = {**running, "metadata": {**running["metadata"], "annotations": {}}}
+    assert not p.fleet_only(OWNER, spec, new, "h", _deployment(spec, new), legacy)
+    # In the plan: the Deployment's apply is marked paced.
+    cached = {"Deployment": [{**running, "metadata": {**running["metadata"], "ownerReferences": [
+        {"kind": "VestigeMemory", "name": OWNER.name, "uid": OWNER.uid, "controller": True}]}}]}  # fmt: skip
+    applies = [a for a in p.plan(OWNER, spec, new, "h", cached, pvc=None).actions if isinstance(a, p.Apply)]
+    assert [(a.kind, a.paced) for a in applies if a.kind == "Deployment"] == [("Deployment", True)]
