@@ -125,7 +125,8 @@ class Leadership:
             if leading != self._acted:
                 self._acted = leading
                 self.transitions += 1
-                logger.info(
+                logger.log(
+                    logging.INFO if leading else logging.WARNING,
                     "%s the lead (%s)",
                     "took" if leading else "lost",
                     self.identity,
