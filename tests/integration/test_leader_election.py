@@ -12,6 +12,9 @@ by flow schema is read from the API server's /metrics (no audit log needed).
 2. SIGKILL A, change a VestigeMemory's spec at once: B takes the Lease when it expires and
    applies the change. SIGTERM of the leader releases the Lease: the standby takes over at its
    next retry, without waiting for the lease duration.
+3. A leader cut off from the API server (a TCP forwarder that resets its connections) stops
+   leading, by its own clock, before the standby takes the Lease; once reconnected it stays a
+   standby and writes nothing.
 
 The takeover times go to tests/integration/results/leader_election.json (no timed assertion).
 """
@@ -34,6 +37,7 @@ from tests.integration import operator_fixtures
 from tests.integration.conftest import ROOT, Kubectl
 from tests.integration.helpers import wait_until
 from tests.integration.operator_fixtures import OperatorFactory, OperatorProcess
+from tests.integration.test_faults import Partition
 
 operator_factory = operator_fixtures.operator_factory
 
@@ -185,11 +189,13 @@ def identities(kubectl: Kubectl, kubeconfig: str, namespace: str, tmp_path: Path
         made.delete()
 
 
-def start(operator_factory: OperatorFactory, ids: Identities, sa: str) -> OperatorProcess:
+def start(
+    operator_factory: OperatorFactory, ids: Identities, sa: str, kubeconfig: str | None = None
+) -> OperatorProcess:
     return operator_factory(
         ids.namespace,
         env={
-            "KUBECONFIG": ids.kubeconfigs[sa],
+            "KUBECONFIG": kubeconfig or ids.kubeconfigs[sa],
             "POD_NAME": sa,
             "VESTIGE_LEADER_ELECTION": "true",
             "VESTIGE_LEASE_NAMESPACE": ids.namespace,
@@ -329,3 +335,64 @@ def test_one_replica_writes_and_the_standby_takes_over(
         },
     )
     assert a.stop() == 0
+
+
+def logged_at(op: OperatorProcess, message: str) -> datetime | None:
+    """When ``op`` last logged ``message`` (its JSON log's timestamp)."""
+    times = [
+        datetime.fromisoformat(line["timestamp"]) for line in op.log_lines() if line.get("message") == message
+    ]
+    return times[-1] if times else None
+
+
+@pytest.mark.usefixtures("crd_installed")
+def test_a_leader_cut_off_stops_before_the_standby_starts(
+    kubectl: Kubectl,
+    namespace: str,
+    operator_factory: OperatorFactory,
+    identities: Identities,
+    tmp_path: Path,
+) -> None:
+    # op-a reaches the API server through a forwarder that can cut it off; op-b directly.
+    config = json.loads(Path(identities.kubeconfigs["op-a"]).read_text())
+    host, _, port = config["clusters"][0]["cluster"]["server"].removeprefix("https://").partition(":")
+    part = Partition((host, int(port)))
+    try:
+        config["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{part.port}"
+        cut_config = tmp_path / "op-a-partitioned.kubeconfig"
+        cut_config.write_text(json.dumps(config))
+        a = start(operator_factory, identities, "op-a", str(cut_config))
+        wait_until(lambda: leads(a), 30, "op-a leading")
+        b = start(operator_factory, identities, "op-b")
+        memory(kubectl, namespace, "ha-cut", {})
+        wait_until(lambda: ready(kubectl, namespace, "ha-cut"), 120, "ha-cut Ready")
+
+        part.cut()
+        at_cut = identities.counts()
+        cut = time.monotonic()
+        taken = change_and_time(kubectl, namespace, "ha-cut", True, cut)  # applied by op-b
+        assert holder(kubectl, namespace) == "op-b" and leads(b)
+        lost, took = logged_at(a, "lost the lead (op-a)"), logged_at(b, "took the lead (op-b)")
+        assert lost is not None and took is not None, (lost, took)
+        assert lost < took, f"op-a stopped at {lost}, after op-b started at {took}"
+
+        part.heal()
+        wait_until(lambda: a.alive() and not leads(a), 30, "op-a back as the standby")
+        time.sleep(3 * a.resync_seconds)  # its watches reconnect; nothing may be written
+        healed = identities.counts()
+        assert healed["op-a"]["writes"] == at_cut["op-a"]["writes"], (at_cut, healed)
+        assert leads(b) and not leads(a)
+        record(
+            "api_partition",
+            {
+                "cut_to_change_applied_by_the_standby_seconds": taken,
+                "leader_stopped_before_the_standby_started_by_seconds": round(
+                    (took - lost).total_seconds(), 2
+                ),
+                "writes_of_the_cut_off_leader_after_the_cut": healed["op-a"]["writes"]
+                - at_cut["op-a"]["writes"],
+            },
+        )
+        assert a.stop() == 0 and b.stop() == 0
+    finally:
+        part.close()
