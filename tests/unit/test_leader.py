@@ -306,3 +306,38 @@ def test_lease_call_failures_are_retried_attempts_and_said_once(caplog: pytest.L
     assert leases.read_namespaced_lease("l", "ns") == "lease"
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == ["get of the Lease failed: refused", "get of the Lease failed: 403 Forbidden"]
+
+
+async def test_the_gate_is_checked_when_a_write_is_sent_not_when_it_is_queued() -> None:
+    """A write queued behind a busy API thread pool while this replica led is refused if the lead
+    ended meanwhile: nothing is sent (no connection is even tried), nothing counted."""
+    import threading
+
+    import kubernetes.client
+    from vestige_operator.cluster import Cluster
+
+    leading = [True]
+    cluster = Cluster(kubernetes.client.ApiClient(), max_workers=1, may_write=lambda: leading[0])
+    busy, release = threading.Event(), threading.Event()
+
+    def block() -> None:
+        busy.set()
+        release.wait(5)
+
+    loop = asyncio.get_running_loop()
+    blocker = loop.run_in_executor(cluster._executor, block)
+    await loop.run_in_executor(None, busy.wait, 5)
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "s", "namespace": "ns"},
+    }
+    write = asyncio.ensure_future(cluster.apply(manifest))
+    await asyncio.sleep(0.05)  # queued behind the blocker, the gate still open
+    leading[0] = False
+    release.set()
+    await blocker
+    with pytest.raises(NotLeading):
+        await write
+    assert sum(cluster.requests.values()) == 0 and sum(cluster.errors.values()) == 0
+    cluster.close()
