@@ -1071,6 +1071,44 @@ MAX_OBJECT_KEY_LENGTH = 1024
 _MAX_AGE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+#: A duration of Litestream's intervals: whole milliseconds, seconds, minutes or hours (Go syntax,
+#: which CEL's ``duration()`` parses too).
+DURATION_PATTERN = r"^[1-9][0-9]{0,4}(ms|s|m|h)$"
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+#: A point in time of a continuous replica: ``latest`` or an RFC 3339 time.
+_RFC3339 = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})"
+POINT_IN_TIME_PATTERN = rf"^(latest|{_RFC3339})$"
+LATEST = "latest"
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds of a duration like ``500ms``, ``30s``, ``10m`` or ``24h``."""
+    match = re.match(DURATION_PATTERN, value)
+    if match is None:
+        raise ValueError(f"not a duration like 500ms, 30s, 10m or 24h: {value!r}")
+    return int(value[: -len(match.group(1))]) * _DURATION_UNITS[match.group(1)]
+
+
+def _duration_between(field: str, low: str, high: str) -> CelRule:
+    return CelRule(
+        rule=f"duration(self) >= duration('{low}') && duration(self) <= duration('{high}')",
+        message=f"{field} must be between {low} and {high}",
+        check=lambda value: duration_seconds(low) <= duration_seconds(value) <= duration_seconds(high),
+    )
+
+
+def _is_point_in_time(value: str) -> bool:
+    from datetime import datetime
+
+    if value == LATEST:
+        return True
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
 def max_age_seconds(value: str) -> int:
     """Seconds of a ``maxAge`` duration (``"30d"`` -> 2592000)."""
     if not re.match(MAX_AGE_PATTERN, value):
@@ -1129,9 +1167,10 @@ class S3Destination(SpecModel):
         pattern=r"^([^/\x00-\x1f][^\x00-\x1f]*/)?$",
         description=(
             "Bucket prefix (ends with /) put IN FRONT of every key; the operator derives the rest: "
-            "snapshots go to `<prefix><namespace>/<agentId>/<backup>.tar.gz` (for restore: the "
-            "namespace and agent id of spec.restore.fromBackup.source), so two namespaces or two "
-            "agents never share keys."
+            "snapshots go to `<prefix><namespace>/<agentId>/<backup>.tar.gz`, the continuous "
+            "replica to `<prefix><namespace>/<agentId>/litestream/` (for restore: the namespace and "
+            "agent id of spec.restore.fromBackup.source), so two namespaces or two agents never "
+            "share keys."
         ),
     )
     region: str = Field(
@@ -1143,8 +1182,9 @@ class S3Destination(SpecModel):
     )
     credentials_secret: SecretRef = Field(
         description=(
-            "Secret with the keys `accessKeyId` and `secretAccessKey`. Mounted only into the backup "
-            "Job's pod and the restore init container, never into the bridge or Vestige containers."
+            "Secret with the keys `accessKeyId` and `secretAccessKey`. Given only to the backup "
+            "Job's pod, the restore init containers and (backup.continuous) the Litestream sidecar, "
+            "never to the bridge or Vestige containers."
         )
     )
     ca_secret: CASecretRef | None = Field(
@@ -1179,6 +1219,65 @@ class BackupRetention(SpecModel):
     )
 
 
+Duration = Annotated[str, StringConstraints(max_length=8, pattern=DURATION_PATTERN)]
+
+
+class ContinuousBackupSpec(SpecModel):
+    """Continuous replication of the store (a Litestream sidecar in the agent's pod) to
+    spec.backup.destination, under the agent's own key space
+    `<prefix><namespace>/<agentId>/litestream`."""
+
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Run the replication sidecar beside Vestige: every committed change reaches the bucket "
+            "within about syncInterval plus a quarter second (docs/continuous-backup.md)."
+        ),
+    )
+    sync_interval: Annotated[Duration, _duration_between("continuous.syncInterval", "250ms", "1h")] = Field(
+        default="500ms",
+        description=(
+            "How often new changes are uploaded, 250ms to 1h (a number and ms, s, m or h; at most 8 "
+            "characters). The loss window after a crash is about this plus a quarter second and one "
+            "upload; each sync with changes is one PUT."
+        ),
+    )
+    snapshot_interval: Annotated[
+        Duration, _duration_between("continuous.snapshotInterval", "10m", "2160h")
+    ] = Field(
+        default="6h",
+        description=(
+            "How often a full snapshot of the store is written into the replica, 10m to 2160h and at "
+            "most retention (at most 8 characters). A restore replays the changes since the snapshot "
+            "before its time."
+        ),
+    )
+    retention: Annotated[Duration, _duration_between("continuous.retention", "1h", "2160h")] = Field(
+        default="24h",
+        description=(
+            "How far back a point-in-time restore can go, 1h to 2160h (90 days; at most 8 "
+            "characters): older snapshots and changes are deleted from the replica."
+        ),
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "duration(self.snapshotInterval) <= duration(self.retention)",
+                    "message": "continuous.snapshotInterval must not be longer than continuous.retention",
+                }
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _snapshot_within_retention(self) -> ContinuousBackupSpec:
+        if duration_seconds(self.snapshot_interval) > duration_seconds(self.retention):
+            raise ValueError("continuous.snapshotInterval must not be longer than continuous.retention")
+        return self
+
+
 class BackupSpec(SpecModel):
     """Scheduled backups of the memory's store to object storage (one VestigeBackup per run)."""
 
@@ -1200,7 +1299,17 @@ class BackupSpec(SpecModel):
     )
     retention: BackupRetention = _nested(BackupRetention, "Which backups are kept.")
     suspend: bool = Field(default=False, description="Pause scheduled runs (existing backups are kept).")
-    destination: BackupDestination = Field(description="Where snapshots are stored.")
+    destination: BackupDestination = Field(
+        description="Where snapshots (and, with continuous, the continuous replica) are stored."
+    )
+    continuous: ContinuousBackupSpec | None = Field(
+        default=None,
+        description=(
+            "Continuous backup: stream every commit to destination (Litestream sidecar), for "
+            "restores to any moment of the retained window (restore.fromBackup.pointInTime). "
+            "Snapshots (schedule) can run beside it."
+        ),
+    )
 
 
 class RestoreSource(SpecModel):
@@ -1229,11 +1338,12 @@ class RestoreSource(SpecModel):
         description=(
             "Object key of the snapshot (as in VestigeBackup status.key; no leading '/', no '..' "
             "segment, no control characters); it must lie in the source agent's key space (checked "
-            "when reconciled). Set key or latest."
+            "when reconciled). Set key, latest or pointInTime."
         ),
     )
     latest: bool | None = Field(
-        default=None, description="Restore the newest snapshot under the prefix. Set key or latest."
+        default=None,
+        description="Restore the newest snapshot under the prefix. Set key, latest or pointInTime.",
     )
     sha256: str | None = Field(
         default=None,
@@ -1246,13 +1356,34 @@ class RestoreSource(SpecModel):
             "is used."
         ),
     )
+    point_in_time: (
+        Annotated[
+            str,
+            StringConstraints(max_length=40, pattern=POINT_IN_TIME_PATTERN),
+            CelRule(
+                rule="self == 'latest' || timestamp(self) > timestamp('1970-01-01T00:00:00Z')",
+                message="restore.fromBackup.pointInTime must be latest or a valid RFC 3339 time",
+                check=_is_point_in_time,
+            ),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description=(
+            "Restore the source's CONTINUOUS replica (spec.backup.continuous) as of this moment: an "
+            "RFC 3339 time (e.g. 2026-12-03T17:41:05Z) or `latest`; at most 40 characters. A time "
+            "in the future, or older than the oldest snapshot the replica still holds, is refused "
+            "(checked when restored, before the volume is touched). Set key, latest or pointInTime."
+        ),
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "has(self.key) != (has(self.latest) && self.latest)",
-                    "message": "restore.fromBackup: set key or latest: true (exactly one)",
+                    "rule": "[has(self.key), has(self.latest) && self.latest, has(self.pointInTime)]"
+                    ".filter(x, x).size() == 1",
+                    "message": "restore.fromBackup: set key, latest: true or pointInTime (exactly one)",
                 },
                 {
                     "rule": "!has(self.sha256) || has(self.key)",
@@ -1263,9 +1394,10 @@ class RestoreSource(SpecModel):
     )
 
     @model_validator(mode="after")
-    def _key_xor_latest(self) -> RestoreSource:
-        if (self.key is not None) == bool(self.latest):
-            raise ValueError("restore.fromBackup: set key or latest: true (exactly one)")
+    def _one_source(self) -> RestoreSource:
+        chosen = [self.key is not None, bool(self.latest), self.point_in_time is not None]
+        if chosen.count(True) != 1:
+            raise ValueError("restore.fromBackup: set key, latest: true or pointInTime (exactly one)")
         return self
 
     @model_validator(mode="after")
@@ -1280,8 +1412,9 @@ class RestoreSpec(SpecModel):
 
     from_backup: RestoreSource = Field(
         description=(
-            "The snapshot to restore. An init container restores it into an empty volume; a volume "
-            "that already holds a store is never overwritten (the resource stalls, reason RestoreRefused)."
+            "The snapshot (key or latest), or the moment of a continuous replica (pointInTime), to "
+            "restore. Init containers restore it into an empty volume; a volume that already holds "
+            "a store is never overwritten (the resource stalls, reason RestoreRefused)."
         )
     )
 
@@ -1573,6 +1706,7 @@ __all__ = [
     "CelRule",
     "Condition",
     "ConditionStatus",
+    "ContinuousBackupSpec",
     "EnvVar",
     "EnvVarSource",
     "GrantFrom",

@@ -20,12 +20,15 @@ from cronsim import CronSim, CronSimError
 
 from vestige_operator import BACKUP_KIND, GROUP, VERSION
 from vestige_operator.api import (
+    LATEST,
     BackupDestination,
     BackupPhase,
     BackupRetention,
+    ContinuousBackupSpec,
     VestigeBackupGrantSpec,
     VestigeGeneration,
     VestigeMemorySpec,
+    duration_seconds,
     max_age_seconds,
 )
 from vestige_operator.times import format_time, parse_time
@@ -41,6 +44,7 @@ from vestige_operator.vocabulary import (
     MANAGED_BY,
     TMP_DIR,
     VESTIGE_DATA_DIR,
+    VESTIGE_DATABASE,
     Images,
     Owner,
     container_security_context,
@@ -83,6 +87,16 @@ def key_space(destination: BackupDestination, namespace: str, agent_id: str) -> 
     namespaces with the same memory name, or two agents, never write, list or prune the same keys.
     """
     return f"{destination.s3.prefix or ''}{namespace}/{agent_id}/"
+
+
+#: The continuous replica's folder inside an agent's key space (Litestream's ``path``).
+REPLICA_FOLDER = "litestream"
+
+
+def replica_path(destination: BackupDestination, namespace: str, agent_id: str) -> str:
+    """Where one agent's continuous replica lives: ``<prefix><namespace>/<agentId>/litestream``
+    (inside its key space, so the same tenancy rule holds for snapshots and the replica)."""
+    return f"{key_space(destination, namespace, agent_id)}{REPLICA_FOLDER}"
 
 
 def in_key_space(space: str, key: str) -> bool:
@@ -316,16 +330,18 @@ def _target_args(destination: BackupDestination) -> list[str]:
     return args
 
 
-def _ca_volume(destination: BackupDestination) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _ca_volume(
+    destination: BackupDestination, name: str = "backup-ca", mount: str = CA_MOUNT
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(volumes, mounts) for the CA bundle, if any."""
     ca = destination.s3.ca_secret
     if ca is None:
         return [], []
     volume = {
-        "name": "backup-ca",
+        "name": name,
         "secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": ca.key}]},
     }
-    return [volume], [{"name": "backup-ca", "mountPath": CA_MOUNT, "readOnly": True}]
+    return [volume], [{"name": name, "mountPath": mount, "readOnly": True}]
 
 
 def vestige_version(spec: VestigeMemorySpec, images: Images) -> str:
@@ -513,13 +529,19 @@ def render_prune_job(
     )
 
 
-def render_restore_init_container(owner: Owner, spec: VestigeMemorySpec, images: Images) -> dict[str, Any]:
-    """The agent pod's init container that fills an empty volume from a snapshot (exit 3 and a
-    termination message when the volume already holds a store it did not restore)."""
+def render_restore_init_containers(
+    owner: Owner, spec: VestigeMemorySpec, images: Images
+) -> list[dict[str, Any]]:
+    """The agent pod's init containers that fill an empty volume from a snapshot, or from a
+    continuous replica at ``pointInTime`` (exit 3 and a termination message of the container
+    ``restore`` when the volume already holds a store it did not restore, or the replica cannot
+    give that moment)."""
     if spec.restore is None:
         raise ValueError("the memory has no spec.restore")
     source = spec.restore.from_backup
     namespace, agent_id = restore_source(spec)
+    if source.point_in_time is not None:
+        return _restore_replica_containers(spec, images, namespace, agent_id)
     args = ["restore", "--data-dir", VESTIGE_DATA_DIR]
     args += ["--key", source.key] if source.key else ["--latest"]
     if source.sha256:
@@ -533,7 +555,7 @@ def render_restore_init_container(owner: Owner, spec: VestigeMemorySpec, images:
         agent_id,
     ]
     _, ca_mounts = _ca_volume(source.destination)
-    return {
+    snapshot = {
         "name": "restore",
         "image": runner_image(spec, images),
         "command": RUNNER_COMMAND,
@@ -548,14 +570,181 @@ def render_restore_init_container(owner: Owner, spec: VestigeMemorySpec, images:
             *ca_mounts,
         ],
     }
+    return [snapshot]
 
 
 def restore_volumes(spec: VestigeMemorySpec) -> list[dict[str, Any]]:
-    """Extra pod volumes the restore init container needs."""
+    """Extra pod volumes the restore init containers need."""
     if spec.restore is None:
         return []
     ca_volumes, _ = _ca_volume(spec.restore.from_backup.destination)
     return [{"name": "restore-tmp", "emptyDir": {}}, *ca_volumes]
+
+
+# -- continuous backup (Litestream) ------------------------------------------------------------
+
+#: The control API's socket (``GET /list``: last_sync_at) on an emptyDir shared in the pod.
+LITESTREAM_RUN = "/run/litestream"
+LITESTREAM_SOCKET = f"{LITESTREAM_RUN}/litestream.sock"
+LITESTREAM_RUN_VOLUME = "litestream-run"
+LITESTREAM_METRICS_PORT = 9091
+LITESTREAM_PORT_NAME = "litestream"
+#: The sidecar's CA bundle: its own volume (the memory's destination may name another CA than
+#: the restore's source, whose bundle is at CA_MOUNT).
+SIDECAR_CA_VOLUME = "litestream-ca"
+SIDECAR_CA_MOUNT = "/etc/litestream/ca"
+#: Per-sync files are kept this long after compaction: a point in time inside it is restored to
+#: the sync; older ones to the level-1 compaction (30 s) before it.
+LITESTREAM_L0_RETENTION = "1h"
+#: The WAL read period is half the sync interval, bounded to [250ms, 1s].
+MONITOR_INTERVAL_BOUNDS_MS = (250, 1000)
+LITESTREAM_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}
+#: The restore init container filled by Litestream (after the runner's ``restore`` check).
+REPLICA_RESTORE_CONTAINER = "restore-replica"
+
+
+def monitor_interval(sync_interval: str) -> str:
+    low, high = MONITOR_INTERVAL_BOUNDS_MS
+    half = round(duration_seconds(sync_interval) * 1000 / 2)
+    return f"{min(max(half, low), high)}ms"
+
+
+def litestream_env(
+    destination: BackupDestination,
+    path: str,
+    continuous: ContinuousBackupSpec | None,
+    ca_mount: str = CA_MOUNT,
+) -> list[dict[str, Any]]:
+    """The environment of a Litestream container (images/litestream/litestream.yml reads every
+    value from it): the replica at ``path`` and, for the sidecar (``continuous``), its intervals,
+    metrics and control socket; then the credentials by secretKeyRef. The one mapping of the
+    settings to Litestream's variables (the sidecar, the restore init container, the tests)."""
+    s3 = destination.s3
+    values = {
+        "LITESTREAM_DB": VESTIGE_DATABASE,
+        "LITESTREAM_BUCKET": s3.bucket,
+        "LITESTREAM_PATH": path,
+        "LITESTREAM_ENDPOINT": s3.endpoint or "",
+        "LITESTREAM_REGION": s3.region,
+        "LITESTREAM_FORCE_PATH_STYLE": "true" if s3.force_path_style else "false",
+        "LITESTREAM_MONITOR_INTERVAL": monitor_interval(continuous.sync_interval) if continuous else "",
+        "LITESTREAM_SYNC_INTERVAL": continuous.sync_interval if continuous else "",
+        "LITESTREAM_SNAPSHOT_INTERVAL": continuous.snapshot_interval if continuous else "",
+        "LITESTREAM_RETENTION": continuous.retention if continuous else "",
+        "LITESTREAM_L0_RETENTION": LITESTREAM_L0_RETENTION if continuous else "",
+        "LITESTREAM_METRICS_ADDR": f":{LITESTREAM_METRICS_PORT}" if continuous else "",
+        "LITESTREAM_SOCKET_ENABLED": "true" if continuous else "false",
+        "LITESTREAM_SOCKET": LITESTREAM_SOCKET if continuous else "",
+    }
+    env = [{"name": name, "value": value} for name, value in values.items()]
+    if s3.ca_secret is not None:  # the AWS SDK for Go reads a private CA bundle from here
+        env.append({"name": "AWS_CA_BUNDLE", "value": f"{ca_mount}/{s3.ca_secret.key}"})
+    return env + _credentials_env(destination)
+
+
+def continuous_enabled(spec: VestigeMemorySpec) -> bool:
+    return spec.backup is not None and spec.backup.continuous is not None and spec.backup.continuous.enabled
+
+
+def render_replication_sidecar(owner: Owner, spec: VestigeMemorySpec, images: Images) -> dict[str, Any]:
+    """The Litestream sidecar: a native sidecar (an init container with ``restartPolicy: Always``),
+    so it starts before Vestige and stops after it (its last sync runs after the last write).
+    It replicates the store to the memory's own key space, gets the credentials (the only
+    container of the running pod that does) and serves the control socket on an emptyDir. No
+    readiness probe: a lagging replica must not take the memory out of its Service."""
+    if spec.backup is None or spec.backup.continuous is None:
+        raise ValueError("the memory has no spec.backup.continuous")
+    destination = spec.backup.destination
+    path = replica_path(destination, owner.namespace, spec.effective_agent_id(owner.name))
+    _, ca_mounts = _ca_volume(destination, SIDECAR_CA_VOLUME, SIDECAR_CA_MOUNT)
+    return {
+        "name": "litestream",
+        "image": images.litestream,
+        "args": ["replicate"],
+        "restartPolicy": "Always",
+        "env": litestream_env(destination, path, spec.backup.continuous, SIDECAR_CA_MOUNT),
+        "ports": [
+            {"name": LITESTREAM_PORT_NAME, "containerPort": LITESTREAM_METRICS_PORT, "protocol": "TCP"}
+        ],
+        "livenessProbe": {
+            "httpGet": {"path": "/metrics", "port": LITESTREAM_PORT_NAME, "scheme": "HTTP"},
+            "periodSeconds": 30,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "resources": {k: dict(v) for k, v in LITESTREAM_RESOURCES.items()},
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_MOUNT},
+            {"name": LITESTREAM_RUN_VOLUME, "mountPath": LITESTREAM_RUN},
+            *ca_mounts,
+        ],
+    }
+
+
+def replication_volumes(spec: VestigeMemorySpec) -> list[dict[str, Any]]:
+    """Extra pod volumes of the sidecar: the control socket's emptyDir, its CA bundle if any."""
+    if not continuous_enabled(spec) or spec.backup is None:
+        return []
+    ca_volumes, _ = _ca_volume(spec.backup.destination, SIDECAR_CA_VOLUME, SIDECAR_CA_MOUNT)
+    return [{"name": LITESTREAM_RUN_VOLUME, "emptyDir": {}}, *ca_volumes]
+
+
+def _restore_replica_containers(
+    spec: VestigeMemorySpec, images: Images, namespace: str, agent_id: str
+) -> list[dict[str, Any]]:
+    """A continuous restore: the runner's ``restore-check`` (named ``restore``, so its refusal,
+    exit 3, is read as a snapshot restore's is), then ``litestream restore`` into the volume."""
+    assert spec.restore is not None and spec.restore.from_backup.point_in_time is not None
+    source = spec.restore.from_backup
+    point = source.point_in_time
+    path = replica_path(source.destination, namespace, agent_id)
+    _, ca_mounts = _ca_volume(source.destination)
+    check = {
+        "name": "restore",
+        "image": runner_image(spec, images),
+        "command": RUNNER_COMMAND,
+        "args": [
+            "restore-check",
+            "--data-dir",
+            VESTIGE_DATA_DIR,
+            "--prefix",
+            key_space(source.destination, namespace, agent_id),
+            "--replica",
+            path,
+            "--point-in-time",
+            point,
+            "--expect-namespace",
+            namespace,
+            "--expect-agent-id",
+            agent_id,
+            *_target_args(source.destination),
+        ],
+        "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(source.destination)],
+        "resources": {k: dict(v) for k, v in RUNNER_RESOURCES.items()},
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_MOUNT},
+            {"name": "restore-tmp", "mountPath": TMP_DIR},
+            *ca_mounts,
+        ],
+    }
+    # -if-replica-exists is never passed: with it a refused time exits 0 with NO database.
+    args = ["restore", "-if-db-not-exists", "-integrity-check", "full"]
+    if point != LATEST:
+        args += ["-timestamp", point]
+    restore = {
+        "name": REPLICA_RESTORE_CONTAINER,
+        "image": images.litestream,
+        "args": [*args, VESTIGE_DATABASE],
+        "env": litestream_env(source.destination, path, None),
+        "resources": {k: dict(v) for k, v in LITESTREAM_RESOURCES.items()},
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "data", "mountPath": DATA_MOUNT}, *ca_mounts],
+    }
+    return [check, restore]
 
 
 # -- reading results -----------------------------------------------------------------------------

@@ -28,7 +28,16 @@ from vestige_operator.api import (
     VestigeGeneration,
     VestigeMemorySpec,
 )
-from vestige_operator.backup import render_restore_init_container, restore_volumes
+from vestige_operator.backup import (
+    LITESTREAM_RUN,
+    LITESTREAM_RUN_VOLUME,
+    LITESTREAM_SOCKET,
+    continuous_enabled,
+    render_replication_sidecar,
+    render_restore_init_containers,
+    replication_volumes,
+    restore_volumes,
+)
 from vestige_operator.tokens import PREVIOUS_EXPIRES_KEY, PREVIOUS_KEY, TOKEN_KEY, VESTIGE_TOKEN_KEY
 from vestige_operator.vocabulary import (
     ANNOTATION_AGENT_ID,
@@ -48,6 +57,7 @@ from vestige_operator.vocabulary import (
     MANAGED_BY,
     TMP_DIR,
     VESTIGE_DATA_DIR,
+    VESTIGE_DATABASE,
     VESTIGE_HOST,
     VESTIGE_MCP_URL,
     VESTIGE_PORT,
@@ -66,8 +76,6 @@ from vestige_operator.vocabulary import (
 
 # -- Vestige's layout ---------------------------------------------------------------------------
 
-#: Vestige 1.x takes the database file, not its directory.
-VESTIGE_V1_DATABASE = f"{VESTIGE_DATA_DIR}/vestige.db"
 #: The shell Vestige 1.x/2.x runs under, behind mcp-proxy (both seen with the real 1.3.0/2.0.0,
 #: tests/bridge/test_real.py): they open `--data-dir` (the database file) without creating its
 #: directory, which a fresh volume lacks (`XDG_DATA_HOME` is that directory, see below); and
@@ -100,6 +108,7 @@ RESERVED_BRIDGE_ENV = frozenset(
         "VESTIGE_MCP_TOKEN",
         "VESTIGE_AUTH_TOKEN_DIR",
         "VESTIGE_AUTH_RELOAD_SECONDS",
+        "VESTIGE_REPLICATION_SOCKET",
         "HOME",
     }
 )
@@ -401,7 +410,7 @@ def render_vestige_container(owner: Owner, spec: VestigeMemorySpec, images: Imag
             "vestige",
             "vestige-mcp",
             "--data-dir",
-            VESTIGE_V1_DATABASE,
+            VESTIGE_DATABASE,
         ]
         # 1.x/2.x write `backup`/`export` files under the parent of their XDG data dir
         # ($XDG_DATA_HOME, else $HOME/.local/share): on the volume beside the database, not in
@@ -460,6 +469,9 @@ def render_bridge_container(owner: Owner, spec: VestigeMemorySpec, images: Image
     if not bridge.allow_anonymous:
         env.append({"name": "VESTIGE_AUTH_TOKEN_DIR", "value": AUTH_MOUNT})
         mounts.append({"name": AUTH_VOLUME, "mountPath": AUTH_MOUNT, "readOnly": True})
+    if continuous_enabled(spec):  # the replication lag, read from the sidecar's control socket
+        env.append({"name": "VESTIGE_REPLICATION_SOCKET", "value": LITESTREAM_SOCKET})
+        mounts.append({"name": LITESTREAM_RUN_VOLUME, "mountPath": LITESTREAM_RUN, "readOnly": True})
     env += _user_env(bridge.env, RESERVED_BRIDGE_ENV)
 
     def probe(path: str, **timing: int) -> dict[str, Any]:
@@ -530,9 +542,15 @@ def render_deployment(
     }
     if not spec.bridge.allow_anonymous:
         pod_spec["volumes"].append(render_auth_volume(owner, spec))
+    init: list[dict[str, Any]] = []
     if spec.restore is not None:  # fill a new, empty volume before Vestige starts (docs/backup.md)
-        pod_spec["initContainers"] = [render_restore_init_container(owner, spec, images)]
+        init += render_restore_init_containers(owner, spec, images)
         pod_spec["volumes"] += restore_volumes(spec)
+    if continuous_enabled(spec):  # a native sidecar: after the restore, before Vestige
+        init.append(render_replication_sidecar(owner, spec, images))
+        pod_spec["volumes"] += replication_volumes(spec)
+    if init:
+        pod_spec["initContainers"] = init
     if pod_opts.node_selector:
         pod_spec["nodeSelector"] = dict(pod_opts.node_selector)
     if pod_opts.tolerations:

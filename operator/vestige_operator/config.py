@@ -17,6 +17,9 @@ from vestige_operator import __version__
 DEFAULT_VESTIGE_IMAGE = "ghcr.io/vestige-operator/vestige:3"
 #: The bridge image of this release.
 DEFAULT_BRIDGE_IMAGE = f"ghcr.io/vestige-operator/vestige-bridge:{__version__}"
+#: The Litestream image of continuous backups (built by images/litestream/Dockerfile; the version
+#: tests/litestream/build.py pins).
+DEFAULT_LITESTREAM_IMAGE = "ghcr.io/vestige-operator/litestream:0.5.18"
 DEFAULT_RESYNC_SECONDS = 60.0
 #: kopf's liveness endpoint. In a pod the kubelet probes the pod IP, hence 0.0.0.0 by default;
 #: local runs and tests pass a 127.0.0.1 URL (or an empty string to turn it off).
@@ -126,6 +129,7 @@ class OperatorConfig:
 
     default_vestige_image: str = DEFAULT_VESTIGE_IMAGE
     default_bridge_image: str = DEFAULT_BRIDGE_IMAGE
+    default_litestream_image: str = DEFAULT_LITESTREAM_IMAGE
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
     namespaces: tuple[str, ...] = ()
     all_namespaces: bool = False
@@ -159,6 +163,8 @@ class OperatorConfig:
         return cls(
             default_vestige_image=env.get("VESTIGE_DEFAULT_IMAGE", "").strip() or DEFAULT_VESTIGE_IMAGE,
             default_bridge_image=env.get("VESTIGE_BRIDGE_IMAGE", "").strip() or DEFAULT_BRIDGE_IMAGE,
+            default_litestream_image=env.get("VESTIGE_LITESTREAM_IMAGE", "").strip()
+            or DEFAULT_LITESTREAM_IMAGE,
             resync_seconds=_parse_positive_float(
                 "VESTIGE_RESYNC_SECONDS", env.get("VESTIGE_RESYNC_SECONDS", str(DEFAULT_RESYNC_SECONDS))
             ),

@@ -173,7 +173,11 @@ class Reconciler:
     ) -> None:
         self.port = port
         self.config = config
-        self.images = Images(vestige=config.default_vestige_image, bridge=config.default_bridge_image)
+        self.images = Images(
+            vestige=config.default_vestige_image,
+            bridge=config.default_bridge_image,
+            litestream=config.default_litestream_image,
+        )
         self._clock = clock
         self._now = now
         self.tokens = (

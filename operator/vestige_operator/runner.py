@@ -56,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bridge-image", default=None, help="default bridge image (env VESTIGE_BRIDGE_IMAGE)"
     )
     parser.add_argument(
+        "--litestream-image",
+        default=None,
+        help="image of the continuous-backup sidecar (env VESTIGE_LITESTREAM_IMAGE)",
+    )
+    parser.add_argument(
         "--log-format", choices=("json", "plain"), default=None, help="log format (env VESTIGE_LOG_FORMAT)"
     )
     parser.add_argument(
@@ -94,6 +99,8 @@ def config_from_args(args: argparse.Namespace, env: dict[str, str] | None = None
         overrides["default_vestige_image"] = args.vestige_image
     if args.bridge_image:
         overrides["default_bridge_image"] = args.bridge_image
+    if args.litestream_image:
+        overrides["default_litestream_image"] = args.litestream_image
     if args.log_format:
         overrides["log_format"] = args.log_format
     if args.log_level:

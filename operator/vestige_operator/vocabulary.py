@@ -72,6 +72,8 @@ AUTH_VOLUME = "auth"
 #: The data volume, in the agent's pod and in the backup Jobs.
 DATA_MOUNT = "/data"
 VESTIGE_DATA_DIR = f"{DATA_MOUNT}/vestige"
+#: Vestige's SQLite store (every generation; 1.x takes the file itself as its ``--data-dir``).
+VESTIGE_DATABASE = f"{VESTIGE_DATA_DIR}/vestige.db"
 #: The containers' only writable scratch space (an emptyDir: the root filesystem is read-only).
 TMP_DIR = "/tmp"  # noqa: S108 (a path inside the pod)
 #: uid and gid of every container the operator runs (the images' USER).
@@ -89,21 +91,29 @@ class Owner:
 
 @dataclass(frozen=True, slots=True)
 class Images:
-    """Operator-wide default images (``spec.*.image`` overrides them)."""
+    """Operator-wide default images (``spec.*.image`` overrides them; the Litestream sidecar's is
+    the operator's only)."""
 
     vestige: str
     bridge: str
+    litestream: str
 
     def encode(self) -> str:
         """The annotation value (compact JSON, stable key order)."""
-        return json.dumps({"bridge": self.bridge, "vestige": self.vestige}, separators=(",", ":"))
+        return json.dumps(
+            {"bridge": self.bridge, "litestream": self.litestream, "vestige": self.vestige},
+            separators=(",", ":"),
+        )
 
     @classmethod
     def decode(cls, value: str | None) -> Images | None:
         """The images an ``encode`` value names (None: absent or not understood)."""
         try:
             data = json.loads(value or "")
-            return cls(vestige=str(data["vestige"]), bridge=str(data["bridge"]))
+            # Written before the Litestream sidecar existed: no memory of that operator ran one, so
+            # any value renders its pods alike (and an upgrade's rollout stays paced).
+            litestream = str(data.get("litestream", ""))
+            return cls(vestige=str(data["vestige"]), bridge=str(data["bridge"]), litestream=litestream)
         except (ValueError, TypeError, KeyError):
             return None
 

@@ -49,7 +49,11 @@ from tests.bench.kube import (
 )
 from tests.cluster import kubectl_binary
 
-IMAGES = Images(vestige="example.org/vestige:3.0.0", bridge="example.org/vestige-bridge:0.1.0")
+IMAGES = Images(
+    vestige="example.org/vestige:3.0.0",
+    bridge="example.org/vestige-bridge:0.1.0",
+    litestream="example.org/litestream:0.5.18",
+)
 #: The operator's default VESTIGE_MAX_CONCURRENT_RECONCILES: the client concurrency of both runs.
 CONCURRENCY = 8
 FLOW_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")

@@ -60,7 +60,9 @@ def pod_shape(tmp: Path, proxy: Path, vestige: Path, port: int | None = None) ->
 
     spec = VestigeMemorySpec.model_validate({"vestige": {"generation": "v1"}})
     container = render_vestige_container(
-        Owner(name="agent-a", namespace="test", uid="u"), spec, Images(vestige="v", bridge="b")
+        Owner(name="agent-a", namespace="test", uid="u"),
+        spec,
+        Images(vestige="v", bridge="b", litestream="example.org/litestream:0.5.18"),
     )
     data, home, port = tmp / "data", tmp / "home", port or free_port()
     data.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,9 @@ def rendered(generation: str, ref: str) -> tuple[list[str], dict[str, str]]:
     """The Vestige container's command+args and environment exactly as the operator renders
     them (the token from the Secret substituted)."""
     spec = VestigeMemorySpec.model_validate({"vestige": {"generation": generation}})
-    container = render_vestige_container(OWNER, spec, Images(vestige=ref, bridge="unused"))
+    container = render_vestige_container(
+        OWNER, spec, Images(vestige=ref, bridge="unused", litestream="example.org/litestream:0.5.18")
+    )
     env = {e["name"]: e.get("value", TOKEN) for e in container["env"]}
     return [*container["command"], *container["args"]], env
 

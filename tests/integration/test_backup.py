@@ -197,7 +197,9 @@ class Harness:
         self.cluster = Cluster(make_api_client(kubeconfig))
         self.now = datetime.now(UTC)
         self.controller = BackupController(
-            self.cluster, Images(vestige="vestige:3", bridge="bridge:test"), clock=lambda: self.now
+            self.cluster,
+            Images(vestige="vestige:3", bridge="bridge:test", litestream="example.org/litestream:0.5.18"),
+            clock=lambda: self.now,
         )
 
     def _list(self, kind: str, *selector: str) -> list[dict[str, Any]]:

@@ -2,13 +2,14 @@
 ``/etc/litestream.yml`` (``images/litestream/litestream.yml``) plus environment variables, with
 the S3 credentials only in the environment (as the sidecar gets them from a Secret).
 
-``replica_path`` is the key space rule of continuous backups (to move into the operator's
-backup module when the sidecar is wired in): derived from namespace and agent id, never free
-text, so one agent's replica can never be written or restored by another.
+``replica_path`` is the operator's key space rule of continuous backups
+(``vestige_operator.backup.replica_path``): derived from namespace and agent id, never free text,
+so one agent's replica can never be written or restored by another.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import httpx
-from vestige_operator.api import DNS1123_LABEL_PATTERN
+from vestige_bridge import replication
+from vestige_operator import backup
+from vestige_operator.api import DNS1123_LABEL_PATTERN, BackupDestination
 
 from tests.litestream import build
 from tests.s3.server import S3Server
@@ -44,7 +46,10 @@ def replica_path(namespace: str, agent_id: str, prefix: str = "") -> str:
             raise ValueError(f"{what} must be a DNS label: {value!r}")
     if prefix and (not prefix.endswith("/") or prefix.startswith("/") or ".." in prefix.split("/")):
         raise ValueError(f"prefix must be empty or end with '/' (no leading '/', no '..'): {prefix!r}")
-    return f"{prefix}{namespace}/{agent_id}/litestream"
+    destination = BackupDestination.model_validate(
+        {"s3": {"bucket": "any-bucket", "prefix": prefix or None, "credentialsSecret": {"name": "any"}}}
+    )
+    return backup.replica_path(destination, namespace, agent_id)
 
 
 @dataclass(frozen=True)
@@ -143,18 +148,9 @@ class Litestream:
 
 
 def last_sync_at(socket: Path) -> datetime | None:
-    """When the replica last held every change of the store (``GET /list`` of the control API,
-    ``last_sync_at``): Litestream records it after each sync that left nothing to upload, so it
-    advances every sync interval while replication is healthy (idle or not) and stops while
-    uploads fail. ``now - last_sync_at`` is the replication lag."""
-    transport = httpx.HTTPTransport(uds=str(socket))
-    with httpx.Client(transport=transport, base_url="http://litestream", timeout=5) as client:
-        answer = client.get("/list")
-    answer.raise_for_status()
-    databases = answer.json()["databases"]
-    stamp = databases[0].get("last_sync_at") if databases else None
-    # Go writes nanoseconds; Python reads at most microseconds
-    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", stamp)) if stamp else None
+    """When the replica last held every change of the store: the bridge's reader of the control
+    socket (``vestige_bridge.replication``, the one place the lag is measured), run here."""
+    return asyncio.run(replication.last_sync_at(socket, seconds=5))
 
 
 def restore(

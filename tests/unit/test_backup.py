@@ -22,7 +22,7 @@ from vestige_operator.vocabulary import (
 )
 
 OWNER = Owner(name="agent", namespace="agents", uid="uid-1")
-IMAGES = Images(vestige="vestige:3", bridge="bridge:1")
+IMAGES = Images(vestige="vestige:3", bridge="bridge:1", litestream="example.org/litestream:0.5.18")
 S3 = {
     "s3": {
         "endpoint": "http://s3.storage.svc:7070",

@@ -27,7 +27,7 @@ from tests.unit.fake_port import FakePort
 
 NS = "team-a"
 T0 = datetime(2026, 12, 2, 10, 0, 30, tzinfo=UTC)
-IMAGES = Images(vestige="vestige:3", bridge="bridge:1")
+IMAGES = Images(vestige="vestige:3", bridge="bridge:1", litestream="example.org/litestream:0.5.18")
 S3 = {"s3": {"endpoint": "http://s3:7070", "bucket": "backups", "credentialsSecret": {"name": "creds"}}}
 
 

@@ -165,6 +165,7 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
             "logLevel": "DEBUG",
             "defaultVestigeImage": "registry.example/vestige:3.1",
             "defaultBridgeImage": "registry.example/bridge:0.2",
+            "defaultLitestreamImage": "registry.example/litestream:0.5.18",
             "maxConcurrentReconciles": 4,
             "verifyResyncs": 5,
             "maxFleetRollouts": 0,
@@ -205,6 +206,7 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
         "VESTIGE_LOG_LEVEL": "DEBUG",
         "VESTIGE_DEFAULT_IMAGE": "registry.example/vestige:3.1",
         "VESTIGE_BRIDGE_IMAGE": "registry.example/bridge:0.2",
+        "VESTIGE_LITESTREAM_IMAGE": "registry.example/litestream:0.5.18",
         "VESTIGE_MAX_CONCURRENT_RECONCILES": "4",
         "VESTIGE_VERIFY_RESYNCS": "5",
         "VESTIGE_MAX_FLEET_ROLLOUTS": "0",
@@ -372,9 +374,12 @@ def test_the_pod_monitor_scrapes_every_agents_bridge() -> None:
     docs = by_key(render_chart(*PACK_ON))
     monitor = docs[("PodMonitor", NAMESPACE, f"{RELEASE}-bridges")]
     owner = Owner(name="agent-a", namespace="agents", uid="uid-a")
-    pod = render_deployment(owner, VestigeMemorySpec(), Images(vestige="v:1", bridge="b:1"), "hash")["spec"][
-        "template"
-    ]
+    pod = render_deployment(
+        owner,
+        VestigeMemorySpec(),
+        Images(vestige="v:1", bridge="b:1", litestream="example.org/litestream:0.5.18"),
+        "hash",
+    )["spec"]["template"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     bridge = next(c for c in pod["spec"]["containers"] if c["name"] == "bridge")

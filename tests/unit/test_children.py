@@ -36,7 +36,11 @@ from vestige_operator.vocabulary import (
 )
 
 OWNER = Owner(name="agent-a", namespace="team", uid="0f6a1c1e-0000-4000-8000-000000000001")
-IMAGES = Images(vestige="example.org/vestige:3.1.0", bridge="example.org/bridge:0.1.0")
+IMAGES = Images(
+    vestige="example.org/vestige:3.1.0",
+    bridge="example.org/bridge:0.1.0",
+    litestream="example.org/litestream:0.5.18",
+)
 HASH = token_hash("t0ken")
 HOSTILE = "line1\nline2: \"quoted\" {{ .Values.x }} 'single' # not a comment"
 

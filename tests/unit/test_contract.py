@@ -53,7 +53,9 @@ from vestige_operator.vocabulary import (
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = Owner(name="agent", namespace="team", uid="u-1")
-IMAGES = Images(vestige="example.org/vestige:3", bridge="example.org/bridge:1")
+IMAGES = Images(
+    vestige="example.org/vestige:3", bridge="example.org/bridge:1", litestream="example.org/litestream:0.5.18"
+)
 NOW = datetime(2026, 12, 2, 12, 0, 0, tzinfo=UTC)
 S3 = {"bucket": "backups", "region": "eu-west-1", "credentialsSecret": {"name": "s3"}}
 CA = {"endpoint": "https://s3.example.org", "caSecret": {"name": "ca", "key": "ca.crt"}}
@@ -197,7 +199,7 @@ def rendered_runner_containers() -> dict[str, dict[str, Any]]:
     return {
         "backup": job["spec"]["template"]["spec"]["containers"][0],
         "prune": prune["spec"]["template"]["spec"]["containers"][0],
-        "restore": backup.render_restore_init_container(OWNER, RESTORE_SPEC, IMAGES),
+        "restore": backup.render_restore_init_containers(OWNER, RESTORE_SPEC, IMAGES)[0],
     }
 
 
@@ -284,7 +286,9 @@ def test_snapshot_identity_and_key_space_agree_with_the_runner() -> None:
     )
     assert spec.backup is not None
     space = backup.key_space(spec.backup.destination, "ns", "agent")
-    job = backup.render_backup_job("agent-1", "uid", Owner("agent", "ns", "uid-1"), spec, Images("v", "b"))
+    job = backup.render_backup_job(
+        "agent-1", "uid", Owner("agent", "ns", "uid-1"), spec, Images("v", "b", "l")
+    )
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     key = args[args.index("--key") + 1]
     recorded = dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--metadata")

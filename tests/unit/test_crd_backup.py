@@ -114,7 +114,13 @@ def test_spec_memory_is_required_and_immutable(schema: dict[str, Any]) -> None:
 def test_memory_backup_schema_names() -> None:
     spec = crd.openapi_schema()["properties"]["spec"]["properties"]
     backup = spec["backup"]["properties"]
-    assert set(backup) == {"schedule", "retention", "suspend", "destination"}
+    assert set(backup) == {"schedule", "retention", "suspend", "destination", "continuous"}
+    assert set(backup["continuous"]["properties"]) == {
+        "enabled",
+        "syncInterval",
+        "snapshotInterval",
+        "retention",
+    }
     assert set(backup["retention"]["properties"]) == {"keepLast", "maxAge"}
     s3 = backup["destination"]["properties"]["s3"]["properties"]
     assert set(s3) == {
@@ -127,7 +133,7 @@ def test_memory_backup_schema_names() -> None:
         "forcePathStyle",
     }
     restore = spec["restore"]["properties"]["fromBackup"]
-    assert set(restore["properties"]) == {"destination", "source", "key", "latest", "sha256"}
+    assert set(restore["properties"]) == {"destination", "source", "key", "latest", "sha256", "pointInTime"}
     assert restore["x-kubernetes-validations"][0]["message"].startswith("restore.fromBackup")
     status = crd.openapi_schema()["properties"]["status"]["properties"]["backup"]["properties"]
     assert set(status["lastSuccessful"]["properties"]) >= {"time", "key"}

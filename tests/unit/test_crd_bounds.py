@@ -120,7 +120,14 @@ COUNTERPARTS: dict[str, tuple[str, str | None]] = {
     "_check_cron": ("reconcile", None),
     "EnvVar._value_xor_value_from": ("cel", "env: set value or valueFrom, not both"),
     "IngressSpec._tls_needs_host": ("cel", "ingress.tls needs ingress.host"),
-    "RestoreSource._key_xor_latest": ("cel", "restore.fromBackup: set key or latest: true (exactly one)"),
+    "RestoreSource._one_source": (
+        "cel",
+        "restore.fromBackup: set key, latest: true or pointInTime (exactly one)",
+    ),
+    "ContinuousBackupSpec._snapshot_within_retention": (
+        "cel",
+        "continuous.snapshotInterval must not be longer than continuous.retention",
+    ),
     "RestoreSource._sha256_needs_key": (
         "cel",
         "restore.fromBackup.sha256 pins the snapshot at key: set key with it",

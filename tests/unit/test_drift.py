@@ -11,7 +11,9 @@ from vestige_operator.plan import apply_reason, first_difference
 from vestige_operator.vocabulary import Images, Owner
 
 OWNER = Owner(name="agent-a", namespace="team", uid="uid-1")
-IMAGES = Images(vestige="example.org/vestige:3", bridge="example.org/bridge:1")
+IMAGES = Images(
+    vestige="example.org/vestige:3", bridge="example.org/bridge:1", litestream="example.org/litestream:0.5.18"
+)
 
 
 def deployment() -> dict[str, Any]:

@@ -11,7 +11,9 @@ from vestige_operator.status import Observation, compute_status, stalled_event
 from vestige_operator.vocabulary import ANNOTATION_AGENT_ID, LABEL_AGENT_ID, Images, Owner
 
 OWNER = Owner(name="alice", namespace="team", uid="uid-new")
-IMAGES = Images(vestige="example.org/vestige:3", bridge="example.org/bridge:1")
+IMAGES = Images(
+    vestige="example.org/vestige:3", bridge="example.org/bridge:1", litestream="example.org/litestream:0.5.18"
+)
 
 
 def legacy_pvc(**meta: Any) -> dict[str, Any]:

@@ -436,7 +436,9 @@ async def test_new_default_images_roll_out_at_most_n_agents_at_a_time_own_change
         await w.settle(name)
     old = _bridge_image(w, names[0])
     new = "example.org/vestige-bridge:9.9.9"
-    w.rec.images = Images(vestige=w.rec.images.vestige, bridge=new)  # an operator upgrade
+    w.rec.images = Images(
+        vestige=w.rec.images.vestige, bridge=new, litestream=w.rec.images.litestream
+    )  # an operator upgrade
 
     for name in names:
         await w.settle(name)
@@ -481,7 +483,9 @@ async def test_without_a_limit_every_agent_rolls_at_once() -> None:
         w.memory(name)
         await w.settle(name)
         _roll_out(w, name)
-    w.rec.images = Images(vestige=w.rec.images.vestige, bridge="example.org/bridge:2")
+    w.rec.images = Images(
+        vestige=w.rec.images.vestige, bridge="example.org/bridge:2", litestream=w.rec.images.litestream
+    )
     for name in ("a", "b", "c"):
         await w.settle(name)
         assert _bridge_image(w, name) == "example.org/bridge:2"

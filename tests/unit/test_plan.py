@@ -10,7 +10,9 @@ from vestige_operator.children import IngressClaim, render_children, render_pvc
 from vestige_operator.vocabulary import Images, Owner
 
 OWNER = Owner(name="a", namespace="team", uid="uid-a")
-IMAGES = Images(vestige="example.org/vestige:3", bridge="example.org/bridge:1")
+IMAGES = Images(
+    vestige="example.org/vestige:3", bridge="example.org/bridge:1", litestream="example.org/litestream:0.5.18"
+)
 
 
 def live(spec: VestigeMemorySpec) -> dict[str, list[dict[str, Any]]]:
@@ -149,7 +151,7 @@ def _deployment(spec: VestigeMemorySpec, images: Images, auth_hash: str = "h") -
 
 def test_only_a_change_of_the_operators_default_images_is_a_paced_fleet_rollout() -> None:
     spec = VestigeMemorySpec()
-    new = Images(vestige=IMAGES.vestige, bridge="example.org/bridge:2")
+    new = Images(vestige=IMAGES.vestige, bridge="example.org/bridge:2", litestream=IMAGES.litestream)
     running = _deployment(spec, IMAGES)
     assert p.fleet_only(OWNER, spec, new, "h", _deployment(spec, new), running)
     assert not p.fleet_only(OWNER, spec, IMAGES, "h", _deployment(spec, IMAGES), running)  # nothing new

@@ -1,10 +1,14 @@
-"""``python -m vestige_backup backup | restore | prune``: the runner the operator starts.
+"""``python -m vestige_backup backup | restore | restore-check | prune``: the runner the operator
+starts. ``restore-check`` guards a continuous (Litestream) restore: it runs before ``litestream
+restore`` in the agent pod and refuses a volume that holds a store, a missing replica and a point
+in time outside the replica's retained window, before anything is written.
 
 Credentials come from ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (set from the credentials
 Secret by secretKeyRef in the Job's pod or the init container only). The result is one JSON object
 written to ``--result-file`` (the container's termination message, which the operator reads) and
 to stdout: ``{"ok": true, "key": ..., "size": ..., "sha256": ...}`` or ``{"ok": false, "message":
-...}``. Exit status: 0 done, 1 failed, 3 restore refused (the volume already holds a store).
+...}``. Exit status: 0 done, 1 failed, 3 restore refused (the volume already holds a store, or
+the continuous replica cannot give the requested moment).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
         "the object's own metadata",
     )
     _target_args(restore)
+    check = sub.add_parser(
+        "restore-check", help="before `litestream restore`: refuse what it must not do, mark the volume"
+    )
+    check.add_argument("--data-dir", type=Path, required=True)
+    check.add_argument("--prefix", required=True, help="the source agent's key space")
+    check.add_argument("--replica", required=True, help="the continuous replica's path (under --prefix)")
+    check.add_argument("--point-in-time", required=True, help="RFC 3339 time or latest")
+    check.add_argument("--expect-namespace", required=True)
+    check.add_argument("--expect-agent-id", required=True)
+    _target_args(check)
     prune = sub.add_parser("prune", help="delete snapshots (retention)")
     prune.add_argument("--key", dest="keys", action="append", default=[])
     prune.add_argument("--prefix", required=True, help="the agent's key space: every --key must be under it")
@@ -160,6 +175,76 @@ def run_restore(args: argparse.Namespace) -> dict[str, Any]:
     return {"ok": True, "key": key, "sha256": sha256, "files": files, "message": f"restored {key}"}
 
 
+#: Where Litestream's S3 client keeps its files under a replica's path:
+#: ``<level, 4 digits>/<minTXID>-<maxTXID>.ltx``; level 9 holds the full snapshots (the start of
+#: every restore).
+SNAPSHOT_LEVEL_DIR = "0009/"
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise store.StoreError(f"point in time {value!r} is not an RFC 3339 time") from None
+    if parsed.tzinfo is None:
+        raise store.StoreError(f"point in time {value!r} has no time zone")
+    return parsed
+
+
+def run_restore_check(args: argparse.Namespace, now: datetime | None = None) -> dict[str, Any]:
+    """Refuse (exit 3, nothing written) a volume holding a store, a replica that does not exist,
+    and a point in time in the future or before the oldest snapshot the replica still holds:
+    Litestream itself gives "latest" for a future time and may restore an OLDER state, exit 0, for
+    a time that left its window. Then write the restore marker, so a pod restart after the
+    restore passes (``litestream restore -if-db-not-exists`` is then a no-op)."""
+    from vestige_backup.objects import Store
+
+    data_dir: Path = args.data_dir
+    marker = store.restore_marker(data_dir)
+    if marker is not None:
+        return {"ok": True, "replica": marker.get("replica"), "message": "already restored; nothing to do"}
+    if store.holds_store(data_dir):
+        raise store.RestoreRefused(
+            f"{data_dir} already holds a Vestige store that was not restored: refusing to overwrite "
+            "it (restore needs a new, empty volume)"
+        )
+    who = f"{args.expect_namespace}/{args.expect_agent_id}"
+    replica = args.replica.rstrip("/") + "/"
+    if not under(args.prefix, replica) or not args.prefix.endswith(f"{who}/"):
+        raise store.StoreError(f"replica {args.replica} is not in agent {who}'s key space {args.prefix}")
+    bucket = Store(_target(args))
+    files = [(key, when) for key, when in bucket.list_keys(replica) if key.endswith(".ltx")]
+    if not files:
+        raise store.RestoreRefused(
+            f"no continuous replica of agent {who} under {replica} in {bucket.target.where}: nothing "
+            "to restore (is spec.backup.continuous enabled on the source?)"
+        )
+    if args.point_in_time != "latest":
+        when = _parse_time(args.point_in_time)
+        now = now or datetime.now(UTC)
+        if when > now:
+            raise store.RestoreRefused(
+                f"point in time {args.point_in_time} is in the future (now {now:%Y-%m-%dT%H:%M:%SZ}): "
+                "refused (use latest)"
+            )
+        level = f"{replica}{SNAPSHOT_LEVEL_DIR}"
+        snapshots = [bucket.replica_time(key, modified) for key, modified in files if key.startswith(level)]
+        oldest = min(snapshots) if snapshots else None
+        if oldest is None or when < oldest:
+            since = (
+                f"the oldest restorable moment is {oldest:%Y-%m-%dT%H:%M:%SZ}"
+                if oldest
+                else "no snapshot yet"
+            )
+            raise store.RestoreRefused(
+                f"point in time {args.point_in_time} is outside the retained window of agent {who}'s "
+                f"replica ({since}): refused, nothing restored"
+            )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store.write_restore_marker(data_dir, {"replica": replica, "pointInTime": args.point_in_time})
+    return {"ok": True, "replica": replica, "message": f"restoring {who}'s replica at {args.point_in_time}"}
+
+
 def run_prune(args: argparse.Namespace) -> dict[str, Any]:
     from vestige_backup.objects import Store
 
@@ -172,7 +257,12 @@ def run_prune(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    runners = {"backup": run_backup, "restore": run_restore, "prune": run_prune}
+    runners = {
+        "backup": run_backup,
+        "restore": run_restore,
+        "restore-check": run_restore_check,
+        "prune": run_prune,
+    }
     try:
         result = runners[args.command](args)
     except store.RestoreRefused as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from vestige_backup.keys import METADATA_SHA256
 SNAPSHOT_SUFFIX = ".tar.gz"
 CHECKSUM_SUFFIX = ".sha256"
 CHECKING_BUCKET = "checking the bucket"
+#: Object metadata in which Litestream records the time of each of its files (RFC 3339).
+LITESTREAM_TIMESTAMP = "litestream-timestamp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,29 @@ class Store:
             if belongs(self.metadata(key)):
                 return key
         raise ObjectStoreError(f"no snapshot of this agent under {prefix!r} in {self.target.where}")
+
+    def list_keys(self, prefix: str) -> list[tuple[str, datetime]]:
+        """Every (key, LastModified) under ``prefix``."""
+        found: list[tuple[str, datetime]] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.target.bucket, Prefix=prefix):
+                found += [(obj["Key"], obj["LastModified"]) for obj in page.get("Contents", [])]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise self._explain(exc, f"listing {prefix}") from None
+        return found
+
+    def replica_time(self, key: str, last_modified: datetime) -> datetime:
+        """The time Litestream records for one of its files (metadata ``litestream-timestamp``,
+        which its restore plan uses), else the object's LastModified (as Litestream falls back)."""
+        head = self._call(f"reading {key}", self.client.head_object, Bucket=self.target.bucket, Key=key)
+        recorded = (head.get("Metadata") or {}).get(LITESTREAM_TIMESTAMP)
+        if recorded:
+            try:
+                return datetime.fromisoformat(recorded.replace("Z", "+00:00"))
+            except ValueError:
+                pass
+        return last_modified
 
     def download(self, key: str, path: Path) -> None:
         """Download ``key`` to ``path``."""

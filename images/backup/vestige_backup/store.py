@@ -231,11 +231,15 @@ def restore_snapshot(
             target = data_dir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging / rel, target)
-        marker = {**origin, "files": restored}
-        (data_dir / RESTORE_MARKER).write_text(json.dumps(marker, indent=1))
+        write_restore_marker(data_dir, {**origin, "files": restored})
         return restored
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_restore_marker(data_dir: Path, marker: dict[str, object]) -> None:
+    """Record in ``data_dir`` that a restore filled it (a pod restart then passes the check)."""
+    (data_dir / RESTORE_MARKER).write_text(json.dumps(marker, indent=1))
 
 
 def restore_marker(data_dir: Path) -> dict[str, object] | None:

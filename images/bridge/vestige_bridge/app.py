@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from vestige_bridge import __version__, models
+from vestige_bridge import __version__, models, replication
 from vestige_bridge.guard import Guard
 from vestige_bridge.mapping import ENDPOINTS, ArgumentGuard, FieldError, ServerProfile, ToolCall, Unsupported
 from vestige_bridge.mcp_client import VestigeClient, VestigeError
@@ -142,6 +142,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "authentication"
         )
     metrics = Metrics()
+    if settings.replication_socket is not None:
+        metrics.enable_replication()
     if isinstance(tokens, FileTokens):
 
         def tokens_changed(fresh: TokenSet) -> None:
@@ -331,6 +333,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["probes"], summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
+        if settings.replication_socket is not None:
+            try:
+                synced = await replication.last_sync_at(settings.replication_socket)
+            except replication.ReplicationUnknown:
+                synced = None
+            metrics.set_replication(synced.timestamp() if synced is not None else None, time.time())
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     # MCP pass-through (not in the OpenAPI document: it speaks MCP, see docs/bridge.md).

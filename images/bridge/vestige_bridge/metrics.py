@@ -92,6 +92,32 @@ class Metrics:
             registry=r,
         )
 
+    def enable_replication(self) -> None:
+        """The continuous-backup gauges (only in a pod with the Litestream sidecar)."""
+        r = self.registry
+        self.replication_up = Gauge(
+            "vestige_bridge_replication_up",
+            "1 when the Litestream sidecar's control socket answered at this scrape.",
+            registry=r,
+        )
+        self.replication_last_sync = Gauge(
+            "vestige_bridge_replication_last_sync_timestamp_seconds",
+            "Unix time when the replica last held every change of the store (Litestream last_sync_at).",
+            registry=r,
+        )
+        self.replication_lag = Gauge(
+            "vestige_bridge_replication_lag_seconds",
+            "Seconds since the replica last held every change of the store (now - last_sync_at).",
+            registry=r,
+        )
+
+    def set_replication(self, last_sync: float | None, now: float) -> None:
+        """Record one reading of the socket (``last_sync`` None: no answer, or no sync yet)."""
+        self.replication_up.set(1 if last_sync is not None else 0)
+        if last_sync is not None:
+            self.replication_last_sync.set(last_sync)
+            self.replication_lag.set(max(0.0, now - last_sync))
+
     def set_server(self, version: str, generation: str) -> None:
         self.vestige_info.clear()
         self.vestige_info.labels(version=version, generation=generation).set(1)

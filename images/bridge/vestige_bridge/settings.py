@@ -39,6 +39,14 @@ class Settings(BaseSettings):
             "VESTIGE_AUTH_TOKEN."
         ),
     )
+    replication_socket: Path | None = Field(
+        default=None,
+        validation_alias="VESTIGE_REPLICATION_SOCKET",
+        description=(
+            "Litestream's control socket (continuous backup, set by the operator): the replication "
+            "lag is read from it into /metrics."
+        ),
+    )
     auth_reload_seconds: float = Field(
         default=2.0, gt=0, le=300, validation_alias="VESTIGE_AUTH_RELOAD_SECONDS"
     )
@@ -104,7 +112,7 @@ class Settings(BaseSettings):
             return None
         return value
 
-    @field_validator("auth_token_dir", mode="before")
+    @field_validator("auth_token_dir", "replication_socket", mode="before")
     @classmethod
     def _blank_dir_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
