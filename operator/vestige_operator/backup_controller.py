@@ -147,6 +147,8 @@ class BackupController:
     async def tick_forever(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
+            if self.queue.paused:  # a standby (leader.py)
+                continue
             try:
                 for key in self.keys():
                     self.request(key)

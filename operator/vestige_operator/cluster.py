@@ -5,7 +5,8 @@ It uses the official ``kubernetes`` client's configuration and connection pool b
 ``vestige-operator``, ``force=true``), create-if-absent, get, delete with a uid precondition and a
 JSON merge patch of the ``status`` subresource. Blocking calls run in a small thread pool so the
 kopf event loop never blocks. Every request is counted in ``Cluster.requests`` (verb, kind) so a
-benchmark can report requests per resync.
+benchmark can report requests per resync. Writes pass the leader gate (``may_write``, leader.py)
+in the sending thread, just before they are sent: a replica that does not lead sends none.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,19 @@ class ApiError(Exception):
         return self.status == 0 or self.status in (408, 409, 429) or self.status >= 500
 
 
+class NotLeading(ApiError):
+    """A write this replica did not send: it does not hold the leader Lease (transient)."""
+
+    def __init__(self, verb: str, target: str) -> None:
+        super().__init__(0, "NotLeading", "this replica does not lead", verb=verb, target=target)
+
+
+def refuse_unless(may_write: Callable[[], bool], verb: str, target: str) -> None:
+    """The leader gate of every write of the API port: NotLeading unless ``may_write()``."""
+    if not may_write():
+        raise NotLeading(verb, target)
+
+
 def _error_from(status: int, reason: str, data: bytes | str | None, verb: str, target: str) -> ApiError:
     message = ""
     if data:
@@ -137,9 +151,12 @@ class Cluster:
         *,
         field_manager: str = FIELD_MANAGER,
         max_workers: int = 8,
+        may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         self._api = api_client
         self._field_manager = field_manager
+        #: The leader gate (leader.Leadership.leading), read in the sending thread.
+        self.may_write = may_write
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vestige-api")
         self.requests: Counter[tuple[str, str]] = Counter()
         #: Failed requests by (verb, kind, HTTP status; 0: no answer), for the metrics.
@@ -195,11 +212,13 @@ class Cluster:
         path: str,
         **kwargs: Any,
     ) -> tuple[int, bytes]:
-        self.requests[(verb, kind.kind)] += 1
-        loop = asyncio.get_running_loop()
-        status, data = await loop.run_in_executor(
-            self._executor, lambda: self._request_sync(method, path, **kwargs)
-        )
+        def send() -> tuple[int, bytes]:
+            if method != "GET":  # checked here, not before queueing: the pool may be busy for long
+                refuse_unless(self.may_write, verb, f"{kind.kind} {path}")
+            self.requests[(verb, kind.kind)] += 1
+            return self._request_sync(method, path, **kwargs)
+
+        status, data = await asyncio.get_running_loop().run_in_executor(self._executor, send)
         if status == 0 or status >= 400:
             self.errors[(verb, kind.kind, status)] += 1
         return status, data
@@ -440,9 +459,12 @@ class Cluster:
     async def post_event(self, event: JsonDict) -> None:
         """Create a core/v1 Event (best effort: an Event that cannot be posted is only logged)."""
         namespace = event["metadata"]["namespace"]
-        status, data = await self._request(
-            "create", EVENT, "POST", EVENT.path(namespace), body=event, content_type="application/json"
-        )
+        try:
+            status, data = await self._request(
+                "create", EVENT, "POST", EVENT.path(namespace), body=event, content_type="application/json"
+            )
+        except NotLeading:
+            return
         if status not in (200, 201):
             error = _error_from(status, "", data, "create", f"Event in {namespace}")
             logger.warning("could not post an Event: %s", error)

@@ -31,10 +31,23 @@ DEFAULT_METRICS_PORT = 8080
 DEFAULT_MAX_CONCURRENT_RECONCILES = 8
 #: Every this many resyncs the watch caches are checked against a metadata-only LIST.
 DEFAULT_VERIFY_RESYNCS = 10
+#: Leader election (leader.py, README "High availability"): a replica that renewed the Lease
+#: last at t leads until t + renew deadline at the latest; the others may take it at t + lease
+#: duration, counted from when they saw that renewal. renew < lease leaves the margin; the
+#: election library asks renew > 1.2 x retry and whole seconds >= 1. Shorter than client-go's
+#: 15/10/2: after a crash of the leader the standby takes over within lease + ~1-2 retries
+#: (about 12 s; the takeover target is 15 s), for one GET + PUT of the Lease every 2 s.
+DEFAULT_LEASE_NAME = "vestige-operator"
+DEFAULT_LEASE_DURATION_SECONDS = 10
+DEFAULT_LEASE_RENEW_DEADLINE_SECONDS = 7
+DEFAULT_LEASE_RETRY_PERIOD_SECONDS = 2
+#: The namespace of an in-cluster ServiceAccount (the Lease namespace when POD_NAMESPACE is unset).
+SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 #: At most this many agents restart at once for new operator default images (0: all at once).
 DEFAULT_MAX_FLEET_ROLLOUTS = 10
 
 LogFormat = Literal["json", "plain"]
+LeaderElection = Literal["auto", "on", "off"]
 
 
 class ConfigError(ValueError):
@@ -92,6 +105,16 @@ def _parse_port(name: str, raw: str) -> int:
     return value
 
 
+def _parse_leader_election(raw: str) -> LeaderElection:
+    value = raw.strip().lower()
+    if value in ("", "auto"):
+        return "auto"
+    try:
+        return "on" if _parse_bool("VESTIGE_LEADER_ELECTION", value) else "off"
+    except ConfigError:
+        raise ConfigError(f"VESTIGE_LEADER_ELECTION must be auto, true or false, got {raw!r}") from None
+
+
 def _parse_namespaces(raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ns.strip() for ns in raw.split(",") if ns.strip()))
 
@@ -117,6 +140,14 @@ class OperatorConfig:
     verify_resyncs: int = DEFAULT_VERIFY_RESYNCS
     metrics_host: str = DEFAULT_METRICS_HOST
     metrics_port: int = DEFAULT_METRICS_PORT
+    #: auto: elect a leader when the Lease namespace is known (in a pod), else lead alone.
+    leader_election: LeaderElection = "auto"
+    lease_name: str = DEFAULT_LEASE_NAME
+    #: Empty: $POD_NAMESPACE, else the in-cluster ServiceAccount's namespace (lease_namespace()).
+    lease_namespace: str = ""
+    lease_duration_seconds: int = DEFAULT_LEASE_DURATION_SECONDS
+    lease_renew_deadline_seconds: int = DEFAULT_LEASE_RENEW_DEADLINE_SECONDS
+    lease_retry_period_seconds: int = DEFAULT_LEASE_RETRY_PERIOD_SECONDS
     max_fleet_rollouts: int = DEFAULT_MAX_FLEET_ROLLOUTS
 
     @classmethod
@@ -151,11 +182,59 @@ class OperatorConfig:
             ),
             metrics_host=env.get("VESTIGE_METRICS_HOST", "").strip() or DEFAULT_METRICS_HOST,
             metrics_port=_parse_port("VESTIGE_METRICS_PORT", env.get("VESTIGE_METRICS_PORT", "")),
+            leader_election=_parse_leader_election(env.get("VESTIGE_LEADER_ELECTION", "")),
+            lease_name=env.get("VESTIGE_LEASE_NAME", "").strip() or DEFAULT_LEASE_NAME,
+            lease_namespace=env.get("VESTIGE_LEASE_NAMESPACE", "").strip(),
+            lease_duration_seconds=_parse_positive_int(
+                "VESTIGE_LEASE_DURATION_SECONDS",
+                env.get("VESTIGE_LEASE_DURATION_SECONDS", str(DEFAULT_LEASE_DURATION_SECONDS)),
+            ),
+            lease_renew_deadline_seconds=_parse_positive_int(
+                "VESTIGE_LEASE_RENEW_DEADLINE_SECONDS",
+                env.get("VESTIGE_LEASE_RENEW_DEADLINE_SECONDS", str(DEFAULT_LEASE_RENEW_DEADLINE_SECONDS)),
+            ),
+            lease_retry_period_seconds=_parse_positive_int(
+                "VESTIGE_LEASE_RETRY_PERIOD_SECONDS",
+                env.get("VESTIGE_LEASE_RETRY_PERIOD_SECONDS", str(DEFAULT_LEASE_RETRY_PERIOD_SECONDS)),
+            ),
             max_fleet_rollouts=_parse_count(
                 "VESTIGE_MAX_FLEET_ROLLOUTS",
                 env.get("VESTIGE_MAX_FLEET_ROLLOUTS", str(DEFAULT_MAX_FLEET_ROLLOUTS)),
             ),
+        ).checked()
+
+    def checked(self) -> OperatorConfig:
+        """``self``, or ConfigError when settings contradict each other (the Lease timings)."""
+        lease, renew, retry = (
+            self.lease_duration_seconds,
+            self.lease_renew_deadline_seconds,
+            self.lease_retry_period_seconds,
         )
+        if not renew < lease:
+            raise ConfigError(
+                f"VESTIGE_LEASE_RENEW_DEADLINE_SECONDS ({renew}) must be less than "
+                f"VESTIGE_LEASE_DURATION_SECONDS ({lease}): a leader must stop before others may take over"
+            )
+        if not renew > 1.2 * retry:
+            raise ConfigError(
+                f"VESTIGE_LEASE_RENEW_DEADLINE_SECONDS ({renew}) must exceed 1.2 x "
+                f"VESTIGE_LEASE_RETRY_PERIOD_SECONDS ({retry}): at least one retry fits in it"
+            )
+        return self
+
+    def lease_namespace_in(self, env: Mapping[str, str] | None = None) -> str:
+        """Where the Lease lives: the setting, else $POD_NAMESPACE (downward API), else the
+        in-cluster ServiceAccount's namespace; empty when none is known (not in a pod)."""
+        env = os.environ if env is None else env
+        if self.lease_namespace:
+            return self.lease_namespace
+        if env.get("POD_NAMESPACE", "").strip():
+            return env["POD_NAMESPACE"].strip()
+        try:
+            with open(SERVICE_ACCOUNT_NAMESPACE_FILE, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
 
     def replace(self, **changes: object) -> OperatorConfig:
         """A copy with some settings changed (command-line overrides)."""

@@ -14,6 +14,10 @@ while the operator is down. Here kopf writes nothing to any object; create, upda
   deleted or edited child is restored at once, not only at the next resync.
 - No finalizer: owner references let the garbage collector delete the children, and the data
   PVC follows ``reclaimPolicy`` through the presence or absence of its owner reference.
+- Leadership (leader.py): every replica keeps its watches and caches; only the leader's work
+  queues take requests. Losing the lead pauses both queues (and kopf's posting of Events);
+  taking it resumes them with a full resync of every cached key. At shutdown the passes in
+  flight end first, then the Lease is released.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import kopf
 from vestige_operator import GRANT_PLURAL, GROUP, PLURAL, VERSION
 from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
 from vestige_operator.children import ingress_claim
+from vestige_operator.leader import Elector, Leadership
 from vestige_operator.reconcile import Reconciler, trim, trim_owner
 from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
 
@@ -82,8 +87,17 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.label_selectors[JOB_RESOURCE] = MANAGED_SELECTOR  # backup and prune Jobs
 
 
-def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
-    """Register every handler of the operator in ``registry``."""
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    *,
+    leadership: Leadership | None = None,
+    elector: Elector | None = None,
+    settings: kopf.OperatorSettings | None = None,
+) -> None:
+    """Register every handler of the operator in ``registry``; without ``leadership`` it leads
+    alone (no election)."""
+    lead = leadership if leadership is not None else Leadership(elect=False)
     kopf.on.login(registry=registry)(kopf.login_via_client)
 
     @kopf.index(GROUP, VERSION, PLURAL, id=OWNER_INDEX, registry=registry)
@@ -133,6 +147,25 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
 
     backups = register_backups(registry, reconciler, OWNER_INDEX, CHILD_RESOURCES["Deployment"][3])
 
+    queues = (reconciler.queue, backups.queue)
+
+    def on_leading(leading: bool) -> None:
+        if settings is not None:
+            settings.posting.enabled = leading  # kopf's Events too: a standby posts none
+        for queue in queues:
+            if leading:
+                queue.resume()
+            else:
+                queue.pause()
+        if leading:  # a full resync from the warm caches
+            for controller in (reconciler, backups):
+                for key in list(controller.keys()):
+                    controller.request(key)
+
+    lead.listen(on_leading)
+    if not lead.leading:
+        on_leading(False)
+
     tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(registry=registry)
@@ -144,7 +177,11 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             backups=backups,
             grants=kwargs[GRANT_INDEX],
         )
-        tasks.append(asyncio.get_running_loop().create_task(reconciler.resync_forever(), name="resync"))
+        loop = asyncio.get_running_loop()
+        tasks.append(loop.create_task(reconciler.resync_forever(), name="resync"))
+        tasks.append(loop.create_task(lead.watch(), name="leadership"))
+        if elector is not None:
+            elector.start()
 
     @kopf.on.cleanup(registry=registry)
     async def stop(**_: Any) -> None:
@@ -152,14 +189,20 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        reconciler.queue.close()
+        for queue in queues:  # the passes in flight end while the Lease is still held
+            queue.close()
         await reconciler.drain()
+        await backups.drain()
+        if elector is not None:
+            await elector.stop()  # then the standby takes over at its next retry
         reconciler.port.close()
 
     @kopf.on.probe(id="reconciler", registry=registry)
     def reconciler_stats(**_: Any) -> dict[str, Any]:
         requests = reconciler.port.requests
         return {
+            "leader": lead.leading,
+            "identity": lead.identity,
             "passes": reconciler.passes,
             "api_requests": sum(requests.values()),
             "api_requests_by_verb": {f"{verb} {kind}": n for (verb, kind), n in sorted(requests.items())},

@@ -16,6 +16,7 @@ VestigeMemory, and ``Cluster.requests`` / ``Cluster.errors`` (API requests by ve
 | ``vestige_operator_api_requests_total`` | counter | ``verb``, ``kind`` |
 | ``vestige_operator_api_errors_total`` | counter | ``verb``, ``kind``, ``code`` |
 | ``vestige_operator_watch_restarts_total`` | counter | ``resource`` |
+| ``vestige_operator_leader`` | gauge | (1: this replica leads and reconciles; 0: a standby) |
 | ``vestige_operator_resource_phase`` | gauge | ``namespace``, ``name``, ``phase`` (value 1) |
 | ``vestige_operator_backup_last_success_timestamp_seconds`` | gauge | ``namespace``, ``name`` |
 | ``vestige_operator_backup_due_timestamp_seconds`` | gauge | ``namespace``, ``name`` |
@@ -45,6 +46,7 @@ from vestige_operator.api import Phase
 from vestige_operator.backup import next_fire
 from vestige_operator.config import OperatorConfig
 from vestige_operator.handlers import OWNER_INDEX
+from vestige_operator.leader import Leadership
 from vestige_operator.reconcile import Reconciler
 from vestige_operator.times import parse_time
 
@@ -85,12 +87,19 @@ def last_backup(body: Mapping[str, Any]) -> datetime | None:
 class _StateCollector(Collector):
     """Gauges and counters read from the operator's own state at scrape time."""
 
-    def __init__(self, reconciler: Reconciler) -> None:
+    def __init__(self, reconciler: Reconciler, leadership: Leadership) -> None:
         self._reconciler = reconciler
+        self._leadership = leadership
         self.owners: Owners = {}
 
     def collect(self) -> Iterator[Any]:
         rec = self._reconciler
+        yield GaugeMetricFamily(
+            f"{PREFIX}_leader",
+            "1 while this replica holds the leader Lease and reconciles; 0: a standby (watches "
+            "warm, sends no writes). Without leader election always 1.",
+            value=1 if self._leadership.leading else 0,
+        )
         queue = GaugeMetricFamily(
             f"{PREFIX}_queue_depth",
             "VestigeMemory resources waiting for a reconcile pass (queued: requested, not started; "
@@ -180,7 +189,7 @@ class _StateCollector(Collector):
 class Metrics:
     """The operator's metrics, in their own registry (no process-global state)."""
 
-    def __init__(self, reconciler: Reconciler) -> None:
+    def __init__(self, reconciler: Reconciler, leadership: Leadership | None = None) -> None:
         self.registry = CollectorRegistry()
         self.reconciles = Counter(
             f"{PREFIX}_reconciles",
@@ -203,7 +212,7 @@ class Metrics:
             ["resource"],
             registry=self.registry,
         )
-        self._state = _StateCollector(reconciler)
+        self._state = _StateCollector(reconciler, leadership or Leadership(elect=False))
         self.registry.register(self._state)
         reconciler.queue.on_pass = self.observe_pass
         self._watches: set[tuple[str, str | None]] = set()
@@ -258,9 +267,14 @@ def _count_watches(metrics: Metrics) -> None:
     watching.watch_objs = watch_objs
 
 
-def install(registry: kopf.OperatorRegistry, reconciler: Reconciler, config: OperatorConfig) -> Metrics:
+def install(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    config: OperatorConfig,
+    leadership: Leadership | None = None,
+) -> Metrics:
     """Create the metrics, hook them in, and serve them while the operator runs (port 0: off)."""
-    metrics = Metrics(reconciler)
+    metrics = Metrics(reconciler, leadership)
     _count_watches(metrics)
     runners: list[web.AppRunner] = []
 

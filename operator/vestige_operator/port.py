@@ -9,6 +9,7 @@ whether retrying later may help).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from vestige_operator.cluster import Kind
@@ -22,6 +23,9 @@ class ApiPort(Protocol):
     #: Requests sent, by (verb, kind); failed ones by (verb, kind, HTTP status; 0: no answer).
     requests: Counter[tuple[str, str]]
     errors: Counter[tuple[str, str, int]]
+    #: The leader gate (leader.py): while it is false every write raises ``cluster.NotLeading``
+    #: unsent (``post_event`` returns quietly); reads pass.
+    may_write: Callable[[], bool]
 
     async def apply(self, manifest: JsonDict) -> JsonDict:
         """Server-side apply (forced) over an object the operator owns; the result."""

@@ -304,6 +304,8 @@ class Reconciler:
         resyncs = 0
         while True:
             await asyncio.sleep(interval)
+            if self.queue.paused:  # a standby: no pass, no cache check (leader.py)
+                continue
             keys = self.keys()
             resyncs += 1
             api_requests = sum(self.port.requests.values())
@@ -340,7 +342,10 @@ class Reconciler:
         return [obj for obj in cache[key] if _uid(obj) not in self._ghosts]
 
     async def _pass(self, key: Key) -> float | None:
-        return await self.reconcile(*key)
+        try:
+            return await self.reconcile(*key)
+        except k8s.NotLeading as exc:  # lost the lead during the pass: nothing more was sent
+            raise RetryLater(str(exc)) from exc
 
     async def reconcile(self, namespace: str, name: str) -> float | None:
         """One level-based pass over ``namespace/name``; seconds until it wants to run again."""

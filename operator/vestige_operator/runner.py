@@ -19,6 +19,7 @@ from vestige_operator import __version__, metrics
 from vestige_operator.cluster import Cluster, make_api_client
 from vestige_operator.config import ConfigError, OperatorConfig
 from vestige_operator.handlers import configure_settings, register
+from vestige_operator.leader import Elector, Leadership, candidate_identity
 from vestige_operator.reconcile import Reconciler
 
 logger = logging.getLogger("vestige_operator")
@@ -148,22 +149,41 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         logger.error("cannot configure the Kubernetes client: %s", exc)
         return 1
-    cluster = Cluster(api_client, max_workers=config.max_concurrent_reconciles)
+    lease_namespace = config.lease_namespace_in()
+    elect = config.leader_election == "on" or (config.leader_election == "auto" and bool(lease_namespace))
+    if elect and not lease_namespace:
+        logger.error("leader election needs VESTIGE_LEASE_NAMESPACE (or POD_NAMESPACE in a pod)")
+        return 2
+    leadership = Leadership(
+        elect=elect, renew_deadline=config.lease_renew_deadline_seconds, identity=candidate_identity()
+    )
+    cluster = Cluster(
+        api_client, max_workers=config.max_concurrent_reconciles, may_write=lambda: leadership.leading
+    )
+    # The election has its own connections: a pool busy with passes must not delay a renewal.
+    elector = None
+    if elect:
+        elector = Elector(leadership, config, lease_namespace, make_api_client(args.kubeconfig))
     reconciler = Reconciler(cluster, config)
     registry = kopf.OperatorRegistry()
     settings = kopf.OperatorSettings()
     configure_settings(settings)
-    register(registry, reconciler)
-    metrics.install(registry, reconciler, config)
+    register(registry, reconciler, leadership=leadership, elector=elector, settings=settings)
+    metrics.install(registry, reconciler, config, leadership)
 
     scope = "all namespaces" if config.all_namespaces else ", ".join(config.namespaces)
     logger.info(
-        "vestige-operator %s watching %s (resync %ss, vestige %s, bridge %s)",
+        "vestige-operator %s watching %s (resync %ss, vestige %s, bridge %s); %s",
         __version__,
         scope,
         config.resync_seconds,
         config.default_vestige_image,
         config.default_bridge_image,
+        f"leader election: Lease {lease_namespace}/{config.lease_name} as {leadership.identity} "
+        f"(duration {config.lease_duration_seconds}s, renew deadline "
+        f"{config.lease_renew_deadline_seconds}s, retry {config.lease_retry_period_seconds}s)"
+        if elect
+        else "no leader election (leads alone)",
     )
     try:
         kopf.run(

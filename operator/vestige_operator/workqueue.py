@@ -13,6 +13,10 @@ The rules, in one place:
   e.g. when a previous token's grace period ends or a backup is next due. A later request
   replaces that timer (the new pass returns its own), so passes never arm timers themselves.
 
+* **pause** (a replica that does not lead, leader.py): requests and timers are dropped and a
+  pass in flight re-arms nothing (its writes are refused by the API port meanwhile); ``resume``
+  takes requests again (the caller then requests every key: a full resync).
+
 ``depth()`` (queued / running / backoff) and ``passes`` feed the operator's metrics; ``on_pass``
 is called after every pass with its result ("success", "retry", "error") and duration.
 """
@@ -63,11 +67,14 @@ class WorkQueue(Generic[K]):
         self._backoff: set[K] = set()  # keys whose timer is a retry after a failure
         self._tasks: set[asyncio.Task[None]] = set()
         self.passes = 0
+        self.paused = False
 
     # -- requests ----------------------------------------------------------------------------
 
     def request(self, key: K) -> None:
         """Ask for a pass of ``key`` now; merged with a queued, waiting or running one."""
+        if self.paused:
+            return
         if key in self._running:
             self._pending.add(key)
             return
@@ -79,6 +86,8 @@ class WorkQueue(Generic[K]):
 
     def request_after(self, key: K, seconds: float, *, backoff: bool = False) -> None:
         """Ask for a pass of ``key`` in ``seconds`` (replacing the key's earlier timer)."""
+        if self.paused:
+            return
         self._cancel_timer(key)
         self._timers[key] = asyncio.get_running_loop().call_later(max(0.0, seconds), self._fire, key)
         if backoff:
@@ -108,6 +117,18 @@ class WorkQueue(Generic[K]):
         for key in list(self._timers):
             self._cancel_timer(key)
 
+    def pause(self) -> None:
+        """Take no request until ``resume``: timers and repeat requests are dropped, failure
+        counts forgotten; passes in flight end on their own and re-arm nothing."""
+        self.paused = True
+        self.close()
+        self._pending.clear()
+        self._failures.clear()
+
+    def resume(self) -> None:
+        """Take requests again (the caller requests every key it knows)."""
+        self.paused = False
+
     # -- internals ---------------------------------------------------------------------------
 
     def _cancel_timer(self, key: K) -> None:
@@ -126,6 +147,8 @@ class WorkQueue(Generic[K]):
             while True:
                 self._pending.discard(key)
                 async with self._semaphore:
+                    if self.paused:  # stopped leading while this key waited for a slot
+                        return
                     self._cancel_timer(key)  # this pass decides when to run again
                     after = await self._pass(key)
                 if key not in self._pending:
@@ -142,17 +165,21 @@ class WorkQueue(Generic[K]):
         again: tuple[float, bool] | None = None
         try:
             requeue = await self._worker(key)
-        except RetryLater as exc:
-            result = "retry"
-            again = (self._next_backoff(key), True)
-            logger.warning("%s pass of %s will be retried in %.1fs: %s", self.name, key, again[0], exc)
-        except Exception:
-            result = "error"
-            again = (self._next_backoff(key), True)
-            logger.exception("%s pass of %s failed (retried in %.1fs)", self.name, key, again[0])
+        except Exception as exc:
+            if self.paused:  # its writes were refused: this replica stopped leading meanwhile
+                result = "retry"
+                logger.debug("%s pass of %s ended while paused: %s", self.name, key, exc)
+            elif isinstance(exc, RetryLater):
+                result = "retry"
+                again = (self._next_backoff(key), True)
+                logger.warning("%s pass of %s will be retried in %.1fs: %s", self.name, key, again[0], exc)
+            else:
+                result = "error"
+                again = (self._next_backoff(key), True)
+                logger.exception("%s pass of %s failed (retried in %.1fs)", self.name, key, again[0])
         else:
             self._failures.pop(key, None)
-            if requeue is not None:
+            if requeue is not None and not self.paused:
                 again = (requeue, False)
         finally:
             self._active -= 1

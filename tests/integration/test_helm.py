@@ -103,9 +103,9 @@ def _rolled_out(kubectl: Kubectl) -> dict[str, Any] | None:
     status = dep.get("status") or {}
     done = (
         status.get("observedGeneration") == dep["metadata"]["generation"]
-        and status.get("updatedReplicas") == 1
-        and status.get("availableReplicas") == 1
-        and status.get("replicas") == 1
+        and status.get("updatedReplicas") == dep["spec"]["replicas"] == 2  # one leads, one stands by
+        and status.get("availableReplicas") == 2
+        and status.get("replicas") == 2
     )
     return dep if done else None
 
@@ -216,7 +216,7 @@ def test_helm_install_upgrade_uninstall(
         ).stdout
     )["items"]
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    assert [p["metadata"]["annotations"].get("example.org/upgraded") for p in live] == ["yes"]
+    assert [p["metadata"]["annotations"].get("example.org/upgraded") for p in live] == ["yes", "yes"]
     assert get(kubectl, "default", "clusterrolebinding", RELEASE) is None
     assert must_get(kubectl, WATCHED, "rolebinding", RELEASE)["roleRef"]["name"] == RELEASE
     assert can(kubectl, "create", "deployments.apps", WATCHED)

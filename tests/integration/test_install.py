@@ -144,7 +144,7 @@ def _wait_available(kubectl: Kubectl, timeout: float = 120) -> dict:
             kubectl("get", "deployment", "vestige-operator", "-n", "vestige-system", "-o", "json").stdout
         )
         conds = {c["type"]: c["status"] for c in dep.get("status", {}).get("conditions", [])}
-        if conds.get("Available") == "True" and dep["status"].get("readyReplicas") == 1:
+        if conds.get("Available") == "True" and dep["status"].get("readyReplicas") == 2:  # leader, standby
             return dep
         time.sleep(0.5)
     raise AssertionError("the operator Deployment did not become Available")
@@ -200,7 +200,18 @@ def test_cluster_install_is_restricted_and_least_privilege(kubectl: Kubectl, nam
             "json",
         ).stdout
     )["items"]
-    assert len(pods) == 1 and pods[0]["status"]["phase"] == "Running"
+    assert len(pods) == 2 and {p["status"]["phase"] for p in pods} == {"Running"}
+    pdb = json.loads(kubectl("get", "pdb", "vestige-operator", "-n", "vestige-system", "-o", "json").stdout)
+    assert pdb["spec"]["minAvailable"] == 1
+    # Leader election: Leases in its own namespace only, and only what the election needs.
+    for verb in ("get", "create", "update"):
+        assert can(kubectl, verb, "leases.coordination.k8s.io", "vestige-system"), verb
+        assert not can(kubectl, verb, "leases.coordination.k8s.io", namespace), (
+            f"{verb} leases in {namespace}"
+        )
+        assert not can(kubectl, verb, "leases.coordination.k8s.io", None), f"{verb} leases cluster-wide"
+    for verb in ("delete", "list", "watch", "patch"):
+        assert not can(kubectl, verb, "leases.coordination.k8s.io", "vestige-system"), f"may {verb} leases"
     warn = kubectl(
         "label",
         "--dry-run=server",
@@ -276,7 +287,14 @@ def _sa_kubeconfig(kubectl: Kubectl, kubeconfig: str, path: Path) -> str:
 def _run_operator_as_sa(
     operator_factory: OperatorFactory, kubectl: Kubectl, sa_kubeconfig: str, namespace: str, *scope: str
 ) -> None:
-    op = operator_factory(*scope, env={"KUBECONFIG": sa_kubeconfig})
+    # With leader election, as in its pod: the Lease in vestige-system through the shipped Role.
+    env = {
+        "KUBECONFIG": sa_kubeconfig,
+        "VESTIGE_LEADER_ELECTION": "true",
+        "VESTIGE_LEASE_NAMESPACE": "vestige-system",
+        "POD_NAME": "test-install",
+    }
+    op = operator_factory(*scope, env=env)
     try:
         kubectl("apply", "-n", namespace, "-f", str(ROOT / "manifests/examples/minimal.yaml"))
         kubectl(
@@ -294,6 +312,7 @@ def _run_operator_as_sa(
             line for line in op.log_path.read_text().splitlines() if "Forbidden" in line or " 403 " in line
         ]
         assert not denied, "\n".join(denied)
+        assert any(line.get("message") == "took the lead (test-install)" for line in op.log_lines())
     finally:
         kubectl("delete", "vmem", "my-agent", "-n", namespace, "--wait=true", "--timeout=60s", check=False)
         assert op.stop() == 0

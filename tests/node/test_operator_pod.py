@@ -34,8 +34,12 @@ CRD = "vestigememories.vestige.dev"
 
 
 class Release:
-    def __init__(self, rn: RealNode, refs: image_builds.ImageRefs) -> None:
+    """A release of the chart; ``replicas`` 1 here (one pod to follow through an upgrade), the
+    chart's default of 2 in test_operator_ha.py."""
+
+    def __init__(self, rn: RealNode, refs: image_builds.ImageRefs, replicas: int = 1) -> None:
         suffix = uuid.uuid4().hex[:6]
+        self.replicas = replicas
         self.rn = rn
         self.refs = refs
         self.name = f"vop-{suffix}"  # also the fullname: cluster-scoped RBAC names stay unique
@@ -63,6 +67,7 @@ class Release:
         placement = {
             "image": {"repository": repo, "tag": tag, "pullPolicy": "IfNotPresent"},
             "fullnameOverride": self.name,
+            "replicaCount": self.replicas,
             "crds": {"install": False},
             "watch": {"namespaces": [self.agents]},
             "operator": {

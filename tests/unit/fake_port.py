@@ -16,9 +16,10 @@ import copy
 import itertools
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from vestige_operator.cluster import VESTIGE_MEMORY, ApiError, Kind, kind_of
+from vestige_operator.cluster import VESTIGE_MEMORY, ApiError, Kind, NotLeading, kind_of, refuse_unless
 
 JsonDict = dict[str, Any]
 Ref = tuple[str, str, str]  # (kind, namespace, name)
@@ -49,6 +50,10 @@ class FakePort:
         self._rv = itertools.count(1)
         #: (verb, kind) -> an ApiError raised once by the next such request.
         self.fail_next: dict[tuple[str, str], ApiError] = {}
+        #: The leader gate, as in cluster.Cluster: a write is refused (not sent, not counted).
+        self.may_write: Callable[[], bool] = lambda: True
+        #: Writes refused by the gate, by (verb, kind).
+        self.refused: Counter[tuple[str, str]] = Counter()
 
     # -- helpers for tests ---------------------------------------------------------------------
 
@@ -70,6 +75,12 @@ class FakePort:
         return [copy.deepcopy(o) for (k, _, _), o in self.objects.items() if k == kind]
 
     def _count(self, verb: str, kind: str) -> None:
+        if verb not in ("get", "list"):
+            try:
+                refuse_unless(self.may_write, verb, kind)
+            except NotLeading:
+                self.refused[(verb, kind)] += 1
+                raise
         self.requests[(verb, kind)] += 1
         error = self.fail_next.pop((verb, kind), None)
         if error is not None:
@@ -172,7 +183,10 @@ class FakePort:
         return copy.deepcopy(current)
 
     async def post_event(self, event: JsonDict) -> None:
-        self._count("create", "Event")
+        try:
+            self._count("create", "Event")
+        except NotLeading:
+            return  # best effort, as cluster.Cluster
         self.events.append(copy.deepcopy(event))
 
     async def live_uids(self, kind: Kind, namespace: str | None, label_selector: str | None) -> set[str]:

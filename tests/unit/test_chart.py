@@ -97,6 +97,10 @@ def normalise(doc: dict[str, Any], from_helm: bool) -> dict[str, Any]:
         instance = spec["selector"].pop("app.kubernetes.io/instance", None)
         if from_helm:
             assert instance == RELEASE
+    if doc["kind"] == "PodDisruptionBudget":
+        instance = spec["selector"]["matchLabels"].pop("app.kubernetes.io/instance", None)
+        if from_helm:
+            assert instance == RELEASE
     return doc
 
 
@@ -167,6 +171,9 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
             "maxFleetRollouts": 0,
             "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
         },
+        "replicaCount": 3,
+        "leaderElection": {"leaseDurationSeconds": 20, "renewDeadlineSeconds": 12, "retryPeriodSeconds": 3},
+        "podDisruptionBudget": {"minAvailable": 2},
         "metrics": {"port": 9090, "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         "nodeSelector": {"kubernetes.io/os": "linux"},
@@ -184,7 +191,14 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
     assert container["image"] == "registry.example/op:1.2.3"
     assert container["imagePullPolicy"] == "Always"
     assert container["args"] == []
+    assert dep["spec"]["replicas"] == 3
     assert _env(dep) == {
+        "POD_NAME": None,  # downward API
+        "POD_NAMESPACE": None,
+        "VESTIGE_LEASE_NAME": RELEASE,
+        "VESTIGE_LEASE_DURATION_SECONDS": "20",
+        "VESTIGE_LEASE_RENEW_DEADLINE_SECONDS": "12",
+        "VESTIGE_LEASE_RETRY_PERIOD_SECONDS": "3",
         "VESTIGE_LOG_FORMAT": "plain",
         "VESTIGE_RESYNC_SECONDS": "30",
         "VESTIGE_LIVENESS_ENDPOINT": "http://0.0.0.0:9091/healthz",
@@ -206,6 +220,8 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
     assert pod["spec"]["affinity"] == values["affinity"]
     assert pod["metadata"]["annotations"] == values["podAnnotations"]
     kinds = by_key(docs)
+    assert kinds[("PodDisruptionBudget", NAMESPACE, RELEASE)]["spec"]["minAvailable"] == 2
+    assert ("Role", NAMESPACE, f"{RELEASE}-leader-election") in kinds  # in the release namespace
     assert ("ClusterRoleBinding", "", RELEASE) not in kinds
     assert ("ClusterRoleBinding", "", f"{RELEASE}-discovery") in kinds
     for ns in ("team-a", "team-b"):
@@ -217,6 +233,63 @@ def test_values_reach_the_objects(tmp_path: Path) -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     # The ServiceMonitor selects exactly the metrics Service.
     assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize("install", ["kustomize", "helm"])
+def test_two_replicas_one_leader_a_lease_role_and_a_disruption_budget(install: str) -> None:
+    """Both installs: two replicas rolled one at a time, the pod's name and namespace for the
+    Lease, rights on Leases only in the operator's namespace (a Role), a PodDisruptionBudget of
+    one over exactly the operator's pods, and the same readiness for leader and standby."""
+    docs = render_chart() if install == "helm" else render_kustomize(ROOT / "manifests")
+    kinds = by_key(docs)
+    dep = _deployment(docs)
+    assert dep["spec"]["replicas"] == 2
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["VESTIGE_LEASE_NAME"]["value"] == "vestige-operator"
+    assert "VESTIGE_LEADER_ELECTION" not in env  # auto: on in a pod
+
+    role = kinds[("Role", NAMESPACE, "vestige-operator-leader-election")]
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
+    binding = kinds[("RoleBinding", NAMESPACE, "vestige-operator-leader-election")]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "vestige-operator", "namespace": NAMESPACE}
+    ]
+    for doc in docs:  # nothing else grants anything on Leases
+        if doc["kind"] in ("ClusterRole", "Role") and doc is not role:
+            assert not [r for r in doc["rules"] if "coordination.k8s.io" in r.get("apiGroups", [])], doc
+
+    pdb = kinds[("PodDisruptionBudget", NAMESPACE, "vestige-operator")]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == container["livenessProbe"]["httpGet"]
+
+
+def test_leader_election_and_the_budget_can_be_switched_off() -> None:
+    docs = render_chart(
+        "--set",
+        "replicaCount=1",
+        "--set",
+        "leaderElection.enabled=false",
+        "--set",
+        "podDisruptionBudget.enabled=false",
+    )
+    assert _env(_deployment(docs))["VESTIGE_LEADER_ELECTION"] == "false"
+    assert _deployment(docs)["spec"]["replicas"] == 1
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
 
 
 def test_metrics_can_be_switched_off() -> None:
@@ -236,6 +309,9 @@ def test_metrics_can_be_switched_off() -> None:
         ("operator.resyncSeconds=0", "resyncSeconds"),
         ("bogus=1", "bogus"),
         ("podLabels.app\\.kubernetes\\.io/name=x", "podLabels"),
+        ("replicaCount=0", "replicaCount"),
+        ("leaderElection.enabled=false", "replicaCount"),  # two replicas would both reconcile
+        ("leaderElection.leaseDurationSeconds=0", "leaseDurationSeconds"),
     ],
 )
 def test_schema_rejects_bad_values(setting: str, complaint: str) -> None:
@@ -326,12 +402,13 @@ def test_the_rules_read_the_operator_through_its_service_monitor() -> None:
         "VestigeBackupOverdue",
         "VestigeBridgeAuthFailureBurst",
         "VestigeOperatorDown",
+        "VestigeOperatorNotLeading",
         "VestigeOperatorNotReconciling",
     ]
     # The ServiceMonitor's job is its Service's name; it keeps the metrics' own namespace/name.
     service = docs[("Service", NAMESPACE, f"{RELEASE}-metrics")]
     job = f'job="{service["metadata"]["name"]}"'
-    for name in ("VestigeOperatorDown", "VestigeOperatorNotReconciling"):
+    for name in ("VestigeOperatorDown", "VestigeOperatorNotLeading", "VestigeOperatorNotReconciling"):
         assert f'{job}, namespace="{NAMESPACE}"' in alerts[name]["expr"], alerts[name]["expr"]
     # The per-resource series carry the VestigeMemory's namespace: selected by job alone.
     for name in ("VestigeAgentNotReady", "VestigeBackupOverdue"):
@@ -352,6 +429,7 @@ def test_rule_settings_reach_the_rules(tmp_path: Path) -> None:
                 "authFailureBurst": 5,
                 "authFailureWindow": "10m",
                 "agentNotReadyFor": "30m",
+                "notLeadingFor": "3m",
             }
         }
     }
@@ -366,6 +444,7 @@ def test_rule_settings_reach_the_rules(tmp_path: Path) -> None:
     assert "[10m]" in alerts["VestigeBridgeAuthFailureBurst"]["expr"]
     assert alerts["VestigeBridgeAuthFailureBurst"]["expr"].endswith("> 5")
     assert alerts["VestigeAgentNotReady"]["for"] == "30m"
+    assert alerts["VestigeOperatorNotLeading"]["for"] == "3m"
 
 
 def test_the_dashboard_config_map_is_for_grafanas_sidecar() -> None:

@@ -28,18 +28,20 @@ app.kubernetes.io/name: vestige-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{/* The ClusterRole named `name` from files/rbac.yaml (= manifests/base/rbac.yaml). */}}
+{{/* The rules of the ClusterRole (or the `kind`, e.g. Role) named `name` from files/rbac.yaml
+(= manifests/base/rbac.yaml). */}}
 {{- define "vestige-operator.baseRules" -}}
 {{- $name := .name -}}
+{{- $kind := .kind | default "ClusterRole" -}}
 {{- $found := dict -}}
 {{- range $doc := regexSplit "(?m)^---\\s*$" (.root.Files.Get "files/rbac.yaml") -1 -}}
 {{- $obj := fromYaml $doc -}}
-{{- if and $obj (eq (toString $obj.kind) "ClusterRole") (eq (toString $obj.metadata.name) $name) -}}
+{{- if and $obj (eq (toString $obj.kind) $kind) (eq (toString $obj.metadata.name) $name) -}}
 {{- $_ := set $found "rules" $obj.rules -}}
 {{- end -}}
 {{- end -}}
 {{- if not $found.rules -}}
-{{- fail (printf "files/rbac.yaml has no ClusterRole %s" $name) -}}
+{{- fail (printf "files/rbac.yaml has no %s %s" $kind $name) -}}
 {{- end -}}
 {{- toYaml $found.rules -}}
 {{- end -}}
