@@ -84,6 +84,22 @@ def flavour(request: pytest.FixtureRequest) -> Flavour:
     return FLAVOURS[request.param]
 
 
+#: The generation the long tests run by default (the demo's and the real node's); the others with
+#: ``--slow`` (each long variant costs 20-65 s; the short tests run every generation always).
+DEFAULT_FLAVOUR = "vestige-2.0.0"
+
+
+@pytest.fixture(
+    params=[
+        name if name == DEFAULT_FLAVOUR else pytest.param(name, marks=pytest.mark.slow)
+        for name in sorted(FLAVOURS)
+    ]
+)
+def long_flavour(request: pytest.FixtureRequest) -> Flavour:
+    """``flavour`` for the long tests: the other generations only with ``--slow``."""
+    return FLAVOURS[request.param]
+
+
 @pytest.fixture(scope="session")
 def litestream_binary() -> Path:
     return build.ensure()

@@ -77,8 +77,9 @@ def _restored(tmp_path: Path, settings: Settings, s3: S3Server, name: str, **kw:
 
 
 def test_a_crash_loses_at_most_the_target_window(
-    tmp_path: Path, flavour: Flavour, s3: S3Server, replicator: MakeSidecar
+    tmp_path: Path, long_flavour: Flavour, s3: S3Server, replicator: MakeSidecar
 ) -> None:
+    flavour = long_flavour
     volume, settings = _agent(tmp_path, s3, f"crash-{flavour.name}")
     server = flavour.start(volume, tmp_path)
     server.initialize()
@@ -148,10 +149,13 @@ def test_restore_to_a_time_between_two_ingests(
     assert latest == set(range(1, 11))
 
 
-def test_the_s3_server_down_for_a_while(tmp_path: Path, flavour: Flavour, replicator: MakeSidecar) -> None:
+def test_the_s3_server_down_for_a_while(
+    tmp_path: Path, long_flavour: Flavour, replicator: MakeSidecar
+) -> None:
     """Its own S3 server (stopped, then started again on the same port and root). The lag
     (``now - last_sync_at`` from the control socket, what the status would show) stops at the
     outage and moves again once Litestream has caught up."""
+    flavour = long_flavour
     s3 = S3Server(tmp_path / "s3" / "root").start()
     s3.make_bucket(BUCKET)
     volume, settings = _agent(tmp_path, s3, f"outage-{flavour.name}")

@@ -75,7 +75,8 @@ def s3(real_node: RealNode, continuous_agents: Agents) -> S3Pod:
     image_builds.import_into(
         str(real_node.layout.containerd_sock), images=image_builds.ImageSet({"versitygw": image})
     )
-    server = S3Pod(real_node, continuous_agents.namespace)
+    # Its objects survive the outage of step 3 (scaled to zero and back), as a real S3 outage's do.
+    server = S3Pod(real_node, continuous_agents.namespace, persistent=True)
     server.start(image.ref)
     return server
 

@@ -1,5 +1,7 @@
 """versitygw as a pod on the real node: a Deployment + Service ``s3`` in a namespace, its posix
-root an emptyDir, one bucket created up front. The S3 server of the backup tests on the real node
+root an emptyDir (or, ``persistent``, a claim of the node's default StorageClass, so that the
+server may be stopped and started again with its objects, as an S3 outage leaves them), one
+bucket created up front. The S3 server of the backup tests on the real node
 (tests/node/test_backup_e2e.py) and of the demo's tour (tests/demo.py): backup Jobs and restore
 init containers reach it at ``http://s3.<namespace>.svc.cluster.local:7070``.
 """
@@ -26,8 +28,16 @@ class S3Pod:
     (keys ``accessKeyId`` and ``secretAccessKey``, what a backup destination's
     ``credentialsSecret`` names)."""
 
-    def __init__(self, kubectl: Kubectl, ns: str, secret_name: str = "s3-creds") -> None:  # noqa: S107 (a Secret name)
+    def __init__(
+        self,
+        kubectl: Kubectl,
+        ns: str,
+        secret_name: str = "s3-creds",  # noqa: S107 (a Secret name)
+        *,
+        persistent: bool = False,
+    ) -> None:
         self.kubectl, self.ns, self.secret_name = kubectl, ns, secret_name
+        self.persistent = persistent
         self.access_key = "AK" + secrets.token_hex(8).upper()
         self.secret_key = secrets.token_urlsafe(30)
 
@@ -112,8 +122,21 @@ class S3Pod:
                     "volumeMounts": [{"name": "root", "mountPath": "/s3"}],
                 }
             ],
-            "volumes": [{"name": "root", "emptyDir": {}}],
+            "volumes": [
+                {"name": "root", "persistentVolumeClaim": {"claimName": f"{S3_NAME}-root"}}
+                if self.persistent
+                else {"name": "root", "emptyDir": {}}
+            ],
         }
+        if self.persistent:
+            self._apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": f"{S3_NAME}-root", "namespace": self.ns, "labels": labels},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+                }
+            )
         self._apply(
             {
                 "apiVersion": "apps/v1",
