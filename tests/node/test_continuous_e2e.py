@@ -11,7 +11,7 @@ be there.
    restored at "latest" holds every memory acknowledged more than the target window (1 s)
    before the kill; integrity_check ok; the measured window is printed.
 2. A NEW memory restored at a time between two ingests holds those before it only.
-3. The S3 server down for a minute: the agent keeps serving (every ingest acknowledged);
+3. The S3 server down for a minute (its process frozen): the agent keeps serving (every ingest acknowledged);
    replication catches up afterwards: a restore at "latest" holds every memory.
    (The ReplicationHealthy condition and the Warning event are not built yet: not checked; the
    bridge's lag gauge is checked while replication runs.)
@@ -75,8 +75,7 @@ def s3(real_node: RealNode, continuous_agents: Agents) -> S3Pod:
     image_builds.import_into(
         str(real_node.layout.containerd_sock), images=image_builds.ImageSet({"versitygw": image})
     )
-    # Its objects survive the outage of step 3 (scaled to zero and back), as a real S3 outage's do.
-    server = S3Pod(real_node, continuous_agents.namespace, persistent=True)
+    server = S3Pod(real_node, continuous_agents.namespace)
     server.start(image.ref)
     return server
 
@@ -142,7 +141,19 @@ def _sidecar_running(agent: Agent) -> bool:
 
 def _pids(rn: RealNode, agent: Agent) -> list[int]:
     """Host pids of every container of the agent's pod (sidecar included)."""
-    status = agent.pod()["status"]
+    return _pod_pids(rn, agent.pod())
+
+
+def _s3_pid(rn: RealNode, ns: str) -> int:
+    """Host pid of the S3 server's container."""
+    selector = f"app.kubernetes.io/instance={S3_NAME}"
+    pods = json.loads(rn.kubectl("-n", ns, "get", "pods", "-l", selector, "-o", "json").stdout)["items"]
+    (pid,) = _pod_pids(rn, pods[0])
+    return pid
+
+
+def _pod_pids(rn: RealNode, pod: dict[str, Any]) -> list[int]:
+    status = pod["status"]
     ids = [
         s["containerID"].split("://", 1)[1]
         for s in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
@@ -190,26 +201,20 @@ def test_crash_point_in_time_outage_and_refusals(
     replica = f"{ns}/src/litestream/"
     time.sleep(2)
     base = _max_txid(s3.objects(replica))
-    real_node.kubectl("-n", ns, "scale", f"deployment/{S3_NAME}", "--replicas=0")
-    wait_until(
-        lambda: (
-            not json.loads(
-                real_node.kubectl(
-                    "-n", ns, "get", "pods", "-l", f"app.kubernetes.io/instance={S3_NAME}", "-o", "json"
-                ).stdout
-            )["items"]
-        ),
-        timeout=120,
-        what="the S3 server gone",
-    )
+    # Frozen (SIGSTOP), not deleted: its objects stay, as an S3 outage leaves them (the server's
+    # root is an emptyDir: a pod deleted and made again would have lost the replica); every request
+    # to it hangs until it runs again (SIGCONT).
+    s3_pid = _s3_pid(real_node, ns)
+    os.kill(s3_pid, signal.SIGSTOP)
     outage_started = time.monotonic()
     n = 11
-    while time.monotonic() - outage_started < 60:
-        _ingest(src, range(n, n + 1), acked)  # acknowledged: the memory serves without its replica
-        n += 1
-        time.sleep(2)
-    real_node.kubectl("-n", ns, "scale", f"deployment/{S3_NAME}", "--replicas=1")
-    real_node.kubectl("-n", ns, "rollout", "status", f"deployment/{S3_NAME}", "--timeout=180s", timeout=200)
+    try:
+        while time.monotonic() - outage_started < 60:
+            _ingest(src, range(n, n + 1), acked)  # acknowledged: the memory serves without its replica
+            n += 1
+            time.sleep(2)
+    finally:
+        os.kill(s3_pid, signal.SIGCONT)
     after_outage = n - 1
     # caught up: the replica holds a transaction for each ingest of the outage (Litestream's retry
     # backoff doubles up to 5 minutes, hence the patience)
