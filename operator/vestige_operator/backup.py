@@ -554,13 +554,22 @@ def render_restore_init_containers(
         "--expect-agent-id",
         agent_id,
     ]
-    _, ca_mounts = _ca_volume(source.destination)
-    snapshot = {
+    return [_runner_restore_container(spec, images, args)]
+
+
+def _runner_restore_container(spec: VestigeMemorySpec, images: Images, args: list[str]) -> dict[str, Any]:
+    """The init container ``restore``: the runner with ``args`` (then the source's target), the
+    source's credentials, the data volume and a scratch directory. Its refusal (exit 3 and a
+    termination message) is what ``restore_refusal`` reads."""
+    assert spec.restore is not None
+    destination = spec.restore.from_backup.destination
+    _, ca_mounts = _ca_volume(destination)
+    return {
         "name": "restore",
         "image": runner_image(spec, images),
         "command": RUNNER_COMMAND,
-        "args": args + _target_args(source.destination),
-        "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(source.destination)],
+        "args": [*args, *_target_args(destination)],
+        "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(destination)],
         "resources": {k: dict(v) for k, v in RUNNER_RESOURCES.items()},
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -570,7 +579,6 @@ def render_restore_init_containers(
             *ca_mounts,
         ],
     }
-    return [snapshot]
 
 
 def restore_volumes(spec: VestigeMemorySpec) -> list[dict[str, Any]]:
@@ -700,11 +708,10 @@ def _restore_replica_containers(
     point = source.point_in_time
     path = replica_path(source.destination, namespace, agent_id)
     _, ca_mounts = _ca_volume(source.destination)
-    check = {
-        "name": "restore",
-        "image": runner_image(spec, images),
-        "command": RUNNER_COMMAND,
-        "args": [
+    check = _runner_restore_container(
+        spec,
+        images,
+        [
             "restore-check",
             "--data-dir",
             VESTIGE_DATA_DIR,
@@ -718,18 +725,8 @@ def _restore_replica_containers(
             namespace,
             "--expect-agent-id",
             agent_id,
-            *_target_args(source.destination),
         ],
-        "env": [{"name": "HOME", "value": TMP_DIR}, *_credentials_env(source.destination)],
-        "resources": {k: dict(v) for k, v in RUNNER_RESOURCES.items()},
-        "securityContext": container_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [
-            {"name": "data", "mountPath": DATA_MOUNT},
-            {"name": "restore-tmp", "mountPath": TMP_DIR},
-            *ca_mounts,
-        ],
-    }
+    )
     # -if-replica-exists is never passed: with it a refused time exits 0 with NO database.
     args = ["restore", "-if-db-not-exists", "-integrity-check", "full"]
     if point != LATEST:
