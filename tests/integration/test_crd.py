@@ -522,7 +522,7 @@ def test_columns_and_category(kubectl: Kubectl, namespace: str, vm: Resources) -
 
 
 def test_operator_crd_command_output_applies_with_kubectl(kubectl: Kubectl) -> None:
-    """`vestige-operator crd | kubectl apply -f -` installs both CRDs (server-side dry run: the
+    """`vestige-operator crd | kubectl apply -f -` installs every CRD (server-side dry run: the
     shared cluster keeps the ones the fixture applied)."""
     out = subprocess.run(
         [sys.executable, "-m", "vestige_operator", "crd"], capture_output=True, text=True, check=True
@@ -531,6 +531,7 @@ def test_operator_crd_command_output_applies_with_kubectl(kubectl: Kubectl) -> N
     assert proc.stdout.split() == [
         f"customresourcedefinition.apiextensions.k8s.io/{PLURAL}.{GROUP}",
         f"customresourcedefinition.apiextensions.k8s.io/vestigebackups.{GROUP}",
+        f"customresourcedefinition.apiextensions.k8s.io/vestigebackupgrants.{GROUP}",
     ]
 
 
