@@ -73,23 +73,13 @@ def _parse_positive_float(name: str, raw: str) -> float:
     return value
 
 
-def _parse_positive_int(name: str, raw: str) -> int:
+def _parse_int(name: str, raw: str, minimum: int = 1) -> int:
     try:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < 1:
-        raise ConfigError(f"{name} must be at least 1, got {raw!r}")
-    return value
-
-
-def _parse_count(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must be 0 or more, got {raw!r}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
     return value
 
 
@@ -173,11 +163,11 @@ class OperatorConfig:
             log_format=log_format,  # type: ignore[arg-type]  # checked above
             log_level=log_level,
             liveness_endpoint=env.get("VESTIGE_LIVENESS_ENDPOINT", DEFAULT_LIVENESS_ENDPOINT).strip(),
-            max_concurrent_reconciles=_parse_positive_int(
+            max_concurrent_reconciles=_parse_int(
                 "VESTIGE_MAX_CONCURRENT_RECONCILES",
                 env.get("VESTIGE_MAX_CONCURRENT_RECONCILES", str(DEFAULT_MAX_CONCURRENT_RECONCILES)),
             ),
-            verify_resyncs=_parse_positive_int(
+            verify_resyncs=_parse_int(
                 "VESTIGE_VERIFY_RESYNCS", env.get("VESTIGE_VERIFY_RESYNCS", str(DEFAULT_VERIFY_RESYNCS))
             ),
             metrics_host=env.get("VESTIGE_METRICS_HOST", "").strip() or DEFAULT_METRICS_HOST,
@@ -185,21 +175,22 @@ class OperatorConfig:
             leader_election=_parse_leader_election(env.get("VESTIGE_LEADER_ELECTION", "")),
             lease_name=env.get("VESTIGE_LEASE_NAME", "").strip() or DEFAULT_LEASE_NAME,
             lease_namespace=env.get("VESTIGE_LEASE_NAMESPACE", "").strip(),
-            lease_duration_seconds=_parse_positive_int(
+            lease_duration_seconds=_parse_int(
                 "VESTIGE_LEASE_DURATION_SECONDS",
                 env.get("VESTIGE_LEASE_DURATION_SECONDS", str(DEFAULT_LEASE_DURATION_SECONDS)),
             ),
-            lease_renew_deadline_seconds=_parse_positive_int(
+            lease_renew_deadline_seconds=_parse_int(
                 "VESTIGE_LEASE_RENEW_DEADLINE_SECONDS",
                 env.get("VESTIGE_LEASE_RENEW_DEADLINE_SECONDS", str(DEFAULT_LEASE_RENEW_DEADLINE_SECONDS)),
             ),
-            lease_retry_period_seconds=_parse_positive_int(
+            lease_retry_period_seconds=_parse_int(
                 "VESTIGE_LEASE_RETRY_PERIOD_SECONDS",
                 env.get("VESTIGE_LEASE_RETRY_PERIOD_SECONDS", str(DEFAULT_LEASE_RETRY_PERIOD_SECONDS)),
             ),
-            max_fleet_rollouts=_parse_count(
+            max_fleet_rollouts=_parse_int(
                 "VESTIGE_MAX_FLEET_ROLLOUTS",
                 env.get("VESTIGE_MAX_FLEET_ROLLOUTS", str(DEFAULT_MAX_FLEET_ROLLOUTS)),
+                minimum=0,
             ),
         ).checked()
 
