@@ -57,15 +57,15 @@ SEEN_LOGS: set[Path] = set()
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def record(section: str, figures: dict[str, Any]) -> None:
-    """Merge one test's figures into the results file (kept across tests of a run)."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+def record(section: str, figures: dict[str, Any], results: Path = RESULTS) -> None:
+    """Merge one test's figures into ``results`` (kept across tests of a run)."""
+    results.parent.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {}
     with contextlib.suppress(FileNotFoundError, ValueError):
-        doc = json.loads(RESULTS.read_text())
+        doc = json.loads(results.read_text())
     doc.setdefault("cluster", {})["kubernetes"] = cluster.K8S_VERSION
     doc[section] = {**figures, "recorded": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    RESULTS.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    results.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def items(kubectl: Kubectl, ns: str, kind: str, *selector: str) -> list[dict[str, Any]]:

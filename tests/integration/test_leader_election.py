@@ -21,19 +21,18 @@ The takeover times go to tests/integration/results/leader_election.json (no time
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests import cluster
 from tests.integration import operator_fixtures
+from tests.integration import test_faults as faults
 from tests.integration.conftest import ROOT, Kubectl
 from tests.integration.helpers import wait_until
 from tests.integration.operator_fixtures import OperatorFactory, OperatorProcess
@@ -54,13 +53,7 @@ WRITE_LOGS = ("created ", "applying ", "deleting ", "status of ")
 
 
 def record(section: str, figures: dict[str, Any]) -> None:
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    doc: dict[str, Any] = {}
-    with contextlib.suppress(FileNotFoundError, ValueError):
-        doc = json.loads(RESULTS.read_text())
-    doc.setdefault("cluster", {})["kubernetes"] = cluster.K8S_VERSION
-    doc[section] = {**figures, "recorded": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
-    RESULTS.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    faults.record(section, figures, RESULTS)
 
 
 def shipped_rules(kind: str, name: str) -> list[dict[str, Any]]:
