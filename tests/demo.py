@@ -254,14 +254,19 @@ def _images(st: cluster.ClusterState) -> tuple[dict[str, str], str, str]:
     operator's image settings, the Vestige image and the S3 server's image."""
     from tests.cluster import images
 
-    say(f"[demo] images: the bridge, Vestige {VESTIGE_VERSION} (from ../shared/vendor/vestige), versitygw")
+    say(
+        f"[demo] images: the bridge, Vestige {VESTIGE_VERSION} (from ../shared/vendor/vestige), "
+        "versitygw, Litestream"
+    )
     say("[demo]   (a cold machine builds them first: minutes; then seconds)")
     built = images.ensure_images(vestige_versions=(VESTIGE_VERSION,))
     s3 = images.versitygw_image()
+    litestream = images.litestream_image()  # full.yaml's continuous backup: sidecar and restore
     sock = str(launcher.real_node_layout(st).containerd_sock)
     images.import_into(sock, images=built)
-    images.import_into(sock, images=images.ImageSet({"versitygw": s3}))
-    return {"VESTIGE_BRIDGE_IMAGE": built.refs.bridge}, built.refs.vestige[VESTIGE_VERSION], s3.ref
+    images.import_into(sock, images=images.ImageSet({"versitygw": s3, "litestream": litestream}))
+    env = {"VESTIGE_BRIDGE_IMAGE": built.refs.bridge, "VESTIGE_LITESTREAM_IMAGE": litestream.ref}
+    return env, built.refs.vestige[VESTIGE_VERSION], s3.ref
 
 
 def _real_node_reason(st: cluster.ClusterState) -> str | None:
@@ -361,7 +366,8 @@ def _wait_ready(kc: str, pid: int, names: list[str], timeout: float = READY_SECO
         if not _alive(pid):
             raise SystemExit(f"the operator exited; see {_load().get('operator_log')}")
         if time.monotonic() > deadline:
-            say(_kubectl(kc, "get", "vmem", "-n", NAMESPACE, "-o", "yaml"))
+            for what in (("vmem", "-o", "wide"), ("pods", "-o", "wide"), ("events",)):
+                say(_kubectl(kc, "get", *what, "-n", NAMESPACE))  # what the agents wait for
             raise SystemExit(f"{', '.join(names)} did not become Ready in {timeout:.0f}s")
 
 
