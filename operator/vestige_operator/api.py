@@ -1611,7 +1611,10 @@ class Condition(StatusModel):
     type: str = Field(
         max_length=316,
         pattern=CONDITION_TYPE_PATTERN,
-        description="Condition type: Ready, Reconciling, Stalled, StorageReady, LastBackupSucceeded.",
+        description=(
+            "Condition type: Ready, Reconciling, Stalled, StorageReady, LastBackupSucceeded, "
+            "RotationRefused, ReplicationHealthy."
+        ),
     )
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
@@ -1639,6 +1642,25 @@ class StorageStatus(StatusModel):
     capacity: Quantity | None = Field(default=None, description="Capacity of the bound volume.")
 
 
+class ReplicationStatus(StatusModel):
+    """The continuous replica's position, as the agent's pod last reported it (spec.backup.continuous)."""
+
+    last_replicated_at: Timestamp | None = Field(
+        default=None,
+        description=(
+            "When the replica last held every change of the store (RFC 3339; refreshed every "
+            "VESTIGE_REPLICATION_CHECK_SECONDS, kept while the pod cannot be asked)."
+        ),
+        json_schema_extra={"format": "date-time"},
+    )
+    lag_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        description="Seconds the replica was behind the store at the last check (measured in the pod).",
+        json_schema_extra={"format": "int64"},
+    )
+
+
 class VestigeMemoryStatus(StatusModel):
     """Observed state of a VestigeMemory, written by the operator."""
 
@@ -1656,7 +1678,9 @@ class VestigeMemoryStatus(StatusModel):
         default_factory=list,
         max_length=MAX_CONDITIONS,
         description=(
-            "Ready, Reconciling, Stalled, StorageReady and (with backups) LastBackupSucceeded conditions."
+            "Ready, Reconciling, Stalled, StorageReady and, when they apply, LastBackupSucceeded, "
+            "RotationRefused and ReplicationHealthy (with backup.continuous: True Replicating, False "
+            "Lagging or NotReplicating, Unknown when the pod cannot be asked)."
         ),
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
@@ -1689,6 +1713,10 @@ class VestigeMemoryStatus(StatusModel):
     )
     storage: StorageStatus | None = Field(default=None, description="Observed state of the data volume.")
     backup: MemoryBackupStatus | None = Field(default=None, description="Backups of this memory.")
+    replication: ReplicationStatus | None = Field(
+        default=None,
+        description="The continuous replica's position (spec.backup.continuous; see ReplicationHealthy).",
+    )
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of this type, if any."""
@@ -1724,6 +1752,7 @@ __all__ = [
     "Phase",
     "PodTemplateOptions",
     "ReclaimPolicy",
+    "ReplicationStatus",
     "ResourceRequirements",
     "RestoreSource",
     "RestoreSpec",

@@ -607,9 +607,29 @@ def render_service(owner: Owner, spec: VestigeMemorySpec) -> Manifest:
     }
 
 
-def render_network_policy(owner: Owner, spec: VestigeMemorySpec) -> Manifest:
-    """Ingress to the bridge port only, from ``networkPolicy.from`` (default: this namespace)."""
+#: The label every operator pod carries (Helm chart and kustomize base).
+OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "vestige-operator"}
+
+
+def operator_peer(namespace: str) -> dict[str, Any] | None:
+    """The NetworkPolicy peer of the operator's own pods in ``namespace`` (None: not in a pod)."""
+    if not namespace:
+        return None
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "podSelector": {"matchLabels": dict(OPERATOR_POD_LABELS)},
+    }
+
+
+def render_network_policy(
+    owner: Owner, spec: VestigeMemorySpec, operator: Mapping[str, Any] | None = None
+) -> Manifest:
+    """Ingress to the bridge port only, from ``networkPolicy.from`` (default: this namespace);
+    with a continuous backup also from the operator's pods (``operator``, operator_peer), which
+    ask the bridge for the replica's position (replication.py)."""
     peers = [dict(p) for p in spec.network_policy.from_] or [{"podSelector": {}}]
+    if operator is not None and continuous_enabled(spec) and dict(operator) not in peers:
+        peers.append(dict(operator))
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -662,7 +682,11 @@ class DesiredChildren:
 
 
 def render_children(
-    owner: Owner, spec: VestigeMemorySpec, images: Images, auth_token_hash: str | None
+    owner: Owner,
+    spec: VestigeMemorySpec,
+    images: Images,
+    auth_token_hash: str | None,
+    operator: Mapping[str, Any] | None = None,
 ) -> DesiredChildren:
     """Every applied child with its applied-hash annotation (the Secret is handled apart).
 
@@ -675,7 +699,7 @@ def render_children(
     manifests.append(render_service(owner, spec))
     remove: list[str] = []
     if spec.network_policy.enabled:
-        manifests.append(render_network_policy(owner, spec))
+        manifests.append(render_network_policy(owner, spec, operator))
     else:
         remove.append("NetworkPolicy")
     if spec.ingress.enabled:

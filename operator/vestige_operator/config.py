@@ -45,6 +45,8 @@ DEFAULT_LEASE_RETRY_PERIOD_SECONDS = 2
 SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 #: At most this many agents restart at once for new operator default images (0: all at once).
 DEFAULT_MAX_FLEET_ROLLOUTS = 10
+#: Seconds between two questions to an agent's pod about its continuous replica.
+DEFAULT_REPLICATION_CHECK_SECONDS = 30
 
 LogFormat = Literal["json", "plain"]
 LeaderElection = Literal["auto", "on", "off"]
@@ -139,6 +141,8 @@ class OperatorConfig:
     lease_renew_deadline_seconds: int = DEFAULT_LEASE_RENEW_DEADLINE_SECONDS
     lease_retry_period_seconds: int = DEFAULT_LEASE_RETRY_PERIOD_SECONDS
     max_fleet_rollouts: int = DEFAULT_MAX_FLEET_ROLLOUTS
+    #: Seconds between two questions to an agent's pod about its replica (backup.continuous).
+    replication_check_seconds: int = DEFAULT_REPLICATION_CHECK_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -192,6 +196,11 @@ class OperatorConfig:
                 env.get("VESTIGE_MAX_FLEET_ROLLOUTS", str(DEFAULT_MAX_FLEET_ROLLOUTS)),
                 minimum=0,
             ),
+            replication_check_seconds=_parse_int(
+                "VESTIGE_REPLICATION_CHECK_SECONDS",
+                env.get("VESTIGE_REPLICATION_CHECK_SECONDS", str(DEFAULT_REPLICATION_CHECK_SECONDS)),
+                minimum=5,
+            ),
         ).checked()
 
     def checked(self) -> OperatorConfig:
@@ -214,11 +223,14 @@ class OperatorConfig:
         return self
 
     def lease_namespace_in(self, env: Mapping[str, str] | None = None) -> str:
-        """Where the Lease lives: the setting, else $POD_NAMESPACE (downward API), else the
+        """Where the Lease lives: the setting, else the operator's own namespace."""
+        return self.lease_namespace or self.own_namespace(env)
+
+    @staticmethod
+    def own_namespace(env: Mapping[str, str] | None = None) -> str:
+        """The namespace the operator's pod runs in: $POD_NAMESPACE (downward API), else the
         in-cluster ServiceAccount's namespace; empty when none is known (not in a pod)."""
         env = os.environ if env is None else env
-        if self.lease_namespace:
-            return self.lease_namespace
         if env.get("POD_NAMESPACE", "").strip():
             return env["POD_NAMESPACE"].strip()
         try:

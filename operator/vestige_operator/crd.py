@@ -318,6 +318,13 @@ def printer_columns() -> list[dict[str, Any]]:
             "description": "Capacity of the bound data volume (the request is spec.storage.size).",
         },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {
+            "name": "Replicated",
+            "type": "date",
+            "priority": 1,
+            "jsonPath": ".status.replication.lastReplicatedAt",
+            "description": "When the continuous replica last held every change (-o wide).",
+        },
     ]
 
 

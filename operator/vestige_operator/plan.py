@@ -456,6 +456,7 @@ def plan(
     pvc_readable: bool = True,
     ingress_holder: IngressClaim | None = None,
     restore_grants: Sequence[VestigeBackupGrantSpec] = (),
+    operator_peer: Obj | None = None,
 ) -> Plan:
     """The writes of one pass.
 
@@ -465,7 +466,7 @@ def plan(
     ``ingress_holder`` the earlier resource routing this one's Ingress host, if any;
     ``pvc_readable`` False: the claim's name could not be read (no claim and no Deployment are
     written this pass); ``restore_grants`` the VestigeBackupGrants of the restore source's
-    namespace.
+    namespace; ``operator_peer`` the operator pods' NetworkPolicy peer (children.operator_peer).
     """
     deployment = _named(cached.get("Deployment", ()), owner.name)
     if pvc_readable:
@@ -473,7 +474,7 @@ def plan(
     else:
         volume = VolumeCheck(False)
     conflict = ingress_conflict(owner, spec, ingress_holder)
-    desired = render_children(owner, spec, images, auth_hash)
+    desired = render_children(owner, spec, images, auth_hash, operator_peer)
     held: list[str] = []
     manifests = list(desired.apply)
     if conflict is not None:  # never route a URL another resource already routes

@@ -24,10 +24,10 @@ from pydantic import ValidationError
 
 from vestige_operator import cluster as k8s
 from vestige_operator import plan as p
-from vestige_operator import tokens
+from vestige_operator import replication, tokens
 from vestige_operator.api import VestigeBackupGrantSpec, VestigeMemorySpec
-from vestige_operator.backup import BackupSummary, restore_source
-from vestige_operator.children import IngressClaim, ignored_env, ingress_host_holder
+from vestige_operator.backup import BackupSummary, continuous_enabled, restore_source
+from vestige_operator.children import IngressClaim, ignored_env, ingress_host_holder, operator_peer
 from vestige_operator.config import OperatorConfig
 from vestige_operator.port import ApiPort
 from vestige_operator.rollouts import Rollouts
@@ -49,6 +49,7 @@ from vestige_operator.vocabulary import (
     Images,
     Owner,
     pvc_name,
+    selector_labels,
 )
 from vestige_operator.workqueue import RetryLater, WorkQueue
 
@@ -170,9 +171,17 @@ class Reconciler:
         clock: Callable[[], str] = utc_now,
         now: Callable[[], datetime] = _now,
         new_token: Callable[[], str] | None = None,
+        probe: replication.ReplicationProbe | None = None,
     ) -> None:
         self.port = port
         self.config = config
+        #: The NetworkPolicy peer of the operator's own pods (None: not running in a pod).
+        self.operator_peer = operator_peer(config.own_namespace())
+        #: Asks agents' pods for their replication position (spec.backup.continuous). Outside a
+        #: pod there is none: pod IPs are not this host's to dial (they would go to its gateway).
+        self.probe: replication.ReplicationProbe | None = probe
+        if probe is None and self.operator_peer is not None:
+            self.probe = replication.HttpProbe()
         self.images = Images(
             vestige=config.default_vestige_image,
             bridge=config.default_bridge_image,
@@ -392,6 +401,7 @@ class Reconciler:
             pvc_readable=pvc_readable,
             ingress_holder=self._ingress_holder(owner, spec),
             restore_grants=self._restore_grants(spec),
+            operator_peer=self.operator_peer,
         )
         self.rollouts.observe(key, _named(cached["Deployment"], name), self.images)
         plan, rollout_waiting = self.rollouts.pace(key, plan)
@@ -421,15 +431,19 @@ class Reconciler:
             not_owned=tuple(not_owned),
             rotation_refused=token.refused,
             rollout_waiting=rollout_waiting,
+            replication=await self._replication(owner, spec, previous) if continuous_enabled(spec) else None,
         )
         new = compute_status(owner, spec, obs, previous, self._clock())
         await self._write_status(owner, previous, new)
         transient = [e for e in errors if e.transient]
         if transient:
             raise RetryLater("; ".join(f"{e.kind}: {e.message}" for e in transient))
+        again: list[float] = []
         if token.previous_expires is not None:
-            return max(0.0, (token.previous_expires - self._now()).total_seconds()) + _DEADLINE_SLACK
-        return None
+            again.append(max(0.0, (token.previous_expires - self._now()).total_seconds()) + _DEADLINE_SLACK)
+        if continuous_enabled(spec) and not spec.suspend:  # the replica's position is asked for
+            again.append(float(self.config.replication_check_seconds))
+        return min(again) if again else None
 
     async def _claim(
         self, owner: Owner, cached: Mapping[str, list[Mapping[str, Any]]], errors: list[ChildError]
@@ -502,6 +516,30 @@ class Reconciler:
             except k8s.ApiError as exc:
                 errors.append(ChildError(action.kind, exc.message or str(exc), exc.transient))
         return observed, applied, not_owned
+
+    async def _replication(
+        self, owner: Owner, spec: VestigeMemorySpec, previous: Mapping[str, Any]
+    ) -> replication.Health:
+        """ReplicationHealthy from the memory's running pod (one LIST of its pods, one GET to it)."""
+        position: replication.Position | None = None
+        age: float | None = None
+        if self.probe is None:
+            position = replication.Position(False, error=replication.NOT_IN_CLUSTER)
+        elif not spec.suspend:
+            selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner.name).items())
+            try:
+                pods = await self.port.list_objects(k8s.POD, owner.namespace, selector)
+            except k8s.ApiError as exc:
+                position = replication.Position(False, error=f"its pods could not be listed: {exc.message}")
+                pods = []
+            pod = replication.serving_pod(pods)
+            if pod is not None:
+                position = await self.probe.position(str(pod["status"]["podIP"]))
+                started = (pod.get("status") or {}).get("startTime")
+                if isinstance(started, str):
+                    since = datetime.fromisoformat(started.replace("Z", "+00:00"))
+                    age = (self._now() - since).total_seconds()
+        return replication.health(spec, position, previous.get("replication"), age)
 
     def _restore_grants(self, spec: VestigeMemorySpec) -> list[VestigeBackupGrantSpec]:
         """The VestigeBackupGrants of the restore source's namespace (an invalid one counts as none)."""

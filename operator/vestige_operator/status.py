@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from vestige_operator.api import Phase, VestigeMemorySpec, parse_quantity
-from vestige_operator.backup import LAST_BACKUP_SUCCEEDED, BackupSummary
+from vestige_operator.backup import LAST_BACKUP_SUCCEEDED, BackupSummary, continuous_enabled
 from vestige_operator.children import auth_secret_ref, ingress_url
 from vestige_operator.events import make_event
+from vestige_operator.replication import Health
 from vestige_operator.vocabulary import Owner, endpoint, pvc_name
 
 READY = "Ready"
@@ -28,6 +29,11 @@ STORAGE_READY = "StorageReady"
 CONDITION_TYPES = (READY, RECONCILING, STALLED, STORAGE_READY)
 #: Present (True) only while a token rotation request is refused (bad grace, existingSecret).
 ROTATION_REFUSED = "RotationRefused"
+#: Present only with spec.backup.continuous: whether the replica keeps up (replication.py).
+REPLICATION_HEALTHY = "ReplicationHealthy"
+#: Event reasons of ReplicationHealthy turning False (by condition reason) and back to True.
+REPLICATION_EVENT_REASONS = {"Lagging": "ReplicationLagging", "NotReplicating": "ReplicationStopped"}
+REPLICATION_RESUMED = "ReplicationResumed"
 #: Part of the Ready condition's message while spec.bridge.allowAnonymous is true.
 ANONYMOUS_NOTE = (
     "OPEN: spec.bridge.allowAnonymous is true, the bridge serves every caller that reaches it without a token"
@@ -77,11 +83,13 @@ class Observation:
     rotation_refused: tuple[str, str] | None = None
     #: Why the Deployment waits for a fleet rollout slot (rollouts.py), if it does.
     rollout_waiting: str | None = None
+    #: With spec.backup.continuous: what the pod said of its replica (replication.health).
+    replication: Health | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class _Cond:
-    status: bool
+    status: bool | None  # None: Unknown
     reason: str
     message: str
 
@@ -93,7 +101,7 @@ def _condition(
     previous: Mapping[str, Mapping[str, Any]],
     now: str,
 ) -> dict[str, Any]:
-    status = "True" if cond.status else "False"
+    status = "Unknown" if cond.status is None else "True" if cond.status else "False"
     before = previous.get(type_)
     since = before.get("lastTransitionTime") if before and before.get("status") == status else None
     return {
@@ -317,6 +325,10 @@ def compute_status(
     if obs.rotation_refused is not None:
         conds[ROTATION_REFUSED] = _Cond(True, *obs.rotation_refused)
         types.append(ROTATION_REFUSED)
+    replication = obs.replication if continuous_enabled(spec) else None
+    if replication is not None:
+        conds[REPLICATION_HEALTHY] = _Cond(replication.status, replication.reason, replication.message)
+        types.append(REPLICATION_HEALTHY)
     secret, key = auth_secret_ref(owner.name, spec)
     status: dict[str, Any] = {
         "phase": str(phase),
@@ -336,6 +348,10 @@ def compute_status(
         status["tokenRotatedAt"] = obs.token_rotated_at
     if obs.backup is not None and obs.backup.status is not None:
         status["backup"] = obs.backup.status
+    if replication is not None and replication.last_replicated_at is not None:
+        status["replication"] = {"lastReplicatedAt": replication.last_replicated_at}
+        if replication.lag_seconds is not None:
+            status["replication"]["lagSeconds"] = replication.lag_seconds
     return status
 
 
@@ -430,10 +446,32 @@ def stalled_event(
 def transition_events(
     owner: Owner, previous: Mapping[str, Any] | None, new: Mapping[str, Any], now: str
 ) -> list[dict[str, Any]]:
-    """The Events a status change calls for: Stalled, a refused rotation, an agent turned open."""
+    """The Events a status change calls for: Stalled, a refused rotation, an agent turned open,
+    replication stopping or lagging and resuming."""
     events = [condition_event(owner, previous, new, t, now) for t in (STALLED, ROTATION_REFUSED)]
     events.append(anonymous_event(owner, previous, new, now))
+    events.append(replication_event(owner, previous, new, now))
     return [e for e in events if e is not None]
+
+
+def replication_event(
+    owner: Owner, previous: Mapping[str, Any] | None, new: Mapping[str, Any], now: str
+) -> dict[str, Any] | None:
+    """A Warning Event when ReplicationHealthy turns False or changes reason (not when only the
+    lag in its message moves), a Normal one when it turns True again after being False."""
+    after = _find_condition(new, REPLICATION_HEALTHY)
+    before = _find_condition(previous, REPLICATION_HEALTHY)
+    if after is None:
+        return None
+    was = (before or {}).get("status")
+    if after.get("status") == "False":
+        if was == "False" and (before or {}).get("reason") == after.get("reason"):
+            return None
+        reason = REPLICATION_EVENT_REASONS.get(str(after.get("reason")), "ReplicationUnhealthy")
+        return make_event(owner, "Warning", reason, str(after.get("message") or ""), now)
+    if after.get("status") == "True" and was == "False":
+        return make_event(owner, "Normal", REPLICATION_RESUMED, str(after.get("message") or ""), now)
+    return None
 
 
 def _ready_message(status: Mapping[str, Any] | None) -> str:

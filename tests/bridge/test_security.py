@@ -63,7 +63,8 @@ def test_bearer_scheme_is_case_insensitive(v3_bridge: Bridge) -> None:
 
 
 def test_public_paths_need_no_token(v3_bridge: Bridge) -> None:
-    for path in ("/livez", "/health", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc"):
+    public = ("/livez", "/health", "/readyz", "/metrics", "/replication", "/openapi.json", "/docs", "/redoc")
+    for path in public:
         assert httpx.get(v3_bridge.url + path, timeout=30).status_code == 200, path
 
 

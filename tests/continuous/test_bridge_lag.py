@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -17,15 +18,21 @@ from tests.litestream.replica import replica_path, settings_for, wait_for
 from tests.s3.server import S3Server
 
 
-def _gauges(app: object) -> dict[str, float]:
-    async def get() -> str:
+def _get(app: object, path: str) -> httpx.Response:
+    """GET without a token (both paths are public, like the kubelet's probes)."""
+
+    async def get() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
         async with httpx.AsyncClient(transport=transport, base_url="http://bridge") as http:
-            answer = await http.get("/metrics")
+            answer = await http.get(path)
             answer.raise_for_status()
-            return answer.text
+            return answer
 
-    text = asyncio.run(get())
+    return asyncio.run(get())
+
+
+def _gauges(app: object) -> dict[str, float]:
+    text = _get(app, "/metrics").text
     return {
         name: float(value)
         for name, value in re.findall(r"^(vestige_bridge_replication_\w+) (\S+)$", text, re.M)
@@ -50,6 +57,9 @@ def test_the_bridge_reports_the_lag(tmp_path: Path, s3: S3Server, replicator: Ma
     )
     try:
         assert _gauges(app)["vestige_bridge_replication_up"] == 0  # no sidecar yet
+        before = _get(app, "/replication").json()
+        assert before["enabled"] is True and before["last_sync_at"] is None, before
+        assert "did not answer" in before["error"], before
         sidecar.start()
         ing = ingestor(server, flavour)
         assert ing.ingest(1)
@@ -59,7 +69,24 @@ def test_the_bridge_reports_the_lag(tmp_path: Path, s3: S3Server, replicator: Ma
         print(f"gauges while replicating: {gauges}")
         assert 0 <= gauges["vestige_bridge_replication_lag_seconds"] < 5
         assert abs(gauges["vestige_bridge_replication_last_sync_timestamp_seconds"] - time.time()) < 5
+        position = _get(app, "/replication").json()  # what the operator's ReplicationHealthy reads
+        print(f"/replication while replicating: {position}")
+        assert position["error"] is None and 0 <= position["lag_seconds"] < 5, position
+        synced = datetime.fromisoformat(position["last_sync_at"].replace("Z", "+00:00"))
+        assert abs(synced.timestamp() - time.time()) < 5, position
     finally:
         sidecar.kill()
         server.close()
     assert _gauges(app)["vestige_bridge_replication_up"] == 0
+    after = _get(app, "/replication").json()
+    assert after["last_sync_at"] is None and after["lag_seconds"] is None and after["error"], after
+
+
+def test_a_pod_without_the_sidecar_says_replication_is_off() -> None:
+    app = create_app(Settings.model_validate({"VESTIGE_ALLOW_ANONYMOUS": True}))
+    assert _get(app, "/replication").json() == {
+        "enabled": False,
+        "last_sync_at": None,
+        "lag_seconds": None,
+        "error": None,
+    }

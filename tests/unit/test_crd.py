@@ -84,8 +84,12 @@ def test_names_scope_and_version(manifest: dict[str, Any]) -> None:
 
 def test_printer_columns(manifest: dict[str, Any]) -> None:
     columns = manifest["spec"]["versions"][0]["additionalPrinterColumns"]
-    assert [c["name"].upper() for c in columns] == ["AGENT", "PHASE", "READY", "ENDPOINT", "STORAGE", "AGE"]
+    names = [c["name"].upper() for c in columns]
+    assert names == ["AGENT", "PHASE", "READY", "ENDPOINT", "STORAGE", "AGE", "REPLICATED"]
     by_name = {c["name"]: c for c in columns}
+    # only `-o wide` shows when the continuous replica last held every change
+    assert [c["name"] for c in columns if c.get("priority")] == ["Replicated"]
+    assert by_name["Replicated"]["jsonPath"] == ".status.replication.lastReplicatedAt"
     assert by_name["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
     assert by_name["Age"]["type"] == "date"
     assert by_name["Age"]["jsonPath"] == ".metadata.creationTimestamp"

@@ -137,6 +137,7 @@ def test_list_table_alignment_and_namespace_column() -> None:
         "VESTIGE",
         "LAST",
         "BACKUP",
+        "REPLICATED",
         "AGE",
     ]
     assert lines[1].split() == [
@@ -149,9 +150,10 @@ def test_list_table_alignment_and_namespace_column() -> None:
         "5Gi/5Gi",
         "3.0.0",
         "3h",
+        "-",
         "5h",
     ]
-    assert lines[2].split() == ["other", "b", "b", "Pending", "-", "-", "5Gi/-", "3.0.0", "-", "30s"]
+    assert lines[2].split() == ["other", "b", "b", "Pending", "-", "-", "5Gi/-", "3.0.0", "-", "-", "30s"]
     # columns line up: every row's PHASE cell starts at the header's PHASE offset
     col = lines[0].index("PHASE")
     assert lines[1][col:].startswith("Ready") and lines[2][col:].startswith("Pending")
@@ -345,3 +347,26 @@ def test_plugin_imports_neither_the_bridge_nor_kopf() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_replicated_cell_says_how_long_ago_and_why_not_when_unhealthy() -> None:
+    def with_replication(status: str, reason: str, when: str | None) -> dict[str, object]:
+        m = memory(replication={"lastReplicatedAt": when, "lagSeconds": 1} if when else None)
+        m["status"]["conditions"].append(  # type: ignore[index]
+            {"type": "ReplicationHealthy", "status": status, "reason": reason}
+        )
+        return m
+
+    healthy = render.summarize(with_replication("True", "Replicating", ago(seconds=4)), NOW)
+    assert healthy["replication"] == {
+        "healthy": "True",
+        "reason": "Replicating",
+        "lastReplicatedAt": ago(seconds=4),
+        "lagSeconds": 1,
+    }
+    assert render.list_row(healthy, NOW, with_namespace=False)[8] == "4s"
+    late = render.summarize(with_replication("False", "Lagging", ago(minutes=5)), NOW)
+    assert render.list_row(late, NOW, with_namespace=False)[8] == "5m (Lagging)"
+    never = render.summarize(with_replication("False", "NotReplicating", None), NOW)
+    assert render.list_row(never, NOW, with_namespace=False)[8] == "never (NotReplicating)"
+    assert render.summarize(memory(), NOW)["replication"] is None

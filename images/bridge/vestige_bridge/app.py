@@ -334,12 +334,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/metrics", tags=["probes"], summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
         if settings.replication_socket is not None:
-            try:
-                synced = await replication.last_sync_at(settings.replication_socket)
-            except replication.ReplicationUnknown:
-                synced = None
-            metrics.set_replication(synced.timestamp() if synced is not None else None, time.time())
+            metrics.set_replication(await replication.read(settings.replication_socket))
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get(
+        "/replication",
+        response_model=models.ReplicationResponse,
+        tags=["probes"],
+        summary="Continuous-backup position (what the operator's ReplicationHealthy reads)",
+    )
+    async def replication_position() -> models.ReplicationResponse:
+        if settings.replication_socket is None:
+            return models.ReplicationResponse(enabled=False)
+        reading = await replication.read(settings.replication_socket)
+        metrics.set_replication(reading)
+        return models.ReplicationResponse(
+            enabled=True,
+            last_sync_at=reading.last_sync,
+            lag_seconds=reading.lag_seconds,
+            error=reading.error,
+        )
 
     # MCP pass-through (not in the OpenAPI document: it speaks MCP, see docs/bridge.md).
     app.router.routes.append(Route("/mcp", endpoint=mcp_app, methods=["GET", "POST", "DELETE"]))

@@ -28,7 +28,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("vestige_bridge.access")
 
 PUBLIC_PATHS = frozenset(
-    {"/health", "/readyz", "/livez", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {
+        "/health",
+        "/readyz",
+        "/livez",
+        "/metrics",
+        "/replication",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+    }
 )
 UNAUTHORIZED = {"success": False, "data": None, "error": "unauthorized: a valid bearer token is required"}
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from vestige_bridge.replication import Reading
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -111,12 +113,12 @@ class Metrics:
             registry=r,
         )
 
-    def set_replication(self, last_sync: float | None, now: float) -> None:
-        """Record one reading of the socket (``last_sync`` None: no answer, or no sync yet)."""
-        self.replication_up.set(1 if last_sync is not None else 0)
-        if last_sync is not None:
-            self.replication_last_sync.set(last_sync)
-            self.replication_lag.set(max(0.0, now - last_sync))
+    def set_replication(self, reading: Reading) -> None:
+        """Record one reading of the socket (no ``last_sync``: no answer, or no sync yet)."""
+        self.replication_up.set(1 if reading.last_sync is not None else 0)
+        if reading.last_sync is not None and reading.lag_seconds is not None:
+            self.replication_last_sync.set(reading.last_sync.timestamp())
+            self.replication_lag.set(reading.lag_seconds)
 
     def set_server(self, version: str, generation: str) -> None:
         self.vestige_info.clear()

@@ -7,7 +7,7 @@ unknown fields are ignored as before, and the fields it got wrong are mapped cor
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -226,3 +226,19 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     reason: str | None = None
+
+
+class ReplicationResponse(BaseModel):
+    """The continuous-backup sidecar's position (GET /replication, no token: like /metrics it
+    holds times only, never memory content)."""
+
+    enabled: bool = Field(
+        description="Whether this pod runs the Litestream sidecar (spec.backup.continuous)."
+    )
+    last_sync_at: datetime | None = Field(
+        default=None, description="When the replica last held every change of the store."
+    )
+    lag_seconds: float | None = Field(
+        default=None, description="Seconds since then, measured in the pod (no clock skew)."
+    )
+    error: str | None = Field(default=None, description="Why there is no position (sidecar not answering).")

@@ -10,7 +10,8 @@ fail: ``now - last_sync_at`` is the replication lag.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -50,3 +51,30 @@ async def last_sync_at(socket: Path, seconds: float = 2.0) -> datetime | None:
             return parse_list(answer.json())
     except (httpx.HTTPError, ValueError) as exc:
         raise ReplicationUnknown(f"{type(exc).__name__}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One reading of the socket: when the replica last held every change (None: no answer or
+    no sync yet), the lag at ``now`` and why there is no answer."""
+
+    last_sync: datetime | None
+    now: datetime
+    error: str | None = None
+
+    @property
+    def lag_seconds(self) -> float | None:
+        if self.last_sync is None:
+            return None
+        return max(0.0, (self.now - self.last_sync).total_seconds())
+
+
+async def read(socket: Path, seconds: float = 2.0) -> Reading:
+    """The replication position now (never raises): what /replication and /metrics report."""
+    try:
+        synced = await last_sync_at(socket, seconds)
+    except ReplicationUnknown as exc:
+        return Reading(None, datetime.now(UTC), f"the replication sidecar did not answer: {exc}")
+    if synced is None:
+        return Reading(None, datetime.now(UTC), "the replication sidecar has not synced yet")
+    return Reading(synced, datetime.now(UTC))

@@ -133,6 +133,8 @@ def summarize(obj: Mapping[str, Any], now: datetime, *, deployment_image: str | 
         },
         "vestigeVersion": vestige_version(obj, deployment_image),
         "lastBackup": backup if isinstance(backup, str) else None,
+        # the continuous replica (spec.backup.continuous): ReplicationHealthy and its last time
+        "replication": _replication(obj),
         "suspended": bool(_get(obj, "spec", "suspend")),
         "tokenSecret": {"name": secret, "key": key},
         "tokenRotatedAt": _get(obj, "status", "tokenRotatedAt"),
@@ -141,7 +143,40 @@ def summarize(obj: Mapping[str, Any], now: datetime, *, deployment_image: str | 
     }
 
 
-LIST_COLUMNS = ("NAME", "AGENT", "PHASE", "READY", "ENDPOINT", "STORAGE", "VESTIGE", "LAST BACKUP", "AGE")
+LIST_COLUMNS = (
+    "NAME",
+    "AGENT",
+    "PHASE",
+    "READY",
+    "ENDPOINT",
+    "STORAGE",
+    "VESTIGE",
+    "LAST BACKUP",
+    "REPLICATED",
+    "AGE",
+)
+
+
+def _replication(obj: Mapping[str, Any]) -> JsonDict | None:
+    healthy = condition(obj, "ReplicationHealthy")
+    if healthy is None:
+        return None
+    return {
+        "healthy": healthy.get("status"),
+        "reason": healthy.get("reason"),
+        "lastReplicatedAt": _get(obj, "status", "replication", "lastReplicatedAt"),
+        "lagSeconds": _get(obj, "status", "replication", "lagSeconds"),
+    }
+
+
+def _replicated_cell(replication: Mapping[str, Any] | None, now: datetime) -> str:
+    """``3s`` (how long ago the replica last held every change), with the reason when not healthy
+    (``5m (Lagging)``); ``-`` without a continuous backup."""
+    if not replication:
+        return "-"
+    when = replication.get("lastReplicatedAt")
+    cell = age(when, now) if when else "never"
+    return cell if replication.get("healthy") == "True" else f"{cell} ({replication.get('reason')})"
 
 
 def storage_cell(summary: Mapping[str, Any]) -> str:
@@ -160,6 +195,7 @@ def list_row(summary: Mapping[str, Any], now: datetime, *, with_namespace: bool)
         storage_cell(summary),
         summary.get("vestigeVersion") or "-",
         age(summary.get("lastBackup"), now) if summary.get("lastBackup") else "-",
+        _replicated_cell(summary.get("replication"), now),
         summary.get("age") or "-",
     ]
     return [summary.get("namespace") or "-", *row] if with_namespace else row
