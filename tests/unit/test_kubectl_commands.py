@@ -107,3 +107,74 @@ def test_backup_creates_what_the_scheduler_creates() -> None:
     assert manifest == expected
     assert manifest["metadata"]["name"] == "agent-20261202120000"
     assert out.strip() == "vestigebackup.vestige.dev/agent-20261202120000 created"
+
+
+S3 = {
+    "s3": {"endpoint": "http://s3.storage.svc:7070", "bucket": "backups", "credentialsSecret": {"name": "c"}}
+}
+SOURCE = {
+    "apiVersion": "vestige.dev/v1alpha1",
+    "kind": "VestigeMemory",
+    "metadata": {"name": "old", "namespace": "team-a", "uid": "u-9"},
+    "spec": {
+        "agentId": "research",
+        "vestige": {"generation": "v1", "image": "example.org/vestige:2.0.0"},
+        "storage": {"size": "20Gi", "reclaimPolicy": "Retain"},
+        "backup": {"destination": S3, "continuous": {"enabled": True}},
+    },
+}
+
+
+class SourceKube(RecordingKube):
+    def get(self, resource: Kind, namespace: str, name: str) -> dict[str, Any]:
+        assert (resource, namespace, name) == (VESTIGE_MEMORY, "team-a", "old")
+        return SOURCE
+
+
+def run_restore(*argv: str) -> tuple[SourceKube, str]:
+    kube = SourceKube()
+    out = io.StringIO()
+    ctx = commands.Context(
+        kube=kube,  # type: ignore[arg-type]
+        namespace="team",
+        flags=render.KubeFlags(),
+        out=out,
+        err=io.StringIO(),
+        clock=lambda: NOW,
+    )
+    args = build_parser().parse_args(["restore", *argv])
+    assert args.func(ctx, args) == 0
+    return kube, out.getvalue()
+
+
+def test_restore_at_a_moment_creates_a_new_memory_from_the_sources_replica() -> None:
+    kube, out = run_restore("new", "--from", "team-a/old", "--at", "2026-12-02T11:00:00Z")
+    ((resource, namespace, manifest),) = kube.created
+    assert (resource, namespace) == (VESTIGE_MEMORY, "team")
+    assert manifest["metadata"] == {"name": "new", "namespace": "team"}
+    assert manifest["spec"]["restore"] == {
+        "fromBackup": {"destination": S3, "source": "team-a/research", "pointInTime": "2026-12-02T11:00:00Z"}
+    }
+    # the same Vestige generation and a volume as large; not the source's backup, agent id or policy
+    assert manifest["spec"]["vestige"] == SOURCE["spec"]["vestige"]  # type: ignore[index]
+    assert manifest["spec"]["storage"] == {"size": "20Gi"}
+    assert "new created, restoring team-a/old as of 2026-12-02T11:00:00Z" in out
+
+
+def test_restore_of_a_snapshot_defaults_to_the_latest() -> None:
+    kube, _ = run_restore("new", "--from", "team-a/old")
+    assert kube.created[0][2]["spec"]["restore"]["fromBackup"]["latest"] is True
+    kube, _ = run_restore("new", "--from", "team-a/old", "--snapshot", "p/team-a/research/x.tar.gz")
+    assert kube.created[0][2]["spec"]["restore"]["fromBackup"]["key"] == "p/team-a/research/x.tar.gz"
+
+
+def test_restore_refuses_what_the_operator_would_not_take() -> None:
+    plain = {**SOURCE, "spec": {**SOURCE["spec"], "backup": {"destination": S3}}}  # type: ignore[dict-item]
+    with pytest.raises(PluginError, match="no continuous backup"):
+        commands.restore_manifest("new", "team", plain, at="latest", key=None)
+    with pytest.raises(PluginError, match=r"no spec\.backup\.destination"):
+        commands.restore_manifest("new", "team", {**SOURCE, "spec": {}}, at=None, key=None)
+    with pytest.raises(PluginError, match="would not be accepted"):
+        commands.restore_manifest("new", "team", SOURCE, at="yesterday", key=None)
+    with pytest.raises(PluginError, match="would not be accepted"):
+        commands.restore_manifest("new", "team", SOURCE, at=None, key="../other/x.tar.gz")

@@ -125,6 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--wait", action="store_true", help="wait for the backup to complete or fail")
     p.add_argument("--timeout", type=_timeout, default=1800.0, help="with --wait: Go duration (default 30m)")
+
+    p = sub(
+        "restore",
+        commands.cmd_restore,
+        "Create a NEW agent memory from the backups of another (a moment of its replica, or a snapshot).",
+    )
+    p.add_argument("name", metavar="NEW", help="name of the new VestigeMemory (in this namespace)")
+    p.add_argument(
+        "--from", dest="source", required=True, metavar="[NAMESPACE/]NAME", help="the source VestigeMemory"
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--at", metavar="RFC3339|latest", help="a moment of the source's continuous replica")
+    which.add_argument("--snapshot", metavar="KEY|latest", help="a snapshot's object key (default: latest)")
     return parser
 
 

@@ -21,9 +21,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 import yaml
+from pydantic import ValidationError
 
 from vestige_operator import GROUP
-from vestige_operator.api import BackupPhase
+from vestige_operator.api import LATEST, BackupPhase, VestigeMemorySpec
 from vestige_operator.backup import backup_manifest, scheduled_name
 from vestige_operator.cluster import DEPLOYMENT, EVENT, POD, SECRET, VESTIGE_BACKUP, VESTIGE_MEMORY
 from vestige_operator.kubectl import render
@@ -330,6 +331,64 @@ def cmd_backup(ctx: Context, args: Namespace) -> int:
         )
         raise PluginError(f'VestigeBackup "{name}" failed: {reason}')
     ctx.say(f"vestigebackup.{GROUP}/{name} completed")
+    return 0
+
+
+# -- restore ----------------------------------------------------------------------------------
+
+
+def restore_manifest(
+    name: str, namespace: str, source: Mapping[str, Any], *, at: str | None, key: str | None
+) -> dict[str, Any]:
+    """A NEW VestigeMemory ``namespace/name`` that starts from the backups of ``source`` (a
+    VestigeMemory): its destination and key space (namespace/agentId), its Vestige and storage;
+    ``at`` a moment of its continuous replica (RFC 3339 or ``latest``), else ``key`` a snapshot
+    (an object key or ``latest``). Checked with the operator's own model before it is sent."""
+    meta = source.get("metadata") or {}
+    spec = source.get("spec") or {}
+    src = f"{meta.get('namespace')}/{meta.get('name')}"
+    backup = spec.get("backup") or {}
+    if not backup.get("destination"):
+        raise PluginError(f"VestigeMemory {src} has no spec.backup.destination: nothing to restore from")
+    if at is not None and not (backup.get("continuous") or {}).get("enabled"):
+        raise PluginError(f"VestigeMemory {src} has no continuous backup: --at needs one (use --snapshot)")
+    agent = (source.get("status") or {}).get("agentId") or spec.get("agentId") or meta.get("name")
+    from_backup: dict[str, Any] = {
+        "destination": backup["destination"],
+        "source": f"{meta.get('namespace')}/{agent}",
+    }
+    if at is not None:
+        from_backup["pointInTime"] = at
+    elif key in (None, LATEST):
+        from_backup["latest"] = True
+    else:
+        from_backup["key"] = key
+    new_spec: dict[str, Any] = {"restore": {"fromBackup": from_backup}}
+    for part in ("vestige", "storage"):  # the same server generation, a volume as large
+        if spec.get(part):
+            new_spec[part] = {k: v for k, v in spec[part].items() if k != "reclaimPolicy"}
+    try:
+        VestigeMemorySpec.model_validate(new_spec)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise PluginError(f"the restore would not be accepted: {problems}") from None
+    return {
+        "apiVersion": VESTIGE_MEMORY.api_version,
+        "kind": "VestigeMemory",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": new_spec,
+    }
+
+
+def cmd_restore(ctx: Context, args: Namespace) -> int:
+    src_ns, _, src_name = args.source.rpartition("/")
+    source = ctx.kube.get(VESTIGE_MEMORY, src_ns or ctx.namespace, src_name)
+    manifest = restore_manifest(args.name, ctx.namespace, source, at=args.at, key=args.snapshot)
+    ctx.kube.create(VESTIGE_MEMORY, ctx.namespace, manifest)
+    what = f"as of {args.at}" if args.at else f"snapshot {args.snapshot or LATEST}"
+    ctx.say(
+        f"vestigememory.{GROUP}/{args.name} created, restoring {src_ns or ctx.namespace}/{src_name} {what}"
+    )
     return 0
 
 
