@@ -170,10 +170,28 @@ class _StateCollector(Collector):
             "resource's creation while none completed); only with an active backup.schedule.",
             labels=keys,
         )
+        replicated = GaugeMetricFamily(
+            f"{PREFIX}_replication_last_success_timestamp_seconds",
+            "Unix time the continuous replica of a VestigeMemory last held every change of its store "
+            "(status.replication.lastReplicatedAt; only with backup.continuous).",
+            labels=keys,
+        )
+        lag = GaugeMetricFamily(
+            f"{PREFIX}_replication_lag_seconds",
+            "Seconds the continuous replica was behind the store at the operator's last check "
+            "(status.replication.lagSeconds, measured in the agent's pod).",
+            labels=keys,
+        )
         for (namespace, name), bodies in sorted(self.owners.items()):
             body = next(iter(bodies), None)
             if body is None:
                 continue
+            replication = (body.get("status") or {}).get("replication") or {}
+            when = parse_time(replication.get("lastReplicatedAt"))
+            if when is not None:
+                replicated.add_metric([namespace, name], when.timestamp())
+            if isinstance(replication.get("lagSeconds"), int | float):
+                lag.add_metric([namespace, name], float(replication["lagSeconds"]))
             phase.add_metric([namespace, name, (body.get("status") or {}).get("phase") or NO_PHASE], 1)
             when = last_backup(body)
             if when is not None:
@@ -184,6 +202,8 @@ class _StateCollector(Collector):
         yield phase
         yield last
         yield due
+        yield replicated
+        yield lag
 
 
 class Metrics:

@@ -216,3 +216,28 @@ def test_metrics_port_setting() -> None:
         OperatorConfig.from_env({"VESTIGE_METRICS_PORT": "http"})
     with pytest.raises(ConfigError):
         OperatorConfig.from_env({"VESTIGE_METRICS_PORT": "70000"})
+
+
+def test_per_resource_replication_position(reconciler: Reconciler) -> None:
+    """status.replication becomes two gauges per memory with a continuous backup, none without."""
+    m = Metrics(reconciler)
+    position = {"lastReplicatedAt": "2026-05-03T03:00:40Z", "lagSeconds": 2}
+    m.attach(
+        {
+            ("ns", "replicated"): [{**owner("replicated", "Ready"), "status": {"replication": position}}],
+            ("ns", "plain"): [owner("plain", "Ready")],
+        }
+    )
+    got = samples(m.exposition().decode())
+    when = {
+        k[1]: v
+        for k, v in got.items()
+        if k[0] == "vestige_operator_replication_last_success_timestamp_seconds"
+    }
+    assert when == {
+        (("name", "replicated"), ("namespace", "ns")): datetime.fromisoformat(
+            "2026-05-03T03:00:40+00:00"
+        ).timestamp()
+    }
+    lag = {k[1]: v for k, v in got.items() if k[0] == "vestige_operator_replication_lag_seconds"}
+    assert lag == {(("name", "replicated"), ("namespace", "ns")): 2.0}
