@@ -58,6 +58,11 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "<ref>") for e in container.get("env", [])}
 
 
+def _condition(kubectl: Kubectl, ns: str, name: str, type_: str) -> dict[str, Any] | None:
+    conds = (must_get(kubectl, ns, "vestigememory", name).get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c["type"] == type_), None)
+
+
 def _stalled(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any] | None:
     conds = (must_get(kubectl, ns, "vestigememory", name).get("status") or {}).get("conditions") or []
     return next((c for c in conds if c["type"] == "Stalled" and c["status"] == "True"), None)
@@ -146,6 +151,14 @@ def test_the_operator_applies_the_sidecar_and_the_restore(
         what="the agent pod",
     )[0]
     assert [c["name"] for c in pod["spec"]["initContainers"]] == ["restore", "restore-replica", "litestream"]
+    # an operator outside the cluster asks no pod (a pod IP is not its host's to dial) and says so
+    healthy = wait_until(
+        lambda: _condition(kubectl, namespace, "agent", "ReplicationHealthy"),
+        timeout=60,
+        what="ReplicationHealthy",
+    )
+    assert (healthy["status"], healthy["reason"]) == ("Unknown", "Unreachable"), healthy
+    assert "outside the cluster" in healthy["message"], healthy
     # continuous off: the sidecar goes, the restore stays
     patch = {"spec": {"backup": {"continuous": {"enabled": False}}}}
     kubectl("-n", namespace, "patch", "vestigememory", "agent", "--type=merge", "-p", json.dumps(patch))
@@ -156,6 +169,11 @@ def test_the_operator_applies_the_sidecar_and_the_restore(
         return names == ["restore", "restore-replica"]
 
     wait_until(without_sidecar, timeout=60, what="the sidecar removed")
+    wait_until(
+        lambda: _condition(kubectl, namespace, "agent", "ReplicationHealthy") is None,
+        timeout=60,
+        what="ReplicationHealthy gone with the continuous backup",
+    )
 
 
 @pytest.mark.usefixtures("crd_installed")

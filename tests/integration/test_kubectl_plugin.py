@@ -181,7 +181,8 @@ def test_status_table_detail_json_and_yaml(
         f"http://alpha.{namespace}.svc:8000",
         "5Gi/5Gi",
         "3.0.0",  # the operator's default image in force (the Deployment's vestige container)
-        "-",
+        "-",  # LAST BACKUP
+        "-",  # REPLICATED: no continuous backup
         rows["alpha"][-1],
     ]
     assert rows["beta"][5:7] == ["2Gi/2Gi", "9.9.9"]
@@ -918,3 +919,48 @@ def test_connect_prints_the_forward_and_ends_cleanly(
     err = session.proc.stderr.read() if session.proc.stderr else ""
     assert "Traceback" not in err
     assert "error: port-forward ended (kubectl exit code 1): lost connection to pod" in err
+
+
+def test_restore_creates_a_new_memory_the_api_server_accepts(
+    vestige: Any, kubectl: Kubectl, namespace: str
+) -> None:
+    destination = {
+        "s3": {
+            "endpoint": "http://s3.storage.svc:7070",
+            "bucket": "backups",
+            "credentialsSecret": {"name": "c"},
+        }
+    }
+    apply_memory(
+        kubectl,
+        namespace,
+        "src",
+        {
+            "agentId": "research",
+            "storage": {"size": "2Gi"},
+            "backup": {"destination": destination, "continuous": {"enabled": True}},
+        },
+    )
+    out = vestige(
+        "restore", "copy", "--from", f"{namespace}/src", "--at", "2026-12-02T11:00:00Z", "-n", namespace
+    )
+    assert out.stdout.strip() == (
+        f"vestigememory.vestige.dev/copy created, restoring {namespace}/src as of 2026-12-02T11:00:00Z"
+    )
+    copy = must_get(kubectl, namespace, "vmem", "copy")  # admitted by the real API server's schema and CEL
+    restore = copy["spec"]["restore"]["fromBackup"]
+    assert (restore["source"], restore["pointInTime"]) == (f"{namespace}/research", "2026-12-02T11:00:00Z")
+    assert {k: restore["destination"]["s3"][k] for k in ("endpoint", "bucket")} == {
+        "endpoint": "http://s3.storage.svc:7070",
+        "bucket": "backups",
+    }
+    assert copy["spec"]["storage"]["size"] == "2Gi"
+    latest = vestige("restore", "copy2", "--from", "src", "-n", namespace).stdout  # same namespace
+    assert "restoring" in latest and "snapshot latest" in latest
+    assert must_get(kubectl, namespace, "vmem", "copy2")["spec"]["restore"]["fromBackup"]["latest"] is True
+    bad = vestige("restore", "copy3", "--from", "src", "--at", "yesterday", "-n", namespace, expect=1)
+    assert error_line(bad).startswith("error: the restore would not be accepted:"), bad.stderr
+    assert get(kubectl, namespace, "vmem", "copy3") is None
+    vestige("restore", "copy4", "--from", "src", "--at", "latest", "--snapshot", "latest", expect=2)
+    missing = vestige("restore", "copy5", "--from", "absent", "-n", namespace, expect=1)
+    assert error_line(missing) == f'error: VestigeMemory "absent" not found in namespace "{namespace}"'

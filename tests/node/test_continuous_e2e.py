@@ -13,8 +13,9 @@ be there.
 2. A NEW memory restored at a time between two ingests holds those before it only.
 3. The S3 server down for a minute (its process frozen): the agent keeps serving (every ingest acknowledged);
    replication catches up afterwards: a restore at "latest" holds every memory.
-   (The ReplicationHealthy condition and the Warning event are not built yet: not checked; the
-   bridge's lag gauge is checked while replication runs.)
+   (ReplicationHealthy and its events need an operator in the cluster, which asks the pod; this
+   test runs the operator on the host, which asks no pod: they are checked in-process,
+   tests/unit/test_replication.py. The bridge's lag gauge is checked while replication runs.)
 4. A time outside the retained window, and another namespace's replica, are refused with
    Stalled RestoreRefused; the refused volume is not touched.
 """
