@@ -40,7 +40,7 @@ from vestige_operator.status import (
     status_patch,
     transition_events,
 )
-from vestige_operator.times import utc_now
+from vestige_operator.times import parse_time, utc_now
 from vestige_operator.token_secret import TokenSecrets, secret_hashes
 from vestige_operator.vocabulary import (
     ANNOTATION_TOKEN_HASH,
@@ -535,9 +535,8 @@ class Reconciler:
             pod = replication.serving_pod(pods)
             if pod is not None:
                 position = await self.probe.position(str(pod["status"]["podIP"]))
-                started = (pod.get("status") or {}).get("startTime")
-                if isinstance(started, str):
-                    since = datetime.fromisoformat(started.replace("Z", "+00:00"))
+                since = parse_time((pod.get("status") or {}).get("startTime"))
+                if since is not None:
                     age = (self._now() - since).total_seconds()
         return replication.health(spec, position, previous.get("replication"), age)
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
 
 from vestige_operator.api import VestigeMemorySpec, duration_seconds
+from vestige_operator.times import format_time, parse_time
 from vestige_operator.vocabulary import BRIDGE_PORT
 
 #: The bridge path that answers with the position (vestige_bridge.app).
@@ -79,20 +79,13 @@ def parse(body: object) -> Position:
     lag = body.get("lag_seconds")
     error = body.get("error")
     if isinstance(synced, str) and isinstance(lag, int | float) and not isinstance(lag, bool):
-        try:
-            datetime.fromisoformat(synced.replace("Z", "+00:00"))
-        except ValueError:
+        moment = parse_time(synced)
+        if moment is None:
             return Position(True, error="the bridge answered /replication with a bad time")
-        return Position(True, last_sync_at=_rfc3339(synced), lag_seconds=max(0.0, float(lag)))
+        return Position(True, last_sync_at=format_time(moment), lag_seconds=max(0.0, float(lag)))
     if body.get("enabled") is False:
         return Position(True, error="the pod runs no replication sidecar yet")
     return Position(True, error=str(error)[:300] if error else "no replication position yet")
-
-
-def _rfc3339(value: str) -> str:
-    """Seconds precision, UTC, ``Z`` (the status's Timestamp format)."""
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def lag_threshold(spec: VestigeMemorySpec) -> float:
