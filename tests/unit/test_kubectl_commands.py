@@ -47,8 +47,8 @@ class RecordingKube:
         return dict(manifest)
 
 
-def run(*argv: str) -> tuple[RecordingKube, str]:
-    kube = RecordingKube()
+def run(*argv: str, kube: RecordingKube | None = None) -> tuple[RecordingKube, str]:
+    kube = kube if kube is not None else RecordingKube()
     out = io.StringIO()
     ctx = commands.Context(
         kube=kube,  # type: ignore[arg-type]
@@ -131,20 +131,8 @@ class SourceKube(RecordingKube):
         return SOURCE
 
 
-def run_restore(*argv: str) -> tuple[SourceKube, str]:
-    kube = SourceKube()
-    out = io.StringIO()
-    ctx = commands.Context(
-        kube=kube,  # type: ignore[arg-type]
-        namespace="team",
-        flags=render.KubeFlags(),
-        out=out,
-        err=io.StringIO(),
-        clock=lambda: NOW,
-    )
-    args = build_parser().parse_args(["restore", *argv])
-    assert args.func(ctx, args) == 0
-    return kube, out.getvalue()
+def run_restore(*argv: str) -> tuple[RecordingKube, str]:
+    return run("restore", *argv, kube=SourceKube())
 
 
 def test_restore_at_a_moment_creates_a_new_memory_from_the_sources_replica() -> None:
