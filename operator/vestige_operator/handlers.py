@@ -196,6 +196,8 @@ def register(
         if elector is not None:
             await elector.stop()  # then the standby takes over at its next retry
         reconciler.port.close()
+        if reconciler.probe is not None:
+            await reconciler.probe.aclose()
 
     @kopf.on.probe(id="reconciler", registry=registry)
     def reconciler_stats(**_: Any) -> dict[str, Any]:

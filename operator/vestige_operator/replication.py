@@ -51,6 +51,8 @@ class ReplicationProbe(Protocol):
 
     async def position(self, pod_ip: str) -> Position: ...
 
+    async def aclose(self) -> None: ...
+
 
 class HttpProbe:
     """``GET http://<pod IP>:8000/replication`` with one pooled client."""

@@ -148,6 +148,9 @@ class FakeProbe:
         self.asked.append(pod_ip)
         return self.answer
 
+    async def aclose(self) -> None:
+        pass
+
 
 def _world() -> tuple[World, FakeProbe]:
     w = World()
