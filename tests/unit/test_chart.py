@@ -404,6 +404,7 @@ def test_the_rules_read_the_operator_through_its_service_monitor() -> None:
         "VestigeOperatorDown",
         "VestigeOperatorNotLeading",
         "VestigeOperatorNotReconciling",
+        "VestigeReplicationLagging",
     ]
     # The ServiceMonitor's job is its Service's name; it keeps the metrics' own namespace/name.
     service = docs[("Service", NAMESPACE, f"{RELEASE}-metrics")]
@@ -411,7 +412,7 @@ def test_the_rules_read_the_operator_through_its_service_monitor() -> None:
     for name in ("VestigeOperatorDown", "VestigeOperatorNotLeading", "VestigeOperatorNotReconciling"):
         assert f'{job}, namespace="{NAMESPACE}"' in alerts[name]["expr"], alerts[name]["expr"]
     # The per-resource series carry the VestigeMemory's namespace: selected by job alone.
-    for name in ("VestigeAgentNotReady", "VestigeBackupOverdue"):
+    for name in ("VestigeAgentNotReady", "VestigeBackupOverdue", "VestigeReplicationLagging"):
         assert f"{{{job}" in alerts[name]["expr"] and NAMESPACE not in alerts[name]["expr"]
     (endpoint,) = docs[("ServiceMonitor", NAMESPACE, RELEASE)]["spec"]["endpoints"]
     assert endpoint["honorLabels"] is True
@@ -426,6 +427,7 @@ def test_rule_settings_reach_the_rules(tmp_path: Path) -> None:
                 "alertLabels": {"team": "platform"},
                 "operatorJob": "custom-job",
                 "backupGraceSeconds": 7200,
+                "replicationLagSeconds": 30,
                 "authFailureBurst": 5,
                 "authFailureWindow": "10m",
                 "agentNotReadyFor": "30m",
@@ -441,6 +443,7 @@ def test_rule_settings_reach_the_rules(tmp_path: Path) -> None:
     assert all(r["labels"]["team"] == "platform" for r in alerts.values())
     assert 'job="custom-job"' in alerts["VestigeOperatorDown"]["expr"]
     assert alerts["VestigeBackupOverdue"]["expr"].endswith("> 7200")
+    assert "> 30 unless on (namespace, name)" in alerts["VestigeReplicationLagging"]["expr"]
     assert "[10m]" in alerts["VestigeBridgeAuthFailureBurst"]["expr"]
     assert alerts["VestigeBridgeAuthFailureBurst"]["expr"].endswith("> 5")
     assert alerts["VestigeAgentNotReady"]["for"] == "30m"
