@@ -16,7 +16,7 @@ import pytest
 
 from tests import cluster
 from tests.cluster import images as image_builds
-from tests.cluster import launcher
+from tests.cluster import launcher, netpol
 from tests.integration.conftest import (  # noqa: F401 (fixtures)
     api_client,
     cluster_state,
@@ -65,3 +65,14 @@ def agents(
     here; agents created through it run on the real node. Everything goes at module end."""
     with Agents.open(real_node, built_images, operator_factory) as made:
         yield made
+
+
+@pytest.fixture(scope="module")
+def policy_engine(real_node: RealNode) -> Iterator[str]:
+    """The engine, installed (idempotent); removed again at the end when it was not there before,
+    so other modules' expectations do not depend on the order the tests ran in."""
+    was_there = netpol.installed(real_node.kubectl)
+    ref = netpol.install(real_node.kubectl, real_node.layout)
+    yield ref
+    if not was_there:
+        netpol.uninstall(real_node.kubectl, real_node.layout)

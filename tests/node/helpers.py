@@ -254,12 +254,14 @@ def found_after(http_factory, query: str, needle: str, timeout: float = 60.0) ->
 
 @dataclass
 class Agents:
-    """A namespace with its own operator; agents made here run on the real node."""
+    """A namespace with its own operator; agents made here run on the real node. ``operator``
+    is the operator process on the host (None: an operator in the cluster watches the namespace,
+    tests/node/release.py)."""
 
     rn: RealNode
     images: image_builds.ImageRefs
     namespace: str
-    operator: OperatorProcess
+    operator: OperatorProcess | None
     made: list[str] = field(default_factory=list)
 
     @classmethod

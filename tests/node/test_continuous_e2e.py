@@ -1,7 +1,10 @@
 """Continuous backup end to end on the real node (issue 23, done-when 1-4).
 
-An S3 server (versitygw, ``tests.s3``) runs as a pod behind a Service in the test namespace; an
-agent (the v3 stand-in, its memories in ``/data/vestige/vestige.db``, SQLite WAL) runs with
+The operator runs in a pod (the Helm chart, tests/node/release.py), as in production: it asks
+the agent's pod for the replica's position over the pod network, through the agent's
+NetworkPolicy (enforced by kube-router, which admits the operator's pods only). An S3 server
+(versitygw, ``tests.s3``) runs as a pod behind a Service in the agents' namespace; an agent (the
+v3 stand-in, its memories in ``/data/vestige/vestige.db``, SQLite WAL) runs with
 ``spec.backup.continuous`` (the Litestream sidecar built from images/litestream, syncInterval
 500ms). Memories go in through the bridge; what a restored memory holds is read from its volume
 (the stand-in's table), so a memory that must be ABSENT is checked as exactly as one that must
@@ -11,11 +14,11 @@ be there.
    restored at "latest" holds every memory acknowledged more than the target window (1 s)
    before the kill; integrity_check ok; the measured window is printed.
 2. A NEW memory restored at a time between two ingests holds those before it only.
-3. The S3 server down for a minute (its process frozen): the agent keeps serving (every ingest acknowledged);
-   replication catches up afterwards: a restore at "latest" holds every memory.
-   (ReplicationHealthy and its events need an operator in the cluster, which asks the pod; this
-   test runs the operator on the host, which asks no pod: they are checked in-process,
-   tests/unit/test_replication.py. The bridge's lag gauge is checked while replication runs.)
+3. The S3 server down for a minute (its process frozen): the agent keeps serving (every ingest
+   acknowledged); ReplicationHealthy turns False with a Warning event and the lag in the
+   operator's metric; replication catches up afterwards (a restore at "latest" holds every
+   memory), the condition turns True with a Normal ReplicationResumed event. The replication
+   container alone SIGKILLed: the agent keeps serving, the sidecar restarts and catches up.
 4. A time outside the retained window, and another namespace's replica, are refused with
    Stalled RestoreRefused; the refused volume is not touched.
 """
@@ -38,8 +41,8 @@ import pytest
 
 from tests.cluster import images as image_builds
 from tests.integration.helpers import wait_until
-from tests.integration.operator_fixtures import OperatorFactory
 from tests.node.helpers import Agent, Agents, RealNode, remember
+from tests.node.release import Release
 from tests.node.test_backup_e2e import S3Pod
 from tests.s3.pod import S3_NAME
 
@@ -57,17 +60,26 @@ def litestream_ref(real_node: RealNode) -> str:
 
 
 @pytest.fixture(scope="module")
-def continuous_agents(
+def release(
     real_node: RealNode,
     built_images: image_builds.ImageRefs,
-    operator_factory: OperatorFactory,
     crd_installed: None,
     litestream_ref: str,
-) -> Iterator[Agents]:
-    with Agents.open(
-        real_node, built_images, operator_factory, env={"VESTIGE_LITESTREAM_IMAGE": litestream_ref}
-    ) as made:
+    policy_engine: str,
+) -> Iterator[Release]:
+    """The operator in a pod; it asks each continuous agent's pod every 5 s."""
+    overrides = {
+        "defaultLitestreamImage": litestream_ref,
+        "extraEnv": [{"name": "VESTIGE_REPLICATION_CHECK_SECONDS", "value": "5"}],
+    }
+    with Release.opened(real_node, built_images, operator=overrides) as made:
+        made.install()
         yield made
+
+
+@pytest.fixture(scope="module")
+def continuous_agents(real_node: RealNode, built_images: image_builds.ImageRefs, release: Release) -> Agents:
+    return Agents(real_node, built_images, release.agents, operator=None)
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +145,55 @@ def _restore(agents: Agents, name: str, s3: S3Pod, source: str, point: str) -> A
     )
 
 
+def _replication(agent: Agent) -> dict[str, Any]:
+    """The ReplicationHealthy condition (empty: none yet)."""
+    conds = (agent.resource().get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c["type"] == "ReplicationHealthy"), {})
+
+
+def _condition_is(agent: Agent, status: str, *reasons: str) -> dict[str, Any] | None:
+    cond = _replication(agent)
+    return cond if cond.get("status") == status and (not reasons or cond["reason"] in reasons) else None
+
+
+def _events(rn: RealNode, agent: Agent) -> list[dict[str, Any]]:
+    """The Events about the agent's VestigeMemory, oldest first."""
+    proc = rn.kubectl(
+        "-n", agent.namespace, "get", "events", "-o", "json",
+        f"--field-selector=involvedObject.kind=VestigeMemory,involvedObject.name={agent.name}",
+    )  # fmt: skip
+    items = json.loads(proc.stdout)["items"]
+    return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+
+def _event(rn: RealNode, agent: Agent, *reasons: str) -> dict[str, Any] | None:
+    return next((e for e in _events(rn, agent) if e["reason"] in reasons), None)
+
+
+def _operator_lag(release: Release, agent: Agent) -> float | None:
+    """The operator's vestige_operator_replication_lag_seconds for the agent (None: absent)."""
+    pattern = rf'^vestige_operator_replication_lag_seconds{{[^}}]*name="{agent.name}"[^}}]*}} (\S+)$'
+    found = re.search(pattern, release.metrics(), re.M)
+    return float(found.group(1)) if found else None
+
+
 def _sidecar_running(agent: Agent) -> bool:
     for status in agent.pod()["status"].get("initContainerStatuses") or []:
         if status["name"] == "litestream":
             return "running" in (status.get("state") or {})
     return False
+
+
+def _sidecar_restarts(agent: Agent) -> int:
+    statuses = agent.pod()["status"].get("initContainerStatuses") or []
+    return sum(int(s.get("restartCount", 0)) for s in statuses if s["name"] == "litestream")
+
+
+def _sidecar_pid(rn: RealNode, agent: Agent) -> int:
+    pod = agent.pod()
+    only = {**pod, "status": {**pod["status"], "containerStatuses": []}}
+    (pid,) = _pod_pids(rn, only)  # the init containers: the sidecar alone
+    return pid
 
 
 def _pids(rn: RealNode, agent: Agent) -> list[int]:
@@ -170,7 +226,7 @@ def _pod_pids(rn: RealNode, pod: dict[str, Any]) -> list[int]:
 
 @pytest.mark.timeout(1500)
 def test_crash_point_in_time_outage_and_refusals(
-    continuous_agents: Agents, real_node: RealNode, s3: S3Pod
+    continuous_agents: Agents, real_node: RealNode, s3: S3Pod, release: Release
 ) -> None:
     ns = continuous_agents.namespace
     src = continuous_agents.create(
@@ -189,6 +245,23 @@ def test_crash_point_in_time_outage_and_refusals(
     gauges = dict(re.findall(r"^(vestige_bridge_replication_\w+) (\S+)$", text, re.M))
     assert gauges.get("vestige_bridge_replication_up") == "1.0", text[-2000:]
     assert float(gauges["vestige_bridge_replication_lag_seconds"]) < 10, gauges
+    # The operator, in its pod, asks the agent's pod through the agent's NetworkPolicy (enforced;
+    # it admits the operator's pods as a peer of their own namespace and label).
+    peers = real_node.get(ns, "networkpolicy", "src")["spec"]["ingress"][0]["from"]  # type: ignore[index]
+    assert any(
+        p.get("namespaceSelector") == {"matchLabels": {"kubernetes.io/metadata.name": release.namespace}}
+        for p in peers
+    ), peers
+    try:
+        wait_until(
+            lambda: _condition_is(src, "True", "Replicating"),
+            timeout=120,
+            what="ReplicationHealthy True (Replicating)",
+            interval=2,
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {_replication(src)}\n{release.diagnose()}") from None
+    assert (src.resource()["status"].get("replication") or {}).get("lastReplicatedAt")
     acked: dict[int, float] = {}
 
     # 2. a moment between two ingests
@@ -209,22 +282,71 @@ def test_crash_point_in_time_outage_and_refusals(
     os.kill(s3_pid, signal.SIGSTOP)
     outage_started = time.monotonic()
     n = 11
+    unhealthy: dict[str, Any] | None = None
+    operator_lag: float | None = None
     try:
-        while time.monotonic() - outage_started < 60:
+        # a minute, longer if the operator has not said so yet (it asks every 5 s; the lag passes
+        # its threshold, 10 s here, after 10 s)
+        while (elapsed := time.monotonic() - outage_started) < 60 or (unhealthy is None and elapsed < 150):
             _ingest(src, range(n, n + 1), acked)  # acknowledged: the memory serves without its replica
             n += 1
+            unhealthy = unhealthy or _condition_is(src, "False", "Lagging", "NotReplicating")
             time.sleep(2)
+        operator_lag = _operator_lag(release, src)
     finally:
         os.kill(s3_pid, signal.SIGCONT)
     after_outage = n - 1
-    # caught up: the replica holds a transaction for each ingest of the outage (Litestream's retry
-    # backoff doubles up to 5 minutes, hence the patience)
+    assert unhealthy is not None, f"ReplicationHealthy never turned False in the outage: {_replication(src)}"
+    print(f"\n[continuous-e2e] during the outage: {unhealthy['reason']}: {unhealthy['message']}")
+    warning = _event(real_node, src, "ReplicationLagging", "ReplicationStopped")
+    assert warning is not None and warning["type"] == "Warning", _events(real_node, src)
+    assert operator_lag is not None and operator_lag > 10, operator_lag
+    # caught up: the replica holds a sync for each ingest of the outage (2 s apart: one sync each;
+    # Litestream's retry backoff doubles up to 5 minutes, hence the patience)
     outage_ingests = after_outage - 10
     wait_until(
         lambda: _max_txid(s3.objects(replica)) >= base + outage_ingests,
         timeout=600,
         what="replication caught up",
         interval=5,
+    )
+    wait_until(
+        lambda: _condition_is(src, "True", "Replicating"),
+        timeout=120,
+        what="ReplicationHealthy True again",
+        interval=2,
+    )
+    resumed = wait_until(
+        lambda: _event(real_node, src, "ReplicationResumed"), timeout=60, what="ReplicationResumed"
+    )
+    assert resumed["type"] == "Normal", resumed
+
+    # 3'. the replication container alone killed: the agent keeps serving, the sidecar restarts
+    # (a native sidecar: restartPolicy Always) and catches up
+    restarts = _sidecar_restarts(src)
+    before_kill = _max_txid(s3.objects(replica))
+    os.kill(_sidecar_pid(real_node, src), signal.SIGKILL)
+    _ingest(src, range(n, n + 5), acked)
+    n += 5
+    wait_until(
+        lambda: _sidecar_restarts(src) > restarts and _sidecar_running(src),
+        timeout=120,
+        what="the Litestream sidecar restarted",
+    )
+    # Litestream numbers its syncs, not SQLite's transactions: the five memories written while it
+    # was down go up in the restarted sidecar's first sync; the restore at "latest" below checks
+    # that each of them is in the replica.
+    wait_until(
+        lambda: _max_txid(s3.objects(replica)) > before_kill,
+        timeout=300,
+        what="the restarted sidecar caught up",
+        interval=5,
+    )
+    wait_until(
+        lambda: _condition_is(src, "True", "Replicating"),
+        timeout=120,
+        what="ReplicationHealthy True after the sidecar's restart",
+        interval=2,
     )
 
     # 1. a steady ingest, then SIGKILL of every container of the pod at a random moment

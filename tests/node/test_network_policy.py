@@ -51,17 +51,6 @@ except urllib.error.HTTPError as e:
 """
 
 
-@pytest.fixture(scope="module")
-def policy_engine(real_node: RealNode) -> Iterator[str]:
-    """The engine, installed (idempotent); removed again at the end when it was not there before,
-    so other modules' expectations do not depend on the order the tests ran in."""
-    was_there = netpol.installed(real_node.kubectl)
-    ref = netpol.install(real_node.kubectl, real_node.layout)
-    yield ref
-    if not was_there:
-        netpol.uninstall(real_node.kubectl, real_node.layout)
-
-
 def _peer(namespace: str, name: str, role: str, image: str) -> dict[str, Any]:
     """A long-running pod (PSA restricted) with Python, to exec probes in."""
     return {

@@ -28,7 +28,7 @@ from tests.cluster import node
 from tests.integration.helpers import wait_until
 from tests.integration.test_leader_election import record
 from tests.node.helpers import READY_TIMEOUT, RealNode, port_forward
-from tests.node.test_operator_pod import CHART, Release
+from tests.node.release import CHART, Release
 
 #: Log messages of a write by the reconciler (reconcile.py).
 WRITE_LOGS = ("created ", "applying ", "deleting ", "status of ")
@@ -40,14 +40,8 @@ def ha_release(
     built_images: image_builds.ImageRefs,
     crd_installed: None,
 ) -> Iterator[Release]:
-    made = Release(real_node, built_images, replicas=2)
-    for ns in (made.namespace, made.agents):
-        real_node.kubectl("create", "namespace", ns)
-        real_node.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
-    try:
+    with Release.opened(real_node, built_images, replicas=2) as made:
         yield made
-    finally:
-        made.cleanup()
 
 
 def ready_pods(release: Release) -> list[dict[str, Any]]:

@@ -13,170 +13,16 @@ The CRDs are shared with the other tests on this cluster: the release does not i
 
 from __future__ import annotations
 
-import json
-import subprocess
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
-from tests import tools
 from tests.cluster import images as image_builds
 from tests.cluster import node
-from tests.integration.conftest import ROOT
 from tests.integration.helpers import wait_until
-from tests.node.helpers import READY_TIMEOUT, Agent, RealNode, port_forward
-
-CHART = ROOT / "manifests" / "helm" / "vestige-operator"
-CRD = "vestigememories.vestige.dev"
-
-
-class Release:
-    """A release of the chart; ``replicas`` 1 here (one pod to follow through an upgrade), the
-    chart's default of 2 in test_operator_ha.py."""
-
-    def __init__(self, rn: RealNode, refs: image_builds.ImageRefs, replicas: int = 1) -> None:
-        suffix = uuid.uuid4().hex[:6]
-        self.replicas = replicas
-        self.rn = rn
-        self.refs = refs
-        self.name = f"vop-{suffix}"  # also the fullname: cluster-scoped RBAC names stay unique
-        self.namespace = f"vop-sys-{suffix}"
-        self.agents = f"vop-agents-{suffix}"
-        self.pvs: list[str] = []
-        self.binary = str(tools.helm_binary())
-
-    def helm(self, *args: str, timeout: float = 420) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [self.binary, f"--kubeconfig={self.rn.kubeconfig}", "-n", self.namespace, *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
-        if proc.returncode != 0:
-            raise AssertionError(
-                f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}\n{self.diagnose()}"
-            )
-        return proc
-
-    def values(self) -> list[str]:
-        repo, tag = self.refs.operator.rsplit(":", 1)
-        placement = {
-            "image": {"repository": repo, "tag": tag, "pullPolicy": "IfNotPresent"},
-            "fullnameOverride": self.name,
-            "replicaCount": self.replicas,
-            "crds": {"install": False},
-            "watch": {"namespaces": [self.agents]},
-            "operator": {
-                "defaultVestigeImage": self.refs.standin,
-                "defaultBridgeImage": self.refs.bridge,
-                "resyncSeconds": 60,
-            },
-            "metrics": {"enabled": True},
-            # The release's admission policy (on by default, scoped to the watched namespace)
-            # lets its agents onto the real node, in the one place (docs/admission.md).
-            "admissionPolicy": {
-                "params": {
-                    "nodeSelectors": [
-                        "kubernetes.io/os=*",
-                        "kubernetes.io/arch=*",
-                        *(f"{key}={value}" for key, value in node.POD_PLACEMENT["nodeSelector"].items()),
-                    ],
-                    "tolerationKeys": [t["key"] for t in node.POD_PLACEMENT["tolerations"]],
-                }
-            },
-            **node.POD_PLACEMENT,
-        }
-        return ["--set-json", f"image={json.dumps(placement.pop('image'))}"] + [
-            arg for key, value in placement.items() for arg in ("--set-json", f"{key}={json.dumps(value)}")
-        ]
-
-    def pods(self) -> list[dict[str, Any]]:
-        proc = self.rn.kubectl(
-            "-n", self.namespace, "get", "pods", "-l", "app.kubernetes.io/component=operator", "-o", "json"
-        )
-        return [p for p in json.loads(proc.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
-
-    def pod(self) -> dict[str, Any]:
-        pods = self.pods()
-        assert len(pods) == 1, f"expected one operator pod, found {len(pods)}"
-        return pods[0]
-
-    def ready_pod(self) -> dict[str, Any] | None:
-        pods = self.pods()
-        if len(pods) != 1:
-            return None
-        conds = {c["type"]: c["status"] for c in pods[0].get("status", {}).get("conditions", [])}
-        return pods[0] if conds.get("Ready") == "True" else None
-
-    def logs(self) -> str:
-        proc = self.rn.kubectl(
-            "-n",
-            self.namespace,
-            "logs",
-            "-l",
-            "app.kubernetes.io/component=operator",
-            "--tail=60",
-            check=False,
-        )
-        return proc.stdout[-6000:] + proc.stderr[-500:]
-
-    def diagnose(self) -> str:
-        out = []
-        for ns in (self.namespace, self.agents):
-            pods = self.rn.kubectl("-n", ns, "get", "pods", "-o", "json", check=False)
-            if pods.returncode == 0:
-                for pod in json.loads(pods.stdout)["items"]:
-                    out.append(f"{ns}/{pod['metadata']['name']}: {json.dumps(pod.get('status', {}))[:2500]}")
-            events = self.rn.kubectl("-n", ns, "get", "events", "--sort-by=.lastTimestamp", check=False)
-            out.append(events.stdout[-2500:])
-        out.append("--- operator logs:\n" + self.logs())
-        return "\n".join(out)
-
-    def wait_ready(self, what: str) -> dict[str, Any]:
-        try:
-            return wait_until(self.ready_pod, timeout=READY_TIMEOUT, what=what, interval=1.0)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{self.diagnose()}") from None
-
-    def agent(self, name: str) -> Agent:
-        pv = f"{self.agents}-{name}"
-        self.rn.apply(node.local_volume(self.rn.layout, pv))
-        self.pvs.append(pv)
-        self.rn.apply(
-            {
-                "apiVersion": "vestige.dev/v1alpha1",
-                "kind": "VestigeMemory",
-                "metadata": {"name": name, "namespace": self.agents},
-                "spec": {
-                    "storage": {"size": "1Gi", "storageClassName": node.STORAGE_CLASS},
-                    "vestige": {"imagePullPolicy": "IfNotPresent"},
-                    "bridge": {"imagePullPolicy": "IfNotPresent"},
-                    "pod": dict(node.POD_PLACEMENT),
-                },
-            }
-        )
-        return Agent(name, self.agents, self.rn)
-
-    def metrics(self) -> str:
-        with port_forward(self.rn, self.namespace, f"svc/{self.name}-metrics", remote=8080) as pf:
-            resp = httpx.get(f"{pf.url}/metrics", timeout=30)
-        assert resp.status_code == 200, resp.text
-        return resp.text
-
-    def cleanup(self) -> None:
-        subprocess.run(
-            [self.binary, f"--kubeconfig={self.rn.kubeconfig}", "-n", self.namespace, "uninstall", self.name,
-             "--ignore-not-found", "--wait", "--timeout=2m"],
-            capture_output=True, check=False, timeout=180,
-        )  # fmt: skip
-        for ns in (self.agents, self.namespace):
-            self.rn.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        for pv in self.pvs:
-            self.rn.kubectl("delete", "pv", pv, "--wait=false", check=False)
+from tests.node.helpers import READY_TIMEOUT, RealNode
+from tests.node.release import CHART, CRD, Release
 
 
 @pytest.fixture
@@ -185,14 +31,8 @@ def release(
     built_images: image_builds.ImageRefs,
     crd_installed: None,
 ) -> Iterator[Release]:
-    made = Release(real_node, built_images)
-    for ns in (made.namespace, made.agents):
-        real_node.kubectl("create", "namespace", ns)
-        real_node.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
-    try:
+    with Release.opened(real_node, built_images) as made:
         yield made
-    finally:
-        made.cleanup()
 
 
 def _restarts(pod: dict[str, Any]) -> dict[str, int]:

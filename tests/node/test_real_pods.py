@@ -123,6 +123,7 @@ def test_memories_survive_pod_and_operator_restarts(agents: Agents, shape_agents
     agent.wait_ready()
     found_after(agent.client, "kettle", "the kettle is blue")
 
+    assert agents.operator is not None  # the module's operator runs on the host
     agents.operator.restart()
     agent.wait_ready()
     found_after(agent.client, "kettle", "the kettle is blue")
