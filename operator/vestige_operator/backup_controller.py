@@ -41,15 +41,14 @@ from vestige_operator.times import format_time, parse_time
 from vestige_operator.vocabulary import (
     ANNOTATION_PRUNES,
     COMPONENT_BACKUP,
-    COMPONENT_MEMORY,
     COMPONENT_PRUNE,
     LABEL_COMPONENT,
-    LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_MEMORY,
     MANAGED_BY,
     Images,
     Owner,
+    memory_pod_selector,
 )
 from vestige_operator.workqueue import RetryLater, WorkQueue
 
@@ -476,8 +475,9 @@ class BackupController:
             deployment = next(iter(self._list(self.deployments, key)), None)
             available = ((deployment or {}).get("status") or {}).get("availableReplicas")
             if not available:
-                selector = f"{LABEL_INSTANCE}={memory.name},{LABEL_COMPONENT}={COMPONENT_MEMORY}"
-                pods = await self.port.list_objects(k8s.POD, memory.namespace, selector)
+                pods = await self.port.list_objects(
+                    k8s.POD, memory.namespace, memory_pod_selector(memory.name)
+                )
                 problem = b.restore_refusal(pods)
             else:
                 problem = None

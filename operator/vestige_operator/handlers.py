@@ -35,7 +35,7 @@ from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
 from vestige_operator.children import ingress_claim
 from vestige_operator.leader import Elector, Leadership
 from vestige_operator.reconcile import Reconciler, trim, trim_owner
-from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
+from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR
 
 OWNER_INDEX = "vestige_owners"
 HOST_INDEX = "vestige_ingress_hosts"
@@ -50,7 +50,6 @@ CHILD_RESOURCES: Mapping[str, tuple[str, str, str, str]] = {
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies", "children_networkpolicies"),
     "Ingress": ("networking.k8s.io", "v1", "ingresses", "children_ingresses"),
 }
-MANAGED_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
 
 
 class RetryForever:

@@ -44,12 +44,11 @@ from vestige_operator.times import parse_time, utc_now
 from vestige_operator.token_secret import TokenSecrets, secret_hashes
 from vestige_operator.vocabulary import (
     ANNOTATION_TOKEN_HASH,
-    LABEL_MANAGED_BY,
-    MANAGED_BY,
+    MANAGED_SELECTOR,
     Images,
     Owner,
+    memory_pod_selector,
     pvc_name,
-    selector_labels,
 )
 from vestige_operator.workqueue import RetryLater, WorkQueue
 
@@ -279,7 +278,7 @@ class Reconciler:
         cached *before* the LIST began and absent from its answer is gone.
         """
         scopes: list[str | None] = [None] if self.config.all_namespaces else list(self.config.namespaces)
-        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        selector = MANAGED_SELECTOR
         caches: list[tuple[k8s.Kind, Cache, str | None]] = [(k8s.VESTIGE_MEMORY, self._owners, None)]
         caches += [(k8s.KINDS[kind], self._children.get(kind, {}), selector) for kind in CHILD_KINDS]
         found: set[str] = set()
@@ -526,9 +525,8 @@ class Reconciler:
         if self.probe is None:
             position = replication.Position(False, error=replication.NOT_IN_CLUSTER)
         elif not spec.suspend:
-            selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner.name).items())
             try:
-                pods = await self.port.list_objects(k8s.POD, owner.namespace, selector)
+                pods = await self.port.list_objects(k8s.POD, owner.namespace, memory_pod_selector(owner.name))
             except k8s.ApiError as exc:
                 position = replication.Position(False, error=f"its pods could not be listed: {exc.message}")
                 pods = []

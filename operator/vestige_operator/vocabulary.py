@@ -12,6 +12,7 @@ token lifecycle's own contract and live in tokens.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,6 +156,26 @@ def labels(owner_name: str, component: str) -> dict[str, str]:
 def selector_labels(owner_name: str) -> dict[str, str]:
     """The Deployment's (immutable) pod selector, also used by the Service and NetworkPolicy."""
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: owner_name, LABEL_COMPONENT: COMPONENT_MEMORY}
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    """``labels`` as the ``labelSelector`` string of a LIST (every one must match)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def memory_pod_selector(owner_name: str) -> str:
+    """The LIST selector of a memory's own pods (its Deployment's; not its backup Jobs' pods)."""
+    return label_selector(selector_labels(owner_name))
+
+
+def instance_selector(owner_name: str) -> str:
+    """The LIST selector of every pod the operator runs for a memory (its own, its backup and
+    prune Jobs')."""
+    return label_selector({LABEL_NAME: APP_NAME, LABEL_INSTANCE: owner_name})
+
+
+#: The LIST selector of everything the operator created.
+MANAGED_SELECTOR = label_selector({LABEL_MANAGED_BY: MANAGED_BY})
 
 
 def owner_reference(owner: Owner, kind: str = KIND) -> dict[str, Any]:

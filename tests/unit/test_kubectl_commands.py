@@ -166,3 +166,51 @@ def test_restore_refuses_what_the_operator_would_not_take() -> None:
         commands.restore_manifest("new", "team", SOURCE, at="yesterday", key=None)
     with pytest.raises(PluginError, match="would not be accepted"):
         commands.restore_manifest("new", "team", SOURCE, at=None, key="../other/x.tar.gz")
+
+
+class PodsKube(RecordingKube):
+    """Lists pods as the API server does: every ``key=value`` of the selector must match."""
+
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.pods = pods
+
+    def list(
+        self, resource: Kind, namespace: str, label_selector: str = "", **_: Any
+    ) -> list[dict[str, Any]]:
+        wanted = dict(term.split("=", 1) for term in label_selector.split(",") if term)
+        return [
+            p
+            for p in self.pods
+            if wanted.items() <= p["metadata"]["labels"].items() and p["metadata"]["namespace"] == namespace
+        ]
+
+
+def _pod(name: str, labels: dict[str, str], created: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "team", "labels": labels, "creationTimestamp": created},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def test_the_agents_pod_is_never_one_of_its_backup_jobs_pods() -> None:
+    """A backup Job's pod carries the memory's name too, and may be newer and Ready: logs and
+    port-forwards must still go to the memory's own pod (its Deployment's selector)."""
+    from vestige_operator.vocabulary import COMPONENT_BACKUP, labels, selector_labels
+
+    own = _pod(
+        "agent-5d9f-abcde", {**selector_labels("agent"), "pod-template-hash": "5d9f"}, "2026-12-02T10:00:00Z"
+    )
+    job = _pod("agent-backup-1-xyz", labels("agent", COMPONENT_BACKUP), "2026-12-02T11:59:00Z")
+    other = _pod("agent2-77-q", selector_labels("agent2"), "2026-12-02T11:00:00Z")
+    kube = PodsKube([own, job, other])
+    ctx = commands.Context(
+        kube=kube,  # type: ignore[arg-type]
+        namespace="team",
+        flags=render.KubeFlags(),
+        out=io.StringIO(),
+        err=io.StringIO(),
+        clock=lambda: NOW,
+    )
+    assert [p["metadata"]["name"] for p in commands.agent_pods(ctx, "agent")] == ["agent-5d9f-abcde"]
+    assert commands.running_pod(ctx, MEMORY)["metadata"]["name"] == "agent-5d9f-abcde"

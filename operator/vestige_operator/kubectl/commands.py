@@ -33,11 +33,13 @@ from vestige_operator.times import format_duration, format_time, parse_duration
 from vestige_operator.tokens import ANNOTATION_ROTATE, ANNOTATION_ROTATE_GRACE, MAX_GRACE
 from vestige_operator.vocabulary import (
     APP_NAME,
-    LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     MANAGED_BY,
     Owner,
+    instance_selector,
+    label_selector,
+    memory_pod_selector,
 )
 
 BACKUP_DONE = (str(BackupPhase.COMPLETED), str(BackupPhase.FAILED))
@@ -64,13 +66,9 @@ def get_memory(ctx: Context, name: str) -> dict[str, Any]:
     return ctx.kube.get(VESTIGE_MEMORY, ctx.namespace, name)
 
 
-def pod_selector(name: str) -> str:
-    return f"{LABEL_INSTANCE}={name},{LABEL_NAME}={APP_NAME}"
-
-
 def agent_pods(ctx: Context, name: str) -> list[dict[str, Any]]:
     """The agent's pods, the best candidate first: Ready, then Running, then newest."""
-    pods = ctx.kube.list(POD, ctx.namespace, label_selector=pod_selector(name))
+    pods = ctx.kube.list(POD, ctx.namespace, label_selector=memory_pod_selector(name))
 
     def rank(pod: Mapping[str, Any]) -> tuple[bool, bool, bool, str]:
         status = pod.get("status") or {}
@@ -131,7 +129,9 @@ def _vestige_images(ctx: Context, namespace: str | None) -> dict[tuple[str, str]
     empty when Deployments may not be listed (the version then comes from the spec)."""
     try:
         deployments = ctx.kube.list(
-            DEPLOYMENT, namespace, label_selector=f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_NAME}={APP_NAME}"
+            DEPLOYMENT,
+            namespace,
+            label_selector=label_selector({LABEL_MANAGED_BY: MANAGED_BY, LABEL_NAME: APP_NAME}),
         )
     except (Forbidden, NotFound):
         return {}
@@ -151,7 +151,7 @@ def _events(ctx: Context, memory: Mapping[str, Any]) -> tuple[list[dict[str, Any
     with contextlib.suppress(Forbidden):
         names |= {
             p["metadata"]["name"]
-            for p in ctx.kube.list(POD, ctx.namespace, label_selector=pod_selector(name))
+            for p in ctx.kube.list(POD, ctx.namespace, label_selector=instance_selector(name))
         }
     events: list[dict[str, Any]] = []
     try:
