@@ -645,8 +645,11 @@ def litestream_env(
         "LITESTREAM_SOCKET": LITESTREAM_SOCKET if continuous else "",
     }
     env = [{"name": name, "value": value} for name, value in values.items()]
-    if s3.ca_secret is not None:  # the AWS SDK for Go reads a private CA bundle from here
-        env.append({"name": "AWS_CA_BUNDLE", "value": f"{ca_mount}/{s3.ca_secret.key}"})
+    if s3.ca_secret is not None:
+        # Go adds every certificate in SSL_CERT_DIR to the system roots (the image's public CAs
+        # stay). Not AWS_CA_BUNDLE: Litestream 0.5.18 then fails to start ("unable to add custom
+        # RootCAs HTTPClient", its own http.Client), tests/continuous/test_private_ca.py.
+        env.append({"name": "SSL_CERT_DIR", "value": ca_mount})
     return env + _credentials_env(destination)
 
 

@@ -66,22 +66,30 @@ def _init_containers(s3: S3Server, source: str, point: str) -> tuple[dict[str, A
     return check, fill
 
 
-def _local(value: str, volume: Path) -> str:
-    """A path of the pod's data volume on the test's volume directory."""
-    return str(volume / value.removeprefix(f"{DATA_MOUNT}/")) if value.startswith(DATA_MOUNT) else value
+def _local(value: str, volume: Path, mounts: dict[str, Path] | None = None) -> str:
+    """A path of the pod's data volume on the test's volume directory (and of the other
+    ``mounts``, e.g. a CA bundle's, on theirs)."""
+    for mount, local in {DATA_MOUNT: volume, **(mounts or {})}.items():
+        if value == mount or value.startswith(f"{mount}/"):
+            return str(local / value.removeprefix(mount).lstrip("/"))
+    return value
 
 
-def _check(check: dict[str, Any], volume: Path, s3: S3Server, tmp: Path) -> tuple[int, dict[str, Any]]:
-    args = [_local(a, volume) for a in check["args"]]
+def _check(
+    check: dict[str, Any], volume: Path, s3: S3Server, tmp: Path, mounts: dict[str, Path] | None = None
+) -> tuple[int, dict[str, Any]]:
+    args = [_local(a, volume, mounts) for a in check["args"]]
     result = tmp / f"result-{time.monotonic_ns()}.json"
     res = run_runner(runner_venv(), args, env=_credentials(s3), result_file=result)
     assert s3.secret_key not in res.stdout + res.stderr
     return res.returncode, json.loads(result.read_text())
 
 
-def _fill(fill: dict[str, Any], volume: Path, s3: S3Server) -> subprocess.CompletedProcess[str]:
-    env = {e["name"]: _local(e["value"], volume) for e in fill["env"] if "value" in e}
-    args = [_local(a, volume) for a in fill["args"]]
+def _fill(
+    fill: dict[str, Any], volume: Path, s3: S3Server, mounts: dict[str, Path] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {e["name"]: _local(e["value"], volume, mounts) for e in fill["env"] if "value" in e}
+    args = [_local(a, volume, mounts) for a in fill["args"]]
     return subprocess.run(
         [str(build.ensure()), args[0], "-config", str(CONFIG), *args[1:]],
         env={"PATH": "/usr/bin:/bin", "HOME": str(volume), **env, **_credentials(s3)},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -29,18 +30,24 @@ class S3Server:
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(30))
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: HTTPS with this serving certificate and key (signed by ``ca``, e.g. a platform's private CA)
+    tls: tuple[Path, Path] | None = None
+    ca: Path | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> S3Server:
         binary = build.ensure()
         self.root.mkdir(parents=True, exist_ok=True)
         log = (self.root.parent / f"versitygw-{self.port}.log").open("ab")
+        tls = ["--cert", str(self.tls[0]), "--key", str(self.tls[1])] if self.tls else []
+        context = ssl.create_default_context(cafile=str(self.ca)) if self.tls else None
         self.process = subprocess.Popen(
             [
                 str(binary),
+                *tls,
                 "--access",
                 self.access_key,
                 "--secret",
@@ -61,7 +68,7 @@ class S3Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"versitygw exited with {self.process.returncode}; see {log.name}")
             try:
-                with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1):
+                with urllib.request.urlopen(f"{self.endpoint}/health", timeout=1, context=context):
                     return self
             except (urllib.error.URLError, OSError):
                 time.sleep(0.1)
