@@ -3,7 +3,8 @@
 CA made here; Litestream replicating with the bundle where the operator's sidecar gets it
 (``SSL_CERT_DIR``: its CA volume, added to the image's public roots), and the point-in-time
 restore's two init containers run with their rendered arguments and environment (the runner's
-check with ``--ca-file``, Litestream's restore with ``SSL_CERT_DIR``). ``AWS_CA_BUNDLE``, which
+check with ``--ca-file``, Litestream's restore with ``SSL_CERT_DIR``), and a snapshot (the backup
+Job's runner, ``--ca-file``). ``AWS_CA_BUNDLE``, which
 the AWS SDK documents, makes Litestream 0.5.18 fail at start (``unable to add custom RootCAs
 HTTPClient``): found here, hence the variable Go's own TLS reads. Without the bundle nothing is
 uploaded: the CA is what lets it through, not a skipped verification.
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 from vestige_operator.api import VestigeMemorySpec
-from vestige_operator.backup import CA_MOUNT
+from vestige_operator.backup import CA_MOUNT, render_backup_job
 from vestige_operator.children import render_deployment
 from vestige_operator.vocabulary import Owner
 
@@ -128,6 +129,15 @@ def test_replicate_and_restore_through_a_private_ca(
     res = _fill(fill, volume, s3, mounts)
     assert res.returncode == 0, res.stdout + res.stderr
     assert flavour.markers(Flavour.db(volume)) == {1, 2}
+
+    # a snapshot beside it: the backup Job's runner (--ca-file) uploads through the same CA
+    spec = VestigeMemorySpec.model_validate({"backup": {"destination": _destination(s3)}})
+    job = render_backup_job("tls-snapshot", "uid-1", Owner("tls", NAMESPACE, "u"), spec, IMAGES)
+    runner = job["spec"]["template"]["spec"]["containers"][0]
+    assert f"{CA_MOUNT}/{CA_KEY}" in runner["args"]
+    code, result = _check(runner, source, s3, tmp_path, mounts)
+    assert code == 0 and result["ok"] is True, result
+    assert result["key"] in s3.objects(BUCKET), result
 
     # without the bundle the restore's check cannot reach the replica: nothing is written
     bare = tmp_path / "no-ca"
