@@ -822,6 +822,33 @@ def stuck_reason(pods: Iterable[Mapping[str, Any]], container: str) -> str | Non
     return None
 
 
+#: The restore's init containers, in their order (a snapshot restore has the first only).
+RESTORE_CONTAINERS = ("restore", REPLICA_RESTORE_CONTAINER)
+#: At most this much of a failed restore container's message reaches the status.
+RESTORE_FAILURE_CHARS = 400
+
+
+def restore_failure(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why a restore init container failed (any exit but 0 and the refusal's: the kubelet runs
+    it again, so it may still succeed), from the agent's pods; else None. The runner's result
+    message, else the last line of the container's log (FallbackToLogsOnError; neither holds
+    credentials)."""
+    for pod in pods:
+        for name in RESTORE_CONTAINERS:
+            terminated = _terminated(pod, name, init=True)
+            code = (terminated or {}).get("exitCode")
+            if terminated is None or code in (0, EXIT_REFUSED):
+                continue
+            text = str(terminated.get("message") or "")
+            result = parse_result(text) or {}
+            lines = [line for line in text.strip().splitlines() if line.strip()]
+            detail = str(
+                result.get("message") or (lines[-1] if lines else terminated.get("reason") or "no message")
+            )
+            return f"init container {name} exited with {code}: {detail[:RESTORE_FAILURE_CHARS]}"
+    return None
+
+
 def restore_refusal(pods: Iterable[Mapping[str, Any]]) -> str | None:
     """Why the restore init container refused to run (exit 3), from the agent's pods; else None."""
     for pod in pods:

@@ -103,6 +103,7 @@ class BackupController:
         self.jobs: Cache = {}
         self.deployments: Cache = {}
         self._restore_problems: dict[Key, str] = {}
+        self._restore_failures: dict[Key, str] = {}
         #: Newest cron time a run was created for, per memory (the objects may lag or be pruned).
         self._scheduled: dict[Key, datetime] = {}
         #: The last "prune Job name taken" message per memory (one Warning event each).
@@ -123,6 +124,10 @@ class BackupController:
     def restore_problem(self, key: Key) -> str | None:
         """Why the memory's restore init container refused to run, as last read."""
         return self._restore_problems.get(key)
+
+    def restore_failure(self, key: Key) -> str | None:
+        """Why a restore init container of the memory failed (the kubelet retries), as last read."""
+        return self._restore_failures.get(key)
 
     # -- scheduling of passes -------------------------------------------------------------------
 
@@ -470,7 +475,7 @@ class BackupController:
 
     async def _restore_refusal(self, memory: Owner, spec: VestigeMemorySpec) -> bool:
         key = (memory.namespace, memory.name)
-        problem = None
+        problem = failure = None
         if spec.restore is not None:
             deployment = next(iter(self._list(self.deployments, key)), None)
             available = ((deployment or {}).get("status") or {}).get("availableReplicas")
@@ -479,15 +484,17 @@ class BackupController:
                     k8s.POD, memory.namespace, memory_pod_selector(memory.name)
                 )
                 problem = b.restore_refusal(pods)
+                failure = None if problem else b.restore_failure(pods)
+        changed = False
+        for found, seen in ((problem, self._restore_problems), (failure, self._restore_failures)):
+            if seen.get(key) == found:
+                continue
+            changed = True
+            if found is None:
+                seen.pop(key, None)
             else:
-                problem = None
-        if self._restore_problems.get(key) == problem:
-            return False
-        if problem is None:
-            self._restore_problems.pop(key, None)
-        else:
-            self._restore_problems[key] = problem
-        return True
+                seen[key] = found
+        return changed
 
     async def _delete(self, kind: k8s.Kind, namespace: str, obj: Mapping[str, Any]) -> bool:
         meta = _meta(obj)

@@ -70,6 +70,8 @@ class BackupView(Protocol):
 
     def restore_problem(self, key: Key) -> str | None: ...
 
+    def restore_failure(self, key: Key) -> str | None: ...
+
 
 # -- the caches --------------------------------------------------------------------------------
 
@@ -427,6 +429,7 @@ class Reconciler:
             backup=backups.summary(key) if backups is not None else None,
             restore_refused=plan.restore_refused
             or (backups.restore_problem(key) if backups is not None and spec.restore else None),
+            restore_failing=backups.restore_failure(key) if backups is not None and spec.restore else None,
             not_owned=tuple(not_owned),
             rotation_refused=token.refused,
             rollout_waiting=rollout_waiting,

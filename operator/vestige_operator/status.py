@@ -77,6 +77,8 @@ class Observation:
     backup: BackupSummary | None = None
     #: Why the restore init container refused to run (the volume already holds a store).
     restore_refused: str | None = None
+    #: Why a restore init container failed (the kubelet retries it); None: none failed.
+    restore_failing: str | None = None
     #: (reason, message) of every child name held by an object this resource did not create.
     not_owned: tuple[tuple[str, str], ...] = ()
     #: (reason, message) of a token rotation request that is not carried out.
@@ -279,6 +281,11 @@ def compute_status(
         phase = Phase.PENDING
         ready = _Cond(False, "StoragePending", storage_cond.message)
         reconciling = _Cond(True, "WaitingForStorage", storage_cond.message)
+    elif obs.restore_failing is not None and dep_state != "available":
+        phase = Phase.PROVISIONING
+        message = f"restoring the new volume failed, the kubelet retries: {obs.restore_failing}"
+        ready = _Cond(False, "RestoreFailing", message)
+        reconciling = _Cond(True, "Restoring", message)
     elif dep_state == "available":
         phase = Phase.READY
         ready = _Cond(True, "Available", f"the bridge serves at {endpoint(owner)}")

@@ -393,6 +393,39 @@ def test_job_outcome() -> None:
     assert backup.parse_result("Traceback...\n" + ok) == json.loads(ok)
 
 
+def test_restore_failure_from_the_agent_pod() -> None:
+    """Any exit but 0 and the refusal's, of either restore init container, now or last time."""
+    runner = json.dumps({"ok": False, "message": "could not reach the bucket: EndpointConnectionError"})
+    assert backup.restore_failure([_pod(runner, 1, init=True, name="restore")]) == (
+        "init container restore exited with 1: could not reach the bucket: EndpointConnectionError"
+    )
+    log = "time=... level=INFO msg=restoring\nError: cannot open store: s3: dial tcp: i/o timeout\n"
+    failed = backup.restore_failure([_pod(log, 1, init=True, name="restore-replica")])
+    assert (
+        failed
+        == "init container restore-replica exited with 1: Error: cannot open store: s3: dial tcp: i/o timeout"
+    )
+    refused = json.dumps({"ok": False, "refused": True, "message": "holds a store"})
+    assert backup.restore_failure([_pod(refused, 3, init=True, name="restore")]) is None  # Stalled instead
+    assert backup.restore_failure([_pod("", 0, init=True, name="restore-replica")]) is None
+    assert (
+        backup.restore_failure([_pod("", 1, init=True, name="litestream")]) is None
+    )  # the sidecar: not a restore
+    retrying = {
+        "status": {
+            "initContainerStatuses": [
+                {
+                    "name": "restore-replica",
+                    "state": {"running": {}},
+                    "lastState": {"terminated": {"exitCode": 2}},
+                }
+            ]
+        }
+    }
+    assert backup.restore_failure([retrying]) == "init container restore-replica exited with 2: no message"
+    assert len(backup.restore_failure([_pod("x" * 5000, 1, init=True, name="restore")]) or "") < 500
+
+
 def test_restore_refusal_from_the_agent_pod() -> None:
     msg = json.dumps({"ok": False, "refused": True, "message": "already holds a store"})
     assert backup.restore_refusal([_pod(msg, 3, init=True, name="restore")]) == "already holds a store"

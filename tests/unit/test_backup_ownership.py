@@ -229,3 +229,51 @@ def _spec() -> Any:
     from vestige_operator.api import VestigeMemorySpec
 
     return VestigeMemorySpec.model_validate({"backup": {"destination": S3}})
+
+
+async def test_a_failing_restore_container_is_read_from_the_memorys_own_pod() -> None:
+    """A restore init container that fails (not a refusal) is reported until the pod gets
+    through; the pod of a backup Job of the same memory is not read."""
+    from vestige_operator.vocabulary import labels, selector_labels
+
+    port, controller, _, _ = world(schedule=None)
+    source = {"destination": S3, "source": f"{NS}/old", "pointInTime": "latest"}
+    port.put(
+        {
+            "apiVersion": "vestige.dev/v1alpha1",
+            "kind": "VestigeMemory",
+            "metadata": {"name": "copy", "namespace": NS, "creationTimestamp": "2026-12-02T09:00:00Z"},
+            "spec": {"restore": {"fromBackup": source}},
+        }
+    )
+    changed: list[Any] = []
+    controller.on_change = changed.append
+
+    def pod(name: str, pod_labels: dict[str, str], exit_code: int, message: str) -> dict[str, Any]:
+        terminated = {"exitCode": exit_code, "message": message}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": pod_labels},
+            "status": {
+                "initContainerStatuses": [{"name": "restore-replica", "state": {"terminated": terminated}}]
+            },
+        }
+
+    port.put(pod("copy-backup-x", labels("copy", COMPONENT_BACKUP), 1, "Error: a backup Job's pod"))
+    refresh(port, controller)
+    await controller.reconcile(NS, "copy")
+    assert controller.restore_failure((NS, "copy")) is None and changed == []
+
+    port.put(
+        pod("copy-5d9f-a", selector_labels("copy"), 1, "Error: cannot open store: dial tcp: i/o timeout")
+    )
+    await controller.reconcile(NS, "copy")
+    assert controller.restore_failure((NS, "copy")) == (
+        "init container restore-replica exited with 1: Error: cannot open store: dial tcp: i/o timeout"
+    )
+    assert controller.restore_problem((NS, "copy")) is None and changed == [(NS, "copy")]
+
+    port.put(pod("copy-5d9f-a", selector_labels("copy"), 0, ""))  # the kubelet's retry got through
+    await controller.reconcile(NS, "copy")
+    assert controller.restore_failure((NS, "copy")) is None and changed == [(NS, "copy")] * 2

@@ -139,6 +139,17 @@ def test_transition_time_changes_only_for_flipped_conditions() -> None:
             "Provisioning",
             "True",
         ),
+        (
+            Observation(
+                generation=1,
+                pvc=pvc(),
+                deployment=dep(available=0),
+                restore_failing="init container restore-replica exited with 1: dial tcp: i/o timeout",
+            ),
+            "Provisioning",
+            "RestoreFailing",
+            "True",
+        ),
     ],
 )
 def test_phases_on_the_way_up(obs: Observation, phase: str, ready_reason: str, reconciling: str) -> None:
@@ -262,3 +273,18 @@ def test_status_patch_nulls_what_disappeared() -> None:
     assert status_patch(old, new) == {"url": None, "storage": {"capacity": None}}
     assert status_patch(old, {"phase": "Ready", "url": "http://x/", "storage": {"capacity": "5Gi"}}) is None
     assert status_patch(None, {"phase": "Pending"}) == {"phase": "Pending"}
+
+
+def test_a_failing_restore_is_said_until_the_pod_is_available() -> None:
+    why = "init container restore-replica exited with 1: dial tcp 10.0.0.1:443: i/o timeout"
+    failing = compute(
+        spec(), Observation(generation=1, pvc=pvc(), deployment=dep(available=0), restore_failing=why)
+    )
+    assert (
+        why in cond(failing, "Ready")["message"]
+        and "the kubelet retries" in cond(failing, "Ready")["message"]
+    )
+    assert cond(failing, "Reconciling")["reason"] == "Restoring"
+    # a pod that got through (the kubelet's retry succeeded) is Ready whatever was read before
+    done = compute(spec(), Observation(generation=1, pvc=pvc(), deployment=dep(), restore_failing=why))
+    assert done["phase"] == "Ready" and cond(done, "Ready")["status"] == "True"
