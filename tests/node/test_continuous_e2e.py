@@ -20,7 +20,9 @@ be there.
    memory), the condition turns True with a Normal ReplicationResumed event. The replication
    container alone SIGKILLed: the agent keeps serving, the sidecar restarts and catches up.
 4. A time outside the retained window, and another namespace's replica, are refused with
-   Stalled RestoreRefused; the refused volume is not touched.
+   Stalled RestoreRefused; the refused volume is not touched. A restore whose object store
+   cannot be reached is not refused but said: Ready False, RestoreFailing, while the kubelet
+   retries it.
 """
 
 from __future__ import annotations
@@ -402,3 +404,26 @@ def test_crash_point_in_time_outage_and_refusals(
     cond = wait_until(lambda: _stalled(thief), timeout=120, what="Stalled RestoreRefused", interval=2)
     assert cond["reason"] == "RestoreRefused" and "another namespace" in cond["message"], cond
     assert real_node.get(ns, "deployment", "thief") is None
+
+    # a restore that fails without a refusal (the object store unreachable: nothing listens on
+    # that port) is said while the kubelet retries it: Ready False, RestoreFailing
+    destination = s3.destination()
+    destination["s3"]["endpoint"] = destination["s3"]["endpoint"].rsplit(":", 1)[0] + ":1"
+    unreachable = continuous_agents.create(
+        "unreachable",
+        spec={
+            "restore": {
+                "fromBackup": {"destination": destination, "source": f"{ns}/src", "pointInTime": "latest"}
+            }
+        },
+    )
+
+    def failing() -> dict[str, Any] | None:
+        conds = (unreachable.resource().get("status") or {}).get("conditions") or []
+        ready = next((c for c in conds if c["type"] == "Ready"), {})
+        return ready if ready.get("reason") == "RestoreFailing" else None
+
+    ready = wait_until(failing, timeout=240, what="Ready False, RestoreFailing", interval=2)
+    assert ready["status"] == "False" and "init container restore exited with" in ready["message"], ready
+    assert _stalled(unreachable) is None  # retried, not refused
+    assert not (unreachable.volume_dir() / "vestige" / "vestige.db").exists()
