@@ -114,6 +114,10 @@ def test_replicate_and_restore_through_a_private_ca(
     assert any(k.startswith(path) for k in keys), keys
     assert not any(k.startswith("untrusted/") for k in keys), keys
     assert "certificate signed by unknown authority" in untrusting.output(), untrusting.output()[-2000:]
+    # what a failing Litestream logs (the last line reaches the status as RestoreFailing) names
+    # no credential
+    for output in (untrusting.output(), replicating.output()):
+        assert s3.secret_key not in output and s3.access_key not in output
 
     # the point-in-time restore, through its rendered init containers (the bundle at CA_MOUNT)
     restore = {"destination": _destination(s3), "source": f"{NAMESPACE}/tls", "pointInTime": moment}
@@ -128,6 +132,7 @@ def test_replicate_and_restore_through_a_private_ca(
     assert code == 0 and result["ok"] is True, result
     res = _fill(fill, volume, s3, mounts)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert s3.secret_key not in res.stdout + res.stderr
     assert flavour.markers(Flavour.db(volume)) == {1, 2}
 
     # a snapshot beside it: the backup Job's runner (--ca-file) uploads through the same CA
