@@ -158,6 +158,11 @@ def _condition_is(agent: Agent, status: str, *reasons: str) -> dict[str, Any] | 
     return cond if cond.get("status") == status and (not reasons or cond["reason"] in reasons) else None
 
 
+def _wait_replicating(agent: Agent, what: str) -> dict[str, Any]:
+    """Wait for ReplicationHealthy True (Replicating): the operator asks every 5 s."""
+    return wait_until(lambda: _condition_is(agent, "True", "Replicating"), timeout=120, what=what, interval=2)
+
+
 def _events(rn: RealNode, agent: Agent) -> list[dict[str, Any]]:
     """The Events about the agent's VestigeMemory, oldest first."""
     proc = rn.kubectl(
@@ -255,12 +260,7 @@ def test_crash_point_in_time_outage_and_refusals(
         for p in peers
     ), peers
     try:
-        wait_until(
-            lambda: _condition_is(src, "True", "Replicating"),
-            timeout=120,
-            what="ReplicationHealthy True (Replicating)",
-            interval=2,
-        )
+        _wait_replicating(src, "ReplicationHealthy True (Replicating)")
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {_replication(src)}\n{release.diagnose()}") from None
     assert (src.resource()["status"].get("replication") or {}).get("lastReplicatedAt")
@@ -312,12 +312,7 @@ def test_crash_point_in_time_outage_and_refusals(
         what="replication caught up",
         interval=5,
     )
-    wait_until(
-        lambda: _condition_is(src, "True", "Replicating"),
-        timeout=120,
-        what="ReplicationHealthy True again",
-        interval=2,
-    )
+    _wait_replicating(src, "ReplicationHealthy True again")
     resumed = wait_until(
         lambda: _event(real_node, src, "ReplicationResumed"), timeout=60, what="ReplicationResumed"
     )
@@ -344,12 +339,7 @@ def test_crash_point_in_time_outage_and_refusals(
         what="the restarted sidecar caught up",
         interval=5,
     )
-    wait_until(
-        lambda: _condition_is(src, "True", "Replicating"),
-        timeout=120,
-        what="ReplicationHealthy True after the sidecar's restart",
-        interval=2,
-    )
+    _wait_replicating(src, "ReplicationHealthy True after the sidecar's restart")
 
     # 1. a steady ingest, then SIGKILL of every container of the pod at a random moment
     kill_after = random.uniform(4, 9)
