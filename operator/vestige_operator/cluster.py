@@ -225,11 +225,23 @@ class Cluster:
 
     # -- operations --------------------------------------------------------------------------
 
-    async def apply(self, manifest: JsonDict) -> JsonDict:
-        """Server-side apply ``manifest`` (forcing ownership of the fields it sets); the result."""
+    async def apply(self, manifest: JsonDict, *, hand_over: bool = False) -> JsonDict:
+        """Server-side apply ``manifest`` (forcing ownership of the fields it sets); the result.
+
+        ``hand_over``: the object was made by a plain create (children are: a create never takes
+        over an object of that name, an apply would), which records its fields under an
+        ``Update`` entry of the field manager; an apply that leaves one of them out would not
+        remove it. So that entry is first handed to ``Apply`` (one JSON patch of
+        ``managedFields``: what kubectl's csaupgrade does; read again and retried when a
+        controller wrote the object meanwhile). Done only before the first apply that changes
+        the object, so a child that never changes costs its create alone. If the hand-over
+        keeps failing it is logged and the apply goes on (the next change tries again).
+        """
         kind = kind_of(manifest)
         meta = manifest["metadata"]
         path = kind.path(meta["namespace"], meta["name"])
+        if hand_over:
+            await self._hand_over_live(kind, meta["namespace"], meta["name"])
         status, data = await self._request(
             "apply",
             kind,
@@ -263,36 +275,15 @@ class Cluster:
             raise _error_from(status, "", data, "create", f"{kind.kind} {meta['namespace']}/{name}")
         return json.loads(data)
 
-    async def create_applied(self, manifest: JsonDict) -> JsonDict | None:
-        """Create a child that later passes server-side apply; None when the name is taken.
-
-        A plain create never takes over an object of that name (an apply would: it adds fields
-        and an owner reference to whatever exists). But a create records its fields under an
-        ``Update`` entry of the field manager, and a later apply that leaves one out would not
-        remove it; so the entry is handed to ``Apply`` right away (one JSON patch of
-        ``managedFields``, guarded by the resourceVersion: what kubectl's csaupgrade does; read
-        again and retried when a controller wrote the object meanwhile). If that keeps failing,
-        the object stays as created and it is logged.
-        """
-        created = await self.create(manifest)
-        if created is None:
-            return None
-        kind = kind_of(manifest)
-        current: JsonDict | None = created
-        for _ in range(3):  # controllers may write right after a create (the PV binder): read again
-            if current is None or (current.get("metadata") or {}).get("uid") != created["metadata"]["uid"]:
-                return created
-            handed = await self._hand_over(kind, current)
-            if handed is not None:
-                return handed
-            current = await self.get(kind, created["metadata"]["namespace"], created["metadata"]["name"])
+    async def _hand_over_live(self, kind: Kind, namespace: str, name: str) -> None:
+        """Hand the field manager's Update entries of the object to Apply (``apply``)."""
+        for _ in range(3):  # controllers write status at any time (the PV binder): read again
+            current = await self.get(kind, namespace, name)
+            if current is None or await self._hand_over(kind, current) is not None:
+                return
         logger.warning(
-            "created %s %s/%s, but could not hand its fields to server-side apply",
-            kind.kind,
-            created["metadata"]["namespace"],
-            created["metadata"]["name"],
+            "could not hand the created fields of %s %s/%s to server-side apply", kind.kind, namespace, name
         )
-        return created
 
     async def _hand_over(self, kind: Kind, obj: JsonDict) -> JsonDict | None:
         """``obj`` with the field manager's Update entries turned into Apply entries (None: the

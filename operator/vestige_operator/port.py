@@ -27,18 +27,14 @@ class ApiPort(Protocol):
     #: unsent (``post_event`` returns quietly); reads pass.
     may_write: Callable[[], bool]
 
-    async def apply(self, manifest: JsonDict) -> JsonDict:
-        """Server-side apply (forced) over an object the operator owns; the result."""
+    async def apply(self, manifest: JsonDict, *, hand_over: bool = False) -> JsonDict:
+        """Server-side apply (forced) over an object the operator owns; the result. ``hand_over``:
+        the object still holds fields under the operator's ``create``; they are
+        handed to its apply entry first, so an apply that leaves one out removes it."""
         ...
 
     async def create(self, manifest: JsonDict) -> JsonDict | None:
         """Create; None when an object of that name exists (it is never overwritten)."""
-        ...
-
-    async def create_applied(self, manifest: JsonDict) -> JsonDict | None:
-        """Create a child that later passes server-side apply: like ``create`` (None when the
-        name is taken), and the fields it set become the operator's apply fields, so a later
-        apply that leaves one out removes it."""
         ...
 
     async def get(self, kind: Kind, namespace: str, name: str) -> JsonDict | None:

@@ -22,9 +22,9 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from vestige_operator import FIELD_MANAGER, replication, tokens
 from vestige_operator import cluster as k8s
 from vestige_operator import plan as p
-from vestige_operator import replication, tokens
 from vestige_operator.api import VestigeBackupGrantSpec, VestigeMemorySpec
 from vestige_operator.backup import BackupSummary, continuous_enabled, restore_source
 from vestige_operator.children import IngressClaim, ignored_env, ingress_host_holder, operator_peer
@@ -95,12 +95,24 @@ def compact(value: Any) -> Any:
     return value
 
 
+#: Marks a cached child whose fields the operator set by its create are still held by that
+#: create's ``Update`` entry (not yet handed to server-side apply: ``ApiPort.apply``'s ``hand_over``).
+CREATED_FIELDS = "fieldsFromCreate"
+
+
 def trim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the caches keep of an object: no managedFields; a Secret keeps hashes of its values,
-    never the values (the operator holds no token in memory beyond one pass). Compacted."""
-    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
+    """What the caches keep of an object: no managedFields (only whether the operator's create
+    still holds fields, ``CREATED_FIELDS``); a Secret keeps hashes of its values, never the values
+    (the operator holds no token in memory beyond one pass). Compacted."""
+    raw_meta = body.get("metadata") or {}
+    meta = {k: v for k, v in raw_meta.items() if k != "managedFields"}
     out: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "data", "stringData")}
     out["metadata"] = meta
+    if any(
+        m.get("manager") == FIELD_MANAGER and m.get("operation") == "Update"
+        for m in raw_meta.get("managedFields") or ()
+    ):
+        out[CREATED_FIELDS] = True
     if body.get("kind") == "Secret":
         out["tokenHashes"] = secret_hashes(body)
     return compact(out)
@@ -479,7 +491,7 @@ class Reconciler:
                 if isinstance(action, p.Create):
                     observed[action.kind] = None
                     meta = action.manifest["metadata"]
-                    created = await self.port.create_applied(action.manifest)
+                    created = await self.port.create(action.manifest)
                     if created is not None:
                         logger.info("created %s %s/%s", action.kind, meta["namespace"], meta["name"])
                         observed[action.kind] = trim(created)
@@ -502,7 +514,11 @@ class Reconciler:
                         "applying %s %s/%s: %s", action.kind, meta["namespace"], meta["name"], action.why
                     )
                     observed[action.kind] = action.observed
-                    observed[action.kind] = trim(await self.port.apply(action.manifest))
+                    observed[action.kind] = trim(
+                        await self.port.apply(
+                            action.manifest, hand_over=bool(action.observed.get(CREATED_FIELDS))
+                        )
+                    )
                     applied.append(action.kind)
                 elif isinstance(action, p.Delete):
                     logger.info("deleting %s %s/%s: switched off", action.kind, owner.namespace, action.name)

@@ -221,20 +221,23 @@ def test_objects_of_a_childs_name_the_operator_did_not_create_are_never_taken_ov
 def test_a_created_child_is_owned_by_server_side_apply_so_a_dropped_field_goes(
     kubectl: Kubectl, namespace: str, operator_process: OperatorProcess
 ) -> None:
-    """Children are created (not applied, so a taken name is never taken over); the create's
-    fields are handed to the operator's Apply entry at once: a field set at creation and later
-    dropped from the spec is removed from the object."""
+    """Children are created (not applied, so a taken name is never taken over). The create's
+    fields stay under its Update entry (no write is spent on a child that never changes) until
+    the first change, which hands them to the operator's Apply entry first: a field set at
+    creation and later dropped from the spec is removed from the object."""
     apply_memory(kubectl, namespace, "made", {"vestige": {"env": [{"name": "RUST_LOG", "value": "debug"}]}})
     wait_settled(kubectl, namespace, "made")
-    for kind in ("deployment", "service", "networkpolicy", "pvc"):
-        managers = {
+
+    def managers(kind: str) -> set[tuple[str, str]]:
+        name = "made-data" if kind == "pvc" else "made"
+        return {
             (m["manager"], m["operation"])
-            for m in must_get(kubectl, namespace, kind, "made-data" if kind == "pvc" else "made")["metadata"][
-                "managedFields"
-            ]
+            for m in must_get(kubectl, namespace, kind, name)["metadata"]["managedFields"]
             if m["manager"] == "vestige-operator"
         }
-        assert managers == {("vestige-operator", "Apply")}, (kind, managers)
+
+    for kind in ("deployment", "service", "networkpolicy", "pvc"):
+        assert managers(kind) == {("vestige-operator", "Update")}, kind
     kubectl(
         "-n", namespace, "patch", "vmem", "made", "--type=json", "-p",
         json.dumps([{"op": "remove", "path": "/spec/vestige/env"}]),
@@ -252,6 +255,8 @@ def test_a_created_child_is_owned_by_server_side_apply_so_a_dropped_field_goes(
         60,
         "the env entry set at creation to be removed",
     )
+    assert managers("deployment") == {("vestige-operator", "Apply")}
+    assert managers("service") == {("vestige-operator", "Update")}, "an unchanged child is not written"
 
 
 def test_a_claim_without_agent_record_is_adopted_only_when_provably_its_own(

@@ -1,13 +1,16 @@
 """An in-memory fake of the operator's API port (vestige_operator.port.ApiPort).
 
-It keeps objects by (kind, namespace, name) with uids, resourceVersions, owner references and
-managedFields-free bodies, answers like the API server where the controllers depend on it
+It keeps objects by (kind, namespace, name) with uids, resourceVersions and owner references,
+answers like the API server where the controllers depend on it
 (create of a taken name: None; update with a stale resourceVersion: 409; delete with a uid
 precondition; status merge patch with uid precondition), records every write in ``writes`` and
 every Event in ``events``, and counts requests like ``cluster.Cluster``. Server-side apply is
 modelled as "merge the manifest over the object" (enough for the pass: the tests compare what
 the operator sent and what it left alone, not the field-manager arithmetic, which the
-real-cluster tests cover).
+real-cluster tests cover). Of managedFields it keeps only the operator's entries: a create
+records an ``Update`` entry, an apply an ``Apply`` one, and ``apply(..., hand_over=True)`` turns
+the former into the latter first; ``applied_over_create`` lists the applies sent while an
+``Update`` entry of the create was still there (their dropped fields would stay).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from vestige_operator import FIELD_MANAGER
 from vestige_operator.cluster import VESTIGE_MEMORY, ApiError, Kind, NotLeading, kind_of, refuse_unless
 
 JsonDict = dict[str, Any]
@@ -35,6 +39,11 @@ def _merge(base: Any, patch: Any) -> Any:
                 out[k] = _merge(out.get(k), v)
         return out
     return copy.deepcopy(patch)
+
+
+def _managers(operations: Any) -> list[JsonDict]:
+    """The operator's managedFields entries, one per operation (fields are not modelled)."""
+    return [{"manager": FIELD_MANAGER, "operation": op} for op in dict.fromkeys(operations)]
 
 
 class FakePort:
@@ -54,6 +63,8 @@ class FakePort:
         self.may_write: Callable[[], bool] = lambda: True
         #: Writes refused by the gate, by (verb, kind).
         self.refused: Counter[tuple[str, str]] = Counter()
+        #: (kind, name) of applies sent over an object whose create's fields were not handed over.
+        self.applied_over_create: list[tuple[str, str]] = []
 
     # -- helpers for tests ---------------------------------------------------------------------
 
@@ -92,16 +103,29 @@ class FakePort:
 
     # -- the port ------------------------------------------------------------------------------
 
-    async def apply(self, manifest: JsonDict) -> JsonDict:
+    async def apply(self, manifest: JsonDict, *, hand_over: bool = False) -> JsonDict:
         kind_of(manifest)
-        self._count("apply", manifest["kind"])
         meta = manifest["metadata"]
         ref = (manifest["kind"], meta["namespace"], meta["name"])
+        if hand_over:
+            self._count("get", manifest["kind"])
+            self._count("hand over", manifest["kind"])
+            if ref in self.objects:
+                self.objects[ref]["metadata"]["managedFields"] = _managers(
+                    "Apply" if m["operation"] == "Update" else m["operation"]
+                    for m in self.objects[ref]["metadata"].get("managedFields", [])
+                )
+                self._write("hand over", manifest)
+        self._count("apply", manifest["kind"])
         current = self.objects.get(ref)
         if current is None:
             self._write("apply", manifest)
-            return self.put(manifest)
+            return self.put({**manifest, "metadata": {**meta, "managedFields": _managers(["Apply"])}})
+        operations = [m["operation"] for m in current["metadata"].get("managedFields", [])]
+        if "Update" in operations:
+            self.applied_over_create.append((manifest["kind"], meta["name"]))
         merged = _merge(current, manifest)
+        merged["metadata"]["managedFields"] = _managers([*operations, "Apply"])
         merged["metadata"]["resourceVersion"] = str(next(self._rv))
         if merged.get("spec") != current.get("spec"):  # as the API server does: a spec change
             merged["metadata"]["generation"] = int(current["metadata"].get("generation") or 1) + 1
@@ -121,10 +145,7 @@ class FakePort:
             self.errors[("create", manifest["kind"], 409)] += 1
             return None
         self._write("create", manifest)
-        return self.put(manifest)
-
-    async def create_applied(self, manifest: JsonDict) -> JsonDict | None:
-        return await self.create(manifest)
+        return self.put({**manifest, "metadata": {**meta, "managedFields": _managers(["Update"])}})
 
     async def get(self, kind: Kind, namespace: str, name: str) -> JsonDict | None:
         self._count("get", kind.kind)

@@ -120,6 +120,34 @@ async def test_first_pass_creates_the_token_and_every_child_then_a_settled_pass_
     assert sum(w.port.requests.values()) == requests, "a settled pass sends no request at all"
 
 
+async def test_created_fields_are_handed_to_apply_at_the_first_change_only() -> None:
+    """A create records its fields under an Update entry; handing them to Apply costs a write
+    per child, so it is done only before the first apply that changes the child (never for a
+    child that does not change), and no apply is ever sent over an unhanded create."""
+    w = World()
+    w.memory("a", {"vestige": {"env": [{"name": "RUST_LOG", "value": "debug"}]}})
+    await w.settle("a")
+    assert not [v for v, _, _ in w.port.writes if v == "hand over"], "nothing changed: nothing handed over"
+    created = w.port.find("Deployment", NS, "a")
+    assert created is not None and trim(created).get("fieldsFromCreate")
+
+    w.memory("a", {"vestige": {"env": []}})
+    await w.settle("a")
+    assert ("hand over", "Deployment", "a") in w.port.writes
+    first = w.port.writes.index(("hand over", "Deployment", "a"))
+    assert ("apply", "Deployment", "a") in w.port.writes[first + 1 :], "handed over, then applied"
+    assert w.port.applied_over_create == []
+    deployment = w.port.find("Deployment", NS, "a")
+    assert deployment is not None and not trim(deployment).get("fieldsFromCreate")
+    assert [m["operation"] for m in deployment["metadata"]["managedFields"]] == ["Apply"]
+
+    handed = w.port.writes.count(("hand over", "Deployment", "a"))
+    w.memory("a", {"vestige": {"env": [{"name": "RUST_LOG", "value": "info"}]}})
+    await w.settle("a")
+    assert w.port.writes.count(("hand over", "Deployment", "a")) == handed, "handed over once"
+    assert w.port.applied_over_create == []
+
+
 # -- rotation ------------------------------------------------------------------------------------
 
 
