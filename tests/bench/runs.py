@@ -29,7 +29,9 @@ from tests.bench.session import (
     Identity,
     OperatorUnderTest,
     ReadyTracker,
+    SchedulingCheck,
     bench_namespace,
+    checks,
     create_memories,
     new_run_id,
     rv_changes,
@@ -73,7 +75,7 @@ def floor_run(kube: Kube, info: ClusterInfo, n: int, timeout: float) -> JsonDict
         try:
             comp0 = component_cpu()
             start, created = create_memories(kube, ns, n, on_created=floor.on_created)
-            ok = tracker.wait_all(n, timeout, check=floor.check)
+            ok = tracker.wait_all(n, timeout, check=checks(floor.check, SchedulingCheck(kube, ns)))
             comp1 = component_cpu()
             floor.check()
             if not ok:
@@ -138,7 +140,7 @@ def operator_run(
                 cpu0, comp0 = cpu_seconds(op.pid), component_cpu()
                 flows0 = identity.by_verb(dispatched_by_flow_schema(kube.metrics()))
                 start, created = create_memories(kube, ns, n)
-                ok = tracker.wait_all(n, timeout, check=op.check_running)
+                ok = tracker.wait_all(n, timeout, check=checks(op.check_running, SchedulingCheck(kube, ns)))
                 if not ok:
                     raise RuntimeError(f"operator: {len(tracker.ready_at)}/{n} Ready within {timeout:.0f}s")
                 end = max(tracker.ready_at.values())

@@ -300,8 +300,9 @@ BOOTSTRAP = [
             },
         },
         "status": {
-            "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "2000"},
-            "capacity": {"cpu": "64", "memory": "256Gi", "pods": "2000"},
+            # Room for the 5,000-agent benchmarks (tests/bench/session.py SPEC: 15m and 96Mi a pod).
+            "allocatable": {"cpu": "256", "memory": "1Ti", "pods": "12000"},
+            "capacity": {"cpu": "256", "memory": "1Ti", "pods": "12000"},
         },
     },
 ]
