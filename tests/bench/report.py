@@ -56,8 +56,10 @@ def _verbs(d: dict[str, int] | None) -> str:
 
 def render() -> str:
     lines: list[str] = [BEGIN, ""]
-    conv, idle, mem, bridge = (_load(n) for n in ("convergence", "idle", "memory", "bridge"))
-    any_run = next(iter(_runs(conv) + _runs(idle) + _runs(mem) + _runs(bridge)), None)
+    conv, idle, mem, bridge, failover = (
+        _load(n) for n in ("convergence", "idle", "memory", "bridge", "failover")
+    )
+    any_run = next(iter(_runs(conv) + _runs(idle) + _runs(mem) + _runs(bridge) + _runs(failover)), None)
     if any_run:
         m, v = any_run["machine"], any_run["versions"]
         lines += [
@@ -199,6 +201,42 @@ def render() -> str:
                 "load",
             ],
             rows,
+        )
+        lines.append("")
+    if failover:
+        lines += ["### 5. Failover (SIGKILL the leader of two replicas, change one agent at once)", ""]
+        lines += _table(
+            [
+                "N",
+                "leader idle: writes (resyncs)",
+                "leader CPU s / resync",
+                "leader RSS MiB (peak)",
+                "standby writes before the kill",
+                "Lease taken s",
+                "change applied s",
+                "full resync done s",
+                "new leader RSS MiB",
+                "date",
+                "load",
+                "commit",
+            ],
+            (
+                [
+                    r["n"],
+                    f"**{int(sum(r['leader_idle']['writes'].values()))}** ({r['leader_idle']['resyncs']})",
+                    r["leader_idle"]["cpu_seconds_per_resync"],
+                    f"**{_mib(r['leader_idle']['rss_kib'])}**",
+                    int(sum((r.get("standby_writes_before_kill") or {}).values())),
+                    r["lease_seconds"],
+                    f"**{r['change_applied_seconds']}**",
+                    r["resync_done_seconds"],
+                    _mib(r.get("new_leader_rss_kib"), "VmRSS"),
+                    r["date"],
+                    _load_str(r),
+                    r["versions"]["commit"],
+                ]
+                for r in _runs(failover)
+            ),
         )
         lines.append("")
     lines.append(END)

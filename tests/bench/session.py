@@ -161,7 +161,7 @@ def bench_cluster() -> Iterator[tuple[ClusterInfo, Kube]]:
         kube.close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -205,6 +205,8 @@ class Identity:
                 "rules": [
                     {"apiGroups": [GROUP], "resources": ["*"], "verbs": ["*"]},
                     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
+                    # The leader Lease (bench_failover runs two replicas with leader election).
+                    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["*"]},
                 ],
             },
         )
@@ -459,9 +461,15 @@ class OperatorUnderTest:
 
     @classmethod
     def start(
-        cls, kubeconfig: Path, namespace: str, resync_seconds: float, log_path: Path
+        cls,
+        kubeconfig: Path,
+        namespace: str,
+        resync_seconds: float,
+        log_path: Path,
+        extra_env: dict[str, str] | None = None,
     ) -> OperatorUnderTest:
-        liveness = f"http://127.0.0.1:{_free_port()}/healthz"
+        """``extra_env`` adds to (or overrides) the operator's environment (leader election)."""
+        liveness = f"http://127.0.0.1:{free_port()}/healthz"
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),
@@ -470,6 +478,7 @@ class OperatorUnderTest:
             "VESTIGE_DEFAULT_IMAGE": IMAGES.vestige,
             "VESTIGE_BRIDGE_IMAGE": IMAGES.bridge,
             "VESTIGE_METRICS_PORT": "0",
+            **(extra_env or {}),
         }
         argv = [
             sys.executable,

@@ -20,7 +20,15 @@ from typing import Any
 import pytest
 
 from tests import cluster
-from tests.bench import bench_bridge, bench_convergence, bench_idle, bench_memory, runs, session
+from tests.bench import (
+    bench_bridge,
+    bench_convergence,
+    bench_failover,
+    bench_idle,
+    bench_memory,
+    runs,
+    session,
+)
 from tests.bench.kube import RESULTS_ENV
 
 #: Never wait for a quiet machine: the smoke run measures nothing.
@@ -71,6 +79,19 @@ def test_memory(cluster_state: cluster.ClusterState, results: Path, monkeypatch:
     run_main(bench_memory.main, monkeypatch, *args, *NO_LOAD_WAIT)
     run = result(results, "memory", "2")
     assert run["operator"]["rss_kib_end"]["VmHWM"] > 0
+
+
+def test_failover(
+    cluster_state: cluster.ClusterState, results: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--n", "2", "--resync-seconds", "2", "--idle-resyncs", "1", "--timeout", "300"]
+    run_main(bench_failover.main, monkeypatch, *args, *NO_LOAD_WAIT)
+    run = result(results, "failover", "2")
+    assert run["standby_writes_before_kill"] == {}
+    assert run["leader_idle"]["resyncs"] == 1
+    assert run["bridge_cpu_before"] == "5m"
+    assert 0 < run["lease_seconds"] <= run["change_applied_seconds"]
+    assert run["exit_codes"]["replica-b"] == 0
 
 
 def test_bridge(results: Path, monkeypatch: pytest.MonkeyPatch) -> None:
