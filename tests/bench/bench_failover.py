@@ -32,7 +32,7 @@ from tests.bench.kube import (
     memory_kib,
     write_result,
 )
-from tests.bench.runs import common_arguments, wait_load
+from tests.bench.runs import common_arguments, settle, wait_load
 from tests.bench.session import (
     HarnessError,
     Identity,
@@ -169,14 +169,17 @@ def failover_run(
             )
             # The leader idle (both replicas up): its writes over `idle_resyncs` resyncs, after one
             # resync that settles what convergence left (the idle benchmark's window, here at N).
-            first = a.op.wait_resync(0, timeout)
-            line0 = a.op.wait_resync(int(first["resync"]), timeout)
-            writes0, cpu0 = _writes_by(a.metrics()), cpu_seconds(a.op.pid)
+            # (Resync lines written before now are history: the window starts at the next one.)
+            last = a.op.resync_lines()
+            settled = settle(a.op, int(last[-1]["resync"]) if last else 0)
+            line0 = a.op.wait_resync(int(settled["resync"]), timeout)
+            writes0, cpu0, t0 = _writes_by(a.metrics()), cpu_seconds(a.op.pid), time.monotonic()
             line1 = a.op.wait_resync(int(line0["resync"]) + idle_resyncs - 1, timeout)
-            writes1, cpu1 = _writes_by(a.metrics()), cpu_seconds(a.op.pid)
+            writes1, cpu1, t1 = _writes_by(a.metrics()), cpu_seconds(a.op.pid), time.monotonic()
             resyncs = int(line1["resync"]) - int(line0["resync"])
             result["leader_idle"] = {
                 "resyncs": resyncs,
+                "window_seconds": round(t1 - t0, 1),
                 "writes": {
                     k: v - writes0.get(k, 0.0) for k, v in writes1.items() if v != writes0.get(k, 0.0)
                 },

@@ -95,7 +95,7 @@ def floor_run(kube: Kube, info: ClusterInfo, n: int, timeout: float) -> JsonDict
     return result
 
 
-def _settle(op: OperatorUnderTest, after: int, max_resyncs: int = 6) -> JsonDict:
+def settle(op: OperatorUnderTest, after: int, max_resyncs: int = 6) -> JsonDict:
     """Wait for resyncs until the operator's request counter stays flat across one interval."""
     line = op.wait_resync(after, 120)
     for _ in range(max_resyncs):
@@ -195,7 +195,7 @@ def _idle_window(
     kube: Kube, identity: Identity, op: OperatorUnderTest, ns: str, n: int, intervals: int
 ) -> JsonDict:
     last = op.resync_lines()
-    settled = _settle(op, int(last[-1]["resync"]) if last else 0)
+    settled = settle(op, int(last[-1]["resync"]) if last else 0)
     first = int(settled["resync"])
     rvs0 = rv_snapshot(kube, ns)
     # Start just after a resync line: the window then holds exactly `intervals` resyncs.
