@@ -169,9 +169,7 @@ def failover_run(
             )
             # The leader idle (both replicas up): its writes over `idle_resyncs` resyncs, after one
             # resync that settles what convergence left (the idle benchmark's window, here at N).
-            # (Resync lines written before now are history: the window starts at the next one.)
-            last = a.op.resync_lines()
-            settled = settle(a.op, int(last[-1]["resync"]) if last else 0)
+            settled = settle(a.op)
             line0 = a.op.wait_resync(int(settled["resync"]), timeout)
             writes0, cpu0, t0 = _writes_by(a.metrics()), cpu_seconds(a.op.pid), time.monotonic()
             line1 = a.op.wait_resync(int(line0["resync"]) + idle_resyncs - 1, timeout)

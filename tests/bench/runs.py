@@ -95,9 +95,11 @@ def floor_run(kube: Kube, info: ClusterInfo, n: int, timeout: float) -> JsonDict
     return result
 
 
-def settle(op: OperatorUnderTest, after: int, max_resyncs: int = 6) -> JsonDict:
-    """Wait for resyncs until the operator's request counter stays flat across one interval."""
-    line = op.wait_resync(after, 120)
+def settle(op: OperatorUnderTest, max_resyncs: int = 6) -> JsonDict:
+    """Wait for resyncs after now until the operator's request counter stays flat across one
+    interval (resync lines already in the log are history, never part of a window)."""
+    last = op.resync_lines()
+    line = op.wait_resync(int(last[-1]["resync"]) if last else 0, 120)
     for _ in range(max_resyncs):
         nxt = op.wait_resync(int(line["resync"]), 120)
         if nxt["api_requests"] == line["api_requests"]:
@@ -194,8 +196,7 @@ def _idle(kube: Kube, identity: Identity, op: OperatorUnderTest, ns: str, n: int
 def _idle_window(
     kube: Kube, identity: Identity, op: OperatorUnderTest, ns: str, n: int, intervals: int
 ) -> JsonDict:
-    last = op.resync_lines()
-    settled = settle(op, int(last[-1]["resync"]) if last else 0)
+    settled = settle(op)
     first = int(settled["resync"])
     rvs0 = rv_snapshot(kube, ns)
     # Start just after a resync line: the window then holds exactly `intervals` resyncs.
