@@ -24,12 +24,14 @@ from pathlib import Path
 
 from tests.bench import report
 from tests.bench.kube import (
+    ClusterInfo,
     JsonDict,
     Kube,
     cpu_seconds,
     environment,
     load_average,
     memory_kib,
+    samples,
     write_result,
 )
 from tests.bench.runs import common_arguments, settle, wait_load
@@ -68,21 +70,16 @@ LIMITS = {
 
 
 def _metric(text: str, name: str) -> float:
-    """The sum of every sample of ``name`` (labelled or not) in a Prometheus text exposition."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    """The sum of every sample of ``name`` in a Prometheus text exposition."""
+    return sum(value for _, value in samples(text, name))
 
 
 def _writes_by(text: str) -> dict[str, float]:
+    """The operator's write requests so far, by verb (its own request counter)."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("vestige_operator_api_requests_total{"):
-            verb = line.split('verb="', 1)[1].split('"', 1)[0]
-            if verb in WRITES:
-                out[verb] = out.get(verb, 0.0) + float(line.rsplit(" ", 1)[1])
+    for labels, value in samples(text, "vestige_operator_api_requests_total"):
+        if labels.get("verb") in WRITES:
+            out[labels["verb"]] = out.get(labels["verb"], 0.0) + value
     return out
 
 
@@ -136,14 +133,14 @@ def _bridge_cpu(kube: Kube, ns: str, name: str) -> str | None:
 
 
 def failover_run(
-    kube: Kube, info: object, n: int, *, resync_seconds: float, idle_resyncs: int, timeout: float
+    kube: Kube, info: ClusterInfo, n: int, *, resync_seconds: float, idle_resyncs: int, timeout: float
 ) -> JsonDict:
     timings: dict[str, float] = {}
     run_id = new_run_id()
     result: JsonDict = {"n": n, "resync_seconds": resync_seconds, "load_before": load_average()}
     workdir = Path(tempfile.mkdtemp(prefix="vestige-bench-failover-"))
     with bench_namespace(kube, "failover", run_id, timings) as ns:
-        identity = Identity(kube, info, ns, run_id, workdir / "operator.kubeconfig")  # type: ignore[arg-type]
+        identity = Identity(kube, info, ns, run_id, workdir / "operator.kubeconfig")
         replicas: list[Replica] = []
         try:
             identity.setup()

@@ -257,19 +257,19 @@ def delete_namespace(kube: Kube, ns: str, timeout: float = 900) -> float:
 
 # -- API server metrics --------------------------------------------------------------------------
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\}\s+([0-9.eE+-]+)$")
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+([0-9.eE+-]+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
 def samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
-    """(labels, value) of every sample of the metric ``name`` in a Prometheus text exposition."""
-    prefix = name + "{"
+    """(labels, value) of every sample of the metric ``name`` (labelled or not) in a Prometheus
+    text exposition."""
     for line in text.splitlines():
-        if not line.startswith(prefix):
+        if not line.startswith((name + "{", name + " ")):
             continue
         m = _SAMPLE.match(line)
         if m:
-            yield dict(_LABEL.findall(m.group(2))), float(m.group(3))
+            yield dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))
 
 
 def request_totals(text: str, resources: set[str] | None = None) -> Counter[str]:
