@@ -17,7 +17,7 @@ from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec
 from vestige_operator.children import IngressClaim, render_pvc
 from vestige_operator.config import OperatorConfig
-from vestige_operator.reconcile import CHILD_KINDS, Reconciler, trim, trim_owner
+from vestige_operator.reconcile import CHILD_KINDS, CREATED_FIELDS, Reconciler, trim, trim_owner
 from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, Images, Owner
 from vestige_operator.workqueue import RetryLater
 
@@ -129,7 +129,7 @@ async def test_created_fields_are_handed_to_apply_at_the_first_change_only() -> 
     await w.settle("a")
     assert not [v for v, _, _ in w.port.writes if v == "hand over"], "nothing changed: nothing handed over"
     created = w.port.find("Deployment", NS, "a")
-    assert created is not None and trim(created).get("fieldsFromCreate")
+    assert created is not None and trim(created).get(CREATED_FIELDS)
 
     w.memory("a", {"vestige": {"env": []}})
     await w.settle("a")
@@ -138,7 +138,7 @@ async def test_created_fields_are_handed_to_apply_at_the_first_change_only() -> 
     assert ("apply", "Deployment", "a") in w.port.writes[first + 1 :], "handed over, then applied"
     assert w.port.applied_over_create == []
     deployment = w.port.find("Deployment", NS, "a")
-    assert deployment is not None and not trim(deployment).get("fieldsFromCreate")
+    assert deployment is not None and not trim(deployment).get(CREATED_FIELDS)
     assert [m["operation"] for m in deployment["metadata"]["managedFields"]] == ["Apply"]
 
     handed = w.port.writes.count(("hand over", "Deployment", "a"))
