@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -114,3 +115,32 @@ def test_a_failed_floor_says_why_at_once(
     monkeypatch.setattr(session, "render_secret", broken)
     with session.bench_cluster() as (info, kube), pytest.raises(session.HarnessError, match="render_secret"):
         runs.floor_run(kube, info, 2, timeout=3600)
+
+
+def test_pods_the_node_has_no_room_for_stop_a_run_at_once(cluster_state: cluster.ClusterState) -> None:
+    """A pod no node can take (more CPU than any has) makes the scheduler's FailedScheduling
+    event, and the runs' scheduling check raises its harness error with that message."""
+    with session.bench_cluster() as (_, kube):
+        timings: dict[str, float] = {}
+        with session.bench_namespace(kube, "nofit", session.new_run_id(), timings) as ns:
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "too-big"},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "example.org/none:1",
+                            "resources": {"requests": {"cpu": "100000"}},
+                        }
+                    ]
+                },
+            }
+            kube.create(f"/api/v1/namespaces/{ns}/pods", pod)
+            check = session.SchedulingCheck(kube, ns)
+            deadline = time.monotonic() + 60
+            with pytest.raises(session.HarnessError, match="Insufficient cpu"):
+                while time.monotonic() < deadline:
+                    check()
+                    time.sleep(1)
