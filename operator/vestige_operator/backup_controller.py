@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +34,7 @@ from vestige_operator import BACKUP_KIND, GROUP, VERSION
 from vestige_operator import backup as b
 from vestige_operator import cluster as k8s
 from vestige_operator.api import BackupPhase, VestigeMemorySpec
+from vestige_operator.caches import Cache, Key, unpacked
 from vestige_operator.events import make_event
 from vestige_operator.plan import ownership
 from vestige_operator.port import ApiPort
@@ -54,8 +55,6 @@ from vestige_operator.workqueue import RetryLater, WorkQueue
 
 logger = logging.getLogger("vestige_operator.backup")
 
-Key = tuple[str, str]
-Cache = Mapping[Key, Iterable[Mapping[str, Any]]]
 DEFAULT_INTERVAL_SECONDS = 10.0
 DEFAULT_CONCURRENCY = 4
 MISSING_MEMORY_GRACE = timedelta(seconds=60)
@@ -477,7 +476,7 @@ class BackupController:
         key = (memory.namespace, memory.name)
         problem = failure = None
         if spec.restore is not None:
-            deployment = next(iter(self._list(self.deployments, key)), None)
+            deployment = next(iter(unpacked(self.deployments, key)), None)
             available = ((deployment or {}).get("status") or {}).get("availableReplicas")
             if not available:
                 pods = await self.port.list_objects(

@@ -32,9 +32,10 @@ import kopf
 
 from vestige_operator import GRANT_PLURAL, GROUP, PLURAL, VERSION
 from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
+from vestige_operator.caches import pack_child, trim_owner
 from vestige_operator.children import ingress_claim
 from vestige_operator.leader import Elector, Leadership
-from vestige_operator.reconcile import Reconciler, trim, trim_owner
+from vestige_operator.reconcile import Reconciler
 from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR
 
 OWNER_INDEX = "vestige_owners"
@@ -120,7 +121,7 @@ def register(
 
     def child_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
         instance = labels.get(LABEL_INSTANCE)
-        return {(namespace, instance): trim(body)} if instance else {}
+        return {(namespace, instance): pack_child(body)} if instance else {}
 
     async def child_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
         reconciler.ready.set()

@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from vestige_operator import FIELD_MANAGER, replication, tokens
 from vestige_operator import cluster as k8s
 from vestige_operator import plan as p
+from vestige_operator import replication
 from vestige_operator.api import VestigeBackupGrantSpec, VestigeMemorySpec
 from vestige_operator.backup import BackupSummary, continuous_enabled, restore_source
+from vestige_operator.caches import CREATED_FIELDS, Cache, Key, cached_uids, trim, unpacked
 from vestige_operator.children import IngressClaim, ignored_env, ingress_host_holder, operator_peer
 from vestige_operator.config import OperatorConfig
 from vestige_operator.port import ApiPort
@@ -41,7 +41,7 @@ from vestige_operator.status import (
     transition_events,
 )
 from vestige_operator.times import parse_time, utc_now
-from vestige_operator.token_secret import TokenSecrets, secret_hashes
+from vestige_operator.token_secret import TokenSecrets
 from vestige_operator.vocabulary import (
     ANNOTATION_TOKEN_HASH,
     MANAGED_SELECTOR,
@@ -53,10 +53,6 @@ from vestige_operator.vocabulary import (
 from vestige_operator.workqueue import RetryLater, WorkQueue
 
 logger = logging.getLogger("vestige_operator.reconcile")
-
-Key = tuple[str, str]  # (namespace, name)
-#: A watch cache: (namespace, owner name) -> the trimmed objects seen under that key.
-Cache = Mapping[Key, Iterable[Mapping[str, Any]]]
 
 CHILD_KINDS = ("Secret", "PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy", "Ingress")
 #: A requeue-after a little past a deadline (the pass after it sees it passed).
@@ -71,91 +67,6 @@ class BackupView(Protocol):
     def restore_problem(self, key: Key) -> str | None: ...
 
     def restore_failure(self, key: Key) -> str | None: ...
-
-
-# -- the caches --------------------------------------------------------------------------------
-
-#: Strings up to this length are interned in the caches (keys, labels, images, defaults).
-_INTERN_MAX = 64
-
-
-def compact(value: Any) -> Any:
-    """A deep copy of parsed JSON in which equal keys and short strings are one shared object.
-
-    Every watch event is parsed on its own, so each cached child would otherwise hold its own
-    copy of the same keys, labels, images and defaults: at 1000 resources that is most of the
-    cache's memory (see docs/benchmarks.md).
-    """
-    if isinstance(value, Mapping):
-        return {sys.intern(str(k)): compact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [compact(v) for v in value]
-    if isinstance(value, str) and len(value) <= _INTERN_MAX:
-        return sys.intern(value)
-    return value
-
-
-#: Marks a cached child whose fields the operator set by its create are still held by that
-#: create's ``Update`` entry (not yet handed to server-side apply: ``ApiPort.apply``'s ``hand_over``).
-CREATED_FIELDS = "fieldsFromCreate"
-
-
-def trim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the caches keep of an object: no managedFields (only whether the operator's create
-    still holds fields, ``CREATED_FIELDS``); a Secret keeps hashes of its values, never the values
-    (the operator holds no token in memory beyond one pass). Compacted."""
-    raw_meta = body.get("metadata") or {}
-    meta = {k: v for k, v in raw_meta.items() if k != "managedFields"}
-    out: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "data", "stringData")}
-    out["metadata"] = meta
-    if any(
-        m.get("manager") == FIELD_MANAGER and m.get("operation") == "Update"
-        for m in raw_meta.get("managedFields") or ()
-    ):
-        out[CREATED_FIELDS] = True
-    if body.get("kind") == "Secret":
-        out["tokenHashes"] = secret_hashes(body)
-    return compact(out)
-
-
-#: The only annotations of a VestigeMemory the caches keep (the rotation request).
-OWNER_ANNOTATIONS = (tokens.ANNOTATION_ROTATE, tokens.ANNOTATION_ROTATE_GRACE)
-
-
-_OWNER_META = (
-    "name",
-    "namespace",
-    "uid",
-    "generation",
-    "resourceVersion",
-    "deletionTimestamp",
-    "creationTimestamp",  # scheduled backups count from it (docs/backup.md)
-)
-
-
-def trim_owner(body: Mapping[str, Any]) -> dict[str, Any]:
-    meta = body.get("metadata") or {}
-    kept = {k: v for k, v in (meta.get("annotations") or {}).items() if k in OWNER_ANNOTATIONS}
-    return compact(
-        {
-            "metadata": {
-                **{k: meta[k] for k in _OWNER_META if k in meta},
-                **({"annotations": kept} if kept else {}),
-            },
-            "spec": body.get("spec") or {},
-            "status": body.get("status") or {},
-        }
-    )
-
-
-def cached_uids(cache: Cache) -> set[str]:
-    """Every uid held by a watch cache."""
-    return {
-        uid
-        for objs in list(cache.values())
-        for obj in list(objs)
-        if (uid := (obj.get("metadata") or {}).get("uid"))
-    }
 
 
 def _uid(obj: Mapping[str, Any]) -> str | None:
@@ -358,10 +269,7 @@ class Reconciler:
         return next((o for o in self._owners.get(key, ()) if _uid(o) not in self._ghosts), None)
 
     def _cached(self, kind: str, key: Key) -> list[Mapping[str, Any]]:
-        cache = self._children.get(kind)
-        if cache is None or key not in cache:
-            return []
-        return [obj for obj in cache[key] if _uid(obj) not in self._ghosts]
+        return unpacked(self._children.get(kind, {}), key, self._ghosts)
 
     async def _pass(self, key: Key) -> float | None:
         try:

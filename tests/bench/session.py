@@ -29,9 +29,9 @@ from typing import Any
 
 from vestige_operator import GROUP, KIND, PLURAL, VERSION
 from vestige_operator.api import VestigeMemorySpec
+from vestige_operator.caches import trim
 from vestige_operator.children import render_children, render_secret, token_hash
 from vestige_operator.cluster import KINDS
-from vestige_operator.reconcile import trim
 from vestige_operator.status import Observation, compute_status
 from vestige_operator.vocabulary import LABEL_INSTANCE, Images, Owner
 

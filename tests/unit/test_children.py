@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from vestige_operator.api import VestigeMemorySpec
+from vestige_operator.caches import trim
 from vestige_operator.children import (
     auth_secret_ref,
     ignored_env,
@@ -25,7 +26,6 @@ from vestige_operator.children import (
     token_hash,
 )
 from vestige_operator.plan import apply_reason, first_difference, owned_by
-from vestige_operator.reconcile import trim
 from vestige_operator.vocabulary import (
     ANNOTATION_APPLIED_HASH,
     ANNOTATION_TOKEN_HASH,

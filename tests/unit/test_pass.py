@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec
+from vestige_operator.caches import CREATED_FIELDS, pack_child, trim, trim_owner
 from vestige_operator.children import IngressClaim, render_pvc
 from vestige_operator.config import OperatorConfig
-from vestige_operator.reconcile import CHILD_KINDS, CREATED_FIELDS, Reconciler, trim, trim_owner
+from vestige_operator.reconcile import CHILD_KINDS, Reconciler
 from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, Images, Owner
 from vestige_operator.workqueue import RetryLater
 
@@ -69,7 +70,7 @@ class World:
             if kind == "VestigeMemory":
                 owners[(ns, name)] = [trim_owner(obj)]
             elif kind in children and labels.get(LABEL_MANAGED_BY) == MANAGED_BY and LABEL_INSTANCE in labels:
-                children[kind].setdefault((ns, labels[LABEL_INSTANCE]), []).append(trim(obj))
+                children[kind].setdefault((ns, labels[LABEL_INSTANCE]), []).append(pack_child(obj))
         self.rec.attach(owners, children, self.hosts, grants=self.grants)
 
     async def run(self, name: str) -> float | None:

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from vestige_operator import tokens
 from vestige_operator.api import VestigeMemorySpec
+from vestige_operator.caches import trim, trim_owner
 from vestige_operator.children import render_secret
-from vestige_operator.reconcile import trim, trim_owner
 from vestige_operator.status import ANONYMOUS_NOTE, Observation, anonymous_event, compute_status
 from vestige_operator.vocabulary import Owner
 

@@ -1,11 +1,11 @@
-"""The reconciler's watch-cache helpers: compaction, trimming and cache uids (pure)."""
+"""The watch caches' entries: compaction, trimming, packing and cache uids (pure)."""
 
 from __future__ import annotations
 
 import base64
 import json
 
-from vestige_operator.reconcile import cached_uids, compact, trim
+from vestige_operator.caches import Packed, cached_uids, compact, pack_child, trim, unpacked
 
 
 def _deployment(name: str) -> dict:
@@ -67,10 +67,42 @@ def test_trim_drops_managed_fields_and_never_keeps_secret_values() -> None:
     assert token not in json.dumps(kept) and secret["data"]["token"] not in json.dumps(kept)
 
 
+def test_a_packed_child_unpacks_to_its_trim_and_is_smaller() -> None:
+    body = json.loads(json.dumps(_deployment("a")))
+    packed = pack_child(body)
+    assert packed.uid == "uid-a"
+    assert packed.unpack() == trim(body)
+    assert packed.unpack() is not packed.unpack()  # each pass gets its own copy to read
+    assert len(packed._data) < len(json.dumps(trim(body)))
+
+
+def test_a_packed_secret_holds_no_value_of_it() -> None:
+    token = "s3cr3t-token-value"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "a-auth", "uid": "u1"},
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+    }
+    packed = pack_child(secret)
+    assert "data" not in packed.unpack()
+    kept = json.dumps(packed.unpack())
+    assert token not in kept and secret["data"]["token"] not in kept
+
+
+def test_unpacked_gives_the_children_of_a_key_without_the_skipped_uids() -> None:
+    cache = {("ns", "a"): [pack_child(_deployment("a")), pack_child(_deployment("b"))]}
+    assert [o["metadata"]["name"] for o in unpacked(cache, ("ns", "a"))] == ["a", "b"]
+    assert [o["metadata"]["name"] for o in unpacked(cache, ("ns", "a"), {"uid-a"})] == ["b"]
+    assert unpacked(cache, ("ns", "other")) == []
+
+
 def test_cached_uids_collects_every_uid_of_a_cache() -> None:
-    cache = {
-        ("ns", "a"): [trim(_deployment("a"))],
-        ("ns", "b"): [trim(_deployment("b")), {"metadata": {"name": "no-uid"}}],
+    children = {
+        ("ns", "a"): [pack_child(_deployment("a"))],
+        ("ns", "b"): [pack_child(_deployment("b")), Packed({"metadata": {"name": "no-uid"}})],
         ("ns", "c"): [],
     }
-    assert cached_uids(cache) == {"uid-a", "uid-b"}
+    assert cached_uids(children) == {"uid-a", "uid-b"}
+    owners = {("ns", "a"): [{"metadata": {"uid": "o-a"}}], ("ns", "b"): [{"metadata": {"name": "b"}}]}
+    assert cached_uids(owners) == {"o-a"}
