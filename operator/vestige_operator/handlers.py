@@ -69,8 +69,25 @@ class RetryForever:
         return itertools.chain(self.ramp, itertools.repeat(self.cap))
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No "last handled" state: kopf builds one for every watch event (a deep copy of the object,
+    then two more while clearing it) to detect the causes of create/update/resume handlers. The
+    operator registers none (only indexes and ``on.event``: tests/unit/test_handlers.py), so the
+    copy was never read: ~13 % of the operator's CPU during convergence (py-spy at 5,000)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """kopf settings that keep the operator light and silent on the objects it watches."""
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.peering.standalone = True
     settings.networking.error_backoffs = RetryForever()
     settings.posting.level = 30  # logging.WARNING: only problems become Kubernetes Events
