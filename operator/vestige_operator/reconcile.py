@@ -403,7 +403,6 @@ class Reconciler:
                     if created is not None:
                         logger.info("created %s %s/%s", action.kind, meta["namespace"], meta["name"])
                         observed[action.kind] = trim(created)
-                        applied.append(action.kind)
                         continue
                     if action.kind == "PersistentVolumeClaim":  # read before the plan: a race
                         claim_unsettled = True

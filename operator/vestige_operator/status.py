@@ -55,7 +55,10 @@ class Observation:
 
     ``pvc`` and ``deployment`` are the objects as last seen (the apply response when the pass
     applied them); ``missing`` lists kinds that should exist but were not seen; ``applied`` the
-    kinds this pass wrote; ``auth_problem`` why no token is available (missing Secret or key);
+    kinds this pass wrote over (applies, ``-Kind`` for deletions): not those it created, which are
+    as the spec wants them, so the phase's own reason says what comes next (at creation, a
+    "just created" note would cost every new resource one more status write when the next pass
+    drops it); ``auth_problem`` why no token is available (missing Secret or key);
     ``ingress_conflict`` why the Ingress was not applied (another resource routes its host and
     path); ``storage_class_missing`` the named StorageClass the pending claim waits for in vain.
     """

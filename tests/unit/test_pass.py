@@ -121,6 +121,23 @@ async def test_first_pass_creates_the_token_and_every_child_then_a_settled_pass_
     assert sum(w.port.requests.values()) == requests, "a settled pass sends no request at all"
 
 
+async def test_a_new_resource_costs_one_status_write_until_its_children_change() -> None:
+    """The pass that creates the children writes the status; the passes their watch events
+    bring (children now cached, unchanged) write none: a creation adds no note that the next
+    pass would have to remove (one status write per new resource less)."""
+    w = World()
+    w.memory("a")
+    await w.run("a")
+    status_writes = [x for x in w.port.writes if x[0] == "patch_status"]
+    assert len(status_writes) == 1
+    assert w.status("a")["phase"] == "Pending"
+    reconciling = w.condition("a", "Reconciling")
+    assert reconciling is not None and reconciling["status"] == "True"
+    assert reconciling["reason"] == "WaitingForStorage"
+    await w.settle("a")
+    assert [x for x in w.port.writes if x[0] == "patch_status"] == status_writes
+
+
 async def test_created_fields_are_handed_to_apply_at_the_first_change_only() -> None:
     """A create records its fields under an Update entry; handing them to Apply costs a write
     per child, so it is done only before the first apply that changes the child (never for a
