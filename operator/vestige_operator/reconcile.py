@@ -132,7 +132,9 @@ class Reconciler:
         self._grants: Mapping[str, Iterable[Mapping[str, Any]]] = {}
         self._backups: BackupView | None = None
         self._storage_class_check_logged = False
-        self._written: dict[str, dict[str, Any]] = {}  # owner uid -> last status written
+        #: owner uid -> (resourceVersion, status) of the last status written, until the watch
+        #: cache shows that very version (then the cached status is the same and this is dropped).
+        self._written: dict[str, tuple[str | None, dict[str, Any]]] = {}
         #: uids still in a watch cache whose objects are known to be gone (see verify_caches).
         self._ghosts: set[str] = set()
         self.ready = asyncio.Event()
@@ -188,7 +190,7 @@ class Reconciler:
         for key in self.keys():
             owner = self._owner(key) or {}
             uid = _uid(owner) or ""
-            phase = (self._written.get(uid) or owner.get("status") or {}).get("phase") or "Unknown"
+            phase = self._last_status(uid, owner).get("phase") or "Unknown"
             counts[phase] = counts.get(phase, 0) + 1
         return counts
 
@@ -268,6 +270,21 @@ class Reconciler:
             return None
         return next((o for o in self._owners.get(key, ()) if _uid(o) not in self._ghosts), None)
 
+    def _last_status(self, uid: str, body: Mapping[str, Any], *, settle: bool = False) -> Mapping[str, Any]:
+        """The newest status known of a resource: the one this replica last wrote while the watch
+        cache does not show it yet, else the cached one. ``settle``: forget the written one once the
+        cache shows its very resourceVersion (it then holds the same status)."""
+        cached = body.get("status") or {}
+        written = self._written.get(uid)
+        if written is None:
+            return cached
+        version, status = written
+        if version is not None and version == (body.get("metadata") or {}).get("resourceVersion"):
+            if settle:
+                del self._written[uid]
+            return cached
+        return status
+
     def _cached(self, kind: str, key: Key) -> list[Mapping[str, Any]]:
         return unpacked(self._children.get(kind, {}), key, self._ghosts)
 
@@ -286,7 +303,7 @@ class Reconciler:
         meta = body["metadata"]
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])
         generation = int(meta.get("generation") or 0)
-        previous = self._written.get(owner.uid, body.get("status") or {})
+        previous = self._last_status(owner.uid, body, settle=True)
         try:
             spec = VestigeMemorySpec.model_validate(body.get("spec") or {})
         except ValidationError as exc:
@@ -517,7 +534,10 @@ class Reconciler:
         result = await self.port.patch_status(owner.namespace, owner.name, owner.uid, patch)
         if result is None:
             return  # deleted or replaced meanwhile
-        self._written[owner.uid] = result.get("status") or new
+        self._written[owner.uid] = (
+            (result.get("metadata") or {}).get("resourceVersion"),
+            result.get("status") or new,
+        )
         for event in transition_events(owner, previous, new, self._clock()):
             await self.port.post_event(event)
         changed = changed_conditions(previous.get("conditions") or [], new["conditions"])
