@@ -25,14 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import kopf
 
 from vestige_operator import GRANT_PLURAL, GROUP, PLURAL, VERSION
 from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
-from vestige_operator.caches import pack_child, trim_owner
+from vestige_operator.caches import PACKED, pack_child, slim_child, trim_owner
 from vestige_operator.children import ingress_claim
 from vestige_operator.leader import Elector, Leadership
 from vestige_operator.reconcile import Reconciler
@@ -85,8 +85,39 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+def slim_children_events() -> None:
+    """Replace every watched child, as kopf's watch yields it (listing and stream), with its
+    ``caches.slim_child`` stub, before kopf holds it anywhere.
+
+    kopf has no transform hook: this wraps its ``watching.continuous_watch``, which
+    ``infinite_watch`` calls by its global name for every listing and watch
+    (tests/unit/test_handlers.py fails if a kopf release changes that). Idempotent.
+    """
+    from kopf._cogs.clients import watching  # private: no public hook exists
+
+    original = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
+    children = {(group, plural) for group, _, plural, _ in CHILD_RESOURCES.values()}
+
+    async def continuous_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        stream = original(resource=resource, **kwargs)
+        slim = (resource.group, resource.plural) in children
+        try:
+            async for event in stream:
+                if slim and isinstance(event, dict) and event.get("type") not in ("ERROR", "BOOKMARK"):
+                    obj = event.get("object")
+                    if isinstance(obj, dict) and obj.get("metadata"):
+                        event["object"] = slim_child(obj)
+                yield event
+        finally:
+            await stream.aclose()
+
+    continuous_watch.__wrapped__ = original  # type: ignore[attr-defined]
+    watching.continuous_watch = continuous_watch
+
+
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """kopf settings that keep the operator light and silent on the objects it watches."""
+    slim_children_events()
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.peering.standalone = True
     settings.networking.error_backoffs = RetryForever()
@@ -138,7 +169,10 @@ def register(
 
     def child_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
         instance = labels.get(LABEL_INSTANCE)
-        return {(namespace, instance): pack_child(body)} if instance else {}
+        if not instance:
+            return {}
+        # Packed by the watch (slim_children_events); a body from elsewhere is packed here.
+        return {(namespace, instance): body.get(PACKED) or pack_child(body)}
 
     async def child_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
         reconciler.ready.set()

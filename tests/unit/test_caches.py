@@ -5,7 +5,16 @@ from __future__ import annotations
 import base64
 import json
 
-from vestige_operator.caches import Packed, cached_uids, compact, pack_child, trim, unpacked
+from vestige_operator.caches import (
+    PACKED,
+    Packed,
+    cached_uids,
+    compact,
+    pack_child,
+    slim_child,
+    trim,
+    unpacked,
+)
 
 
 def _deployment(name: str) -> dict:
@@ -106,3 +115,19 @@ def test_cached_uids_collects_every_uid_of_a_cache() -> None:
     assert cached_uids(children) == {"uid-a", "uid-b"}
     owners = {("ns", "a"): [{"metadata": {"uid": "o-a"}}], ("ns", "b"): [{"metadata": {"name": "b"}}]}
     assert cached_uids(owners) == {"o-a"}
+
+
+def test_a_slim_secret_gives_kopf_no_value_of_it() -> None:
+    token = "s3cr3t-token-value"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "a-auth", "uid": "u1", "annotations": {"vestige.dev/rotated-at": "t"}},
+        "data": {"token": base64.b64encode(token.encode()).decode()},
+        "type": "Opaque",
+    }
+    stub = slim_child(secret)
+    assert stub["metadata"] == secret["metadata"]
+    assert stub[PACKED].uid == "u1"
+    kept = json.dumps({k: v for k, v in stub.items() if k != PACKED}) + json.dumps(stub[PACKED].unpack())
+    assert token not in kept and secret["data"]["token"] not in kept

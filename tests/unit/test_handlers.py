@@ -3,8 +3,13 @@ base (the "last handled" state of create/update handlers) may be switched off.""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import AsyncIterator
+from typing import Any
+
 import kopf
 from vestige_operator import handlers
+from vestige_operator.caches import PACKED, trim
 
 from tests.unit.test_pass import World
 
@@ -37,3 +42,78 @@ def test_the_diff_base_is_never_built_nor_stored() -> None:
     patch = kopf.Patch()
     storage.store(body=body, patch=patch, essence=kopf.BodyEssence())
     assert not patch
+
+
+def _deployment() -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "a",
+            "namespace": "ns",
+            "uid": "u-a",
+            "resourceVersion": "7",
+            "labels": {"app.kubernetes.io/instance": "a"},
+            "managedFields": [{"manager": "vestige-operator", "operation": "Update", "fieldsV1": {}}],
+        },
+        "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "vestige"}]}}},
+        "status": {"availableReplicas": 1},
+    }
+
+
+async def _through_watch(resource: Any, events: list[Any]) -> list[Any]:
+    """The events kopf's listing/watch would yield for ``resource``, as the operator slims them."""
+    from kopf._cogs.clients import watching
+
+    real = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
+
+    async def fake(*, resource: Any, **_: Any) -> AsyncIterator[Any]:
+        for event in events:
+            yield event
+
+    try:
+        watching.continuous_watch = fake
+        handlers.slim_children_events()
+        handlers.slim_children_events()  # idempotent: wrapped once
+        assert watching.continuous_watch.__wrapped__ is fake  # type: ignore[attr-defined]
+        return [e async for e in watching.continuous_watch(resource=resource, namespace="ns")]
+    finally:
+        watching.continuous_watch = real
+
+
+def test_kopf_lists_and_watches_through_continuous_watch_by_its_global_name() -> None:
+    from kopf._cogs.clients import watching
+
+    assert "continuous_watch" in watching.infinite_watch.__code__.co_names
+
+
+async def test_watched_children_reach_kopf_as_stubs_with_their_packed_entry() -> None:
+    from kopf._cogs.clients import watching
+    from kopf._cogs.structs.references import Resource
+
+    raw = _deployment()
+    error = {"type": "ERROR", "object": {"code": 410}}
+    out = await _through_watch(
+        Resource("apps", "v1", "deployments"),
+        [watching.Bookmark.LISTED, {"type": None, "object": copy.deepcopy(raw)}, error],
+    )
+    assert out[0] is watching.Bookmark.LISTED and out[2] == error
+    stub = out[1]["object"]
+    assert set(stub) == {"apiVersion", "kind", "metadata", PACKED}
+    assert stub["metadata"] == {k: v for k, v in raw["metadata"].items() if k != "managedFields"}
+    assert stub[PACKED].unpack() == trim(raw)
+
+
+async def test_other_watched_kinds_reach_kopf_whole() -> None:
+    from kopf._cogs.structs.references import Resource
+
+    body = {
+        "apiVersion": "vestige.dev/v1alpha1",
+        "kind": "VestigeMemory",
+        "metadata": {"name": "a"},
+        "spec": {},
+    }
+    out = await _through_watch(
+        Resource("vestige.dev", "v1alpha1", "vestigememories"), [{"type": "ADDED", "object": body}]
+    )
+    assert out == [{"type": "ADDED", "object": body}]
