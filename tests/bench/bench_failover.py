@@ -104,7 +104,8 @@ class Replica:
         )
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+        # A standby busy with its first listing (30,000 objects at N = 5,000) answers late.
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=60) as resp:
             return str(resp.read().decode())
 
 
