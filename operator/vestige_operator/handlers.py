@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -41,6 +42,8 @@ from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGE
 OWNER_INDEX = "vestige_owners"
 HOST_INDEX = "vestige_ingress_hosts"
 GRANT_INDEX = "vestige_backup_grants"
+
+logger = logging.getLogger("vestige_operator.handlers")
 
 #: kind -> (group, version, plural, index id) of every child kind the operator manages.
 CHILD_RESOURCES: Mapping[str, tuple[str, str, str, str]] = {
@@ -85,31 +88,43 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-def slim_children_events() -> None:
-    """Replace every watched child, as kopf's watch yields it (listing and stream), with its
-    ``caches.slim_child`` stub, before kopf holds it anywhere.
+def wrap_kopf_watch() -> None:
+    """Two changes to what kopf's listing and watch of each kind yield (kopf has no hook for
+    either: this wraps its ``watching.continuous_watch``, which ``infinite_watch`` calls by its
+    global name for every listing and watch; tests/unit/test_handlers.py fails if a kopf release
+    changes that). Idempotent.
 
-    kopf has no transform hook: this wraps its ``watching.continuous_watch``, which
-    ``infinite_watch`` calls by its global name for every listing and watch
-    (tests/unit/test_handlers.py fails if a kopf release changes that). Idempotent.
+    - Every watched child becomes its ``caches.slim_child`` stub before kopf holds it anywhere.
+    - A paged listing whose continue token expired (HTTP 410: it took longer than the API server
+      keeps the listing's snapshot, ~5 minutes; a standby listing 30,000 objects on a busy
+      machine did) is started again, as client-go's reflector does. kopf would end the operator.
     """
-    from kopf._cogs.clients import watching  # private: no public hook exists
+    from kopf._cogs.clients import errors, watching  # private: no public hook exists
 
     original = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
     children = {(group, plural) for group, _, plural, _ in CHILD_RESOURCES.values()}
 
     async def continuous_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        stream = original(resource=resource, **kwargs)
         slim = (resource.group, resource.plural) in children
-        try:
-            async for event in stream:
-                if slim and isinstance(event, dict) and event.get("type") not in ("ERROR", "BOOKMARK"):
-                    obj = event.get("object")
-                    if isinstance(obj, dict) and obj.get("metadata"):
-                        event["object"] = slim_child(obj)
-                yield event
-        finally:
-            await stream.aclose()
+        while True:
+            listed = False
+            stream = original(resource=resource, **kwargs)
+            try:
+                async for event in stream:
+                    if event is watching.Bookmark.LISTED:
+                        listed = True
+                    elif slim and isinstance(event, dict) and event.get("type") not in ("ERROR", "BOOKMARK"):
+                        obj = event.get("object")
+                        if isinstance(obj, dict) and obj.get("metadata"):
+                            event["object"] = slim_child(obj)
+                    yield event
+                return
+            except errors.APIClientError as exc:
+                if exc.status != 410 or listed:
+                    raise
+                logger.warning("the listing of %s expired before it ended; listing again", resource.plural)
+            finally:
+                await stream.aclose()
 
     continuous_watch.__wrapped__ = original  # type: ignore[attr-defined]
     watching.continuous_watch = continuous_watch
@@ -117,7 +132,7 @@ def slim_children_events() -> None:
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """kopf settings that keep the operator light and silent on the objects it watches."""
-    slim_children_events()
+    wrap_kopf_watch()
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.peering.standalone = True
     settings.networking.error_backoffs = RetryForever()
@@ -171,7 +186,7 @@ def register(
         instance = labels.get(LABEL_INSTANCE)
         if not instance:
             return {}
-        # Packed by the watch (slim_children_events); a body from elsewhere is packed here.
+        # Packed by the watch (wrap_kopf_watch); a body from elsewhere is packed here.
         return {(namespace, instance): body.get(PACKED) or pack_child(body)}
 
     async def child_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import kopf
+import pytest
 from vestige_operator import handlers
 from vestige_operator.caches import PACKED, trim
 
@@ -61,20 +62,25 @@ def _deployment() -> dict[str, Any]:
     }
 
 
-async def _through_watch(resource: Any, events: list[Any]) -> list[Any]:
-    """The events kopf's listing/watch would yield for ``resource``, as the operator slims them."""
+async def _through_watch(resource: Any, *runs: list[Any]) -> list[Any]:
+    """The events kopf's listing/watch would yield for ``resource``, as the operator changes
+    them; each call of kopf's ``continuous_watch`` yields the next of ``runs`` (an exception in
+    a run is raised there)."""
     from kopf._cogs.clients import watching
 
     real = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
+    calls = iter(runs)
 
     async def fake(*, resource: Any, **_: Any) -> AsyncIterator[Any]:
-        for event in events:
+        for event in next(calls):
+            if isinstance(event, BaseException):
+                raise event
             yield event
 
     try:
         watching.continuous_watch = fake
-        handlers.slim_children_events()
-        handlers.slim_children_events()  # idempotent: wrapped once
+        handlers.wrap_kopf_watch()
+        handlers.wrap_kopf_watch()  # idempotent: wrapped once
         assert watching.continuous_watch.__wrapped__ is fake  # type: ignore[attr-defined]
         return [e async for e in watching.continuous_watch(resource=resource, namespace="ns")]
     finally:
@@ -117,3 +123,33 @@ async def test_other_watched_kinds_reach_kopf_whole() -> None:
         Resource("vestige.dev", "v1alpha1", "vestigememories"), [{"type": "ADDED", "object": body}]
     )
     assert out == [{"type": "ADDED", "object": body}]
+
+
+def _gone() -> Exception:
+    from kopf._cogs.clients import errors
+
+    return errors.APIClientError({"code": 410, "message": "continue too old"}, status=410, headers={})
+
+
+async def test_an_expired_listing_is_listed_again() -> None:
+    from kopf._cogs.clients import watching
+    from kopf._cogs.structs.references import Resource
+
+    first = {"type": None, "object": {"metadata": {"name": "a", "uid": "1"}}}
+    second = {"type": None, "object": {"metadata": {"name": "b", "uid": "2"}}}
+    out = await _through_watch(
+        Resource("vestige.dev", "v1alpha1", "vestigememories"),
+        [first, _gone()],
+        [first, second, watching.Bookmark.LISTED],
+    )
+    assert out == [first, first, second, watching.Bookmark.LISTED]
+
+
+async def test_a_410_after_the_listing_is_kopfs_to_handle() -> None:
+    from kopf._cogs.clients import errors, watching
+    from kopf._cogs.structs.references import Resource
+
+    with pytest.raises(errors.APIClientError):
+        await _through_watch(
+            Resource("vestige.dev", "v1alpha1", "vestigememories"), [watching.Bookmark.LISTED, _gone()]
+        )
