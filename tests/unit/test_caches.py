@@ -33,6 +33,20 @@ def _deployment(name: str) -> dict:
     }
 
 
+TOKEN = "s3cr3t-token-value"
+
+
+def _secret(**annotations: str) -> dict:
+    """The operator's token Secret as the API server returns it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "a-auth", "uid": "u1", **({"annotations": annotations} if annotations else {})},
+        "data": {"token": base64.b64encode(TOKEN.encode()).decode()},
+        "type": "Opaque",
+    }
+
+
 def test_compact_is_an_equal_deep_copy_that_shares_short_strings() -> None:
     # Parsed separately, as two watch events are: equal strings are distinct objects.
     a = json.loads(json.dumps(_deployment("a")))
@@ -63,17 +77,11 @@ def test_compact_leaves_long_strings_and_other_values_alone() -> None:
 def test_trim_drops_managed_fields_and_never_keeps_secret_values() -> None:
     deployment = trim(_deployment("a"))
     assert "managedFields" not in deployment["metadata"]
-    token = "s3cr3t-token-value"
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "a-auth", "uid": "u1"},
-        "data": {"token": base64.b64encode(token.encode()).decode()},
-    }
+    secret = _secret()
     kept = trim(secret)
     assert "data" not in kept and "stringData" not in kept
     assert set(kept["tokenHashes"]) == {"token"}
-    assert token not in json.dumps(kept) and secret["data"]["token"] not in json.dumps(kept)
+    assert TOKEN not in json.dumps(kept) and secret["data"]["token"] not in json.dumps(kept)
 
 
 def test_a_packed_child_unpacks_to_its_trim_and_is_smaller() -> None:
@@ -86,17 +94,11 @@ def test_a_packed_child_unpacks_to_its_trim_and_is_smaller() -> None:
 
 
 def test_a_packed_secret_holds_no_value_of_it() -> None:
-    token = "s3cr3t-token-value"
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "a-auth", "uid": "u1"},
-        "data": {"token": base64.b64encode(token.encode()).decode()},
-    }
+    secret = _secret()
     packed = pack_child(secret)
     assert "data" not in packed.unpack()
     kept = json.dumps(packed.unpack())
-    assert token not in kept and secret["data"]["token"] not in kept
+    assert TOKEN not in kept and secret["data"]["token"] not in kept
 
 
 def test_unpacked_gives_the_children_of_a_key_without_the_skipped_uids() -> None:
@@ -118,16 +120,9 @@ def test_cached_uids_collects_every_uid_of_a_cache() -> None:
 
 
 def test_a_slim_secret_gives_kopf_no_value_of_it() -> None:
-    token = "s3cr3t-token-value"
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "a-auth", "uid": "u1", "annotations": {"vestige.dev/rotated-at": "t"}},
-        "data": {"token": base64.b64encode(token.encode()).decode()},
-        "type": "Opaque",
-    }
+    secret = _secret(**{"vestige.dev/rotated-at": "t"})
     stub = slim_child(secret)
     assert stub["metadata"] == secret["metadata"]
     assert stub[PACKED].uid == "u1"
     kept = json.dumps({k: v for k, v in stub.items() if k != PACKED}) + json.dumps(stub[PACKED].unpack())
-    assert token not in kept and secret["data"]["token"] not in kept
+    assert TOKEN not in kept and secret["data"]["token"] not in kept
