@@ -176,4 +176,4 @@ def unpacked(cache: Cache, key: Key, skip: AbstractSet[str] = frozenset()) -> li
     """The children cached under ``key`` as dicts, without those whose uid is in ``skip``."""
     if key not in cache:
         return []
-    return [entry.unpack() for entry in list(cache.get(key, ())) if entry.uid not in skip]
+    return [entry.unpack() for entry in list(cache[key]) if entry.uid not in skip]
