@@ -130,6 +130,25 @@ def slim_child(raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: An annotation kubectl apply writes: a second copy of the whole spec that nothing here reads.
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def slim_owner(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """What kopf gets of a watched VestigeMemory: the object without ``managedFields`` and
+    kubectl's last-applied annotation, which no handler reads.
+
+    Together they are most of a resource's JSON once the operator writes its status (one field
+    set per manager and subresource), and kopf holds every event's object while it waits.
+    """
+    meta = raw.get("metadata") or {}
+    annotations = meta.get("annotations")
+    slim_meta = {k: v for k, v in meta.items() if k != "managedFields"}
+    if annotations and LAST_APPLIED in annotations:
+        slim_meta["annotations"] = {k: v for k, v in annotations.items() if k != LAST_APPLIED}
+    return {**raw, "metadata": slim_meta}
+
+
 #: The only annotations of a VestigeMemory the caches keep (the rotation request).
 OWNER_ANNOTATIONS = (tokens.ANNOTATION_ROTATE, tokens.ANNOTATION_ROTATE_GRACE)
 

@@ -26,14 +26,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import kopf
 
 from vestige_operator import GRANT_PLURAL, GROUP, PLURAL, VERSION
 from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
-from vestige_operator.caches import PACKED, pack_child, slim_child, trim_owner
+from vestige_operator.caches import PACKED, pack_child, slim_child, slim_owner, trim_owner
 from vestige_operator.children import ingress_claim
 from vestige_operator.leader import Elector, Leadership
 from vestige_operator.reconcile import Reconciler
@@ -94,7 +94,8 @@ def wrap_kopf_watch() -> None:
     global name for every listing and watch; tests/unit/test_handlers.py fails if a kopf release
     changes that). Idempotent.
 
-    - Every watched child becomes its ``caches.slim_child`` stub before kopf holds it anywhere.
+    - Every watched child becomes its ``caches.slim_child`` stub before kopf holds it anywhere,
+      every VestigeMemory its ``caches.slim_owner`` (no managedFields).
     - A paged listing whose continue token expired (HTTP 410: it took longer than the API server
       keeps the listing's snapshot, ~5 minutes; a standby listing 30,000 objects on a busy
       machine did) is started again, as client-go's reflector does. kopf would end the operator.
@@ -102,10 +103,13 @@ def wrap_kopf_watch() -> None:
     from kopf._cogs.clients import errors, watching  # private: no public hook exists
 
     original = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
-    children = {(group, plural) for group, _, plural, _ in CHILD_RESOURCES.values()}
+    slimmers: dict[tuple[str, str], Callable[[Mapping[str, Any]], dict[str, Any]]] = {
+        (group, plural): slim_child for group, _, plural, _ in CHILD_RESOURCES.values()
+    }
+    slimmers[GROUP, PLURAL] = slim_owner
 
     async def continuous_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        slim = (resource.group, resource.plural) in children
+        slim = slimmers.get((resource.group, resource.plural))
         while True:
             listed = False
             stream = original(resource=resource, **kwargs)
@@ -116,7 +120,7 @@ def wrap_kopf_watch() -> None:
                     elif slim and isinstance(event, dict) and event.get("type") not in ("ERROR", "BOOKMARK"):
                         obj = event.get("object")
                         if isinstance(obj, dict) and obj.get("metadata"):
-                            event["object"] = slim_child(obj)
+                            event["object"] = slim(obj)
                     yield event
                 return
             except errors.APIClientError as exc:

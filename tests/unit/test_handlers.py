@@ -10,7 +10,8 @@ from typing import Any
 import kopf
 import pytest
 from vestige_operator import handlers
-from vestige_operator.caches import PACKED, trim
+from vestige_operator.caches import LAST_APPLIED, PACKED, trim, trim_owner
+from vestige_operator.tokens import ANNOTATION_ROTATE
 
 from tests.unit.test_pass import World
 
@@ -110,17 +111,48 @@ async def test_watched_children_reach_kopf_as_stubs_with_their_packed_entry() ->
     assert stub[PACKED].unpack() == trim(raw)
 
 
+async def test_watched_memories_reach_kopf_without_managed_fields_or_last_applied() -> None:
+    from kopf._cogs.structs.references import Resource
+
+    meta = {
+        "name": "a",
+        "namespace": "team-a",
+        "uid": "u1",
+        "resourceVersion": "7",
+        "labels": {"team": "a"},
+        "finalizers": ["x"],
+        "annotations": {LAST_APPLIED: '{"spec": {}}', ANNOTATION_ROTATE: "now"},
+        "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+    }
+    body = {
+        "apiVersion": "vestige.dev/v1alpha1",
+        "kind": "VestigeMemory",
+        "metadata": meta,
+        "spec": {"storage": {"size": "1Gi"}},
+        "status": {"phase": "Ready"},
+    }
+    out = await _through_watch(
+        Resource("vestige.dev", "v1alpha1", "vestigememories"),
+        [{"type": "ADDED", "object": copy.deepcopy(body)}],
+    )
+    slim = out[0]["object"]
+    kept = {k: v for k, v in meta.items() if k != "managedFields"}
+    assert slim == {**body, "metadata": {**kept, "annotations": {ANNOTATION_ROTATE: "now"}}}
+    # What the caches keep of it is what they keep of the whole object.
+    assert trim_owner(slim) == trim_owner(body)
+
+
 async def test_other_watched_kinds_reach_kopf_whole() -> None:
     from kopf._cogs.structs.references import Resource
 
     body = {
         "apiVersion": "vestige.dev/v1alpha1",
-        "kind": "VestigeMemory",
-        "metadata": {"name": "a"},
+        "kind": "VestigeBackup",
+        "metadata": {"name": "a", "managedFields": [{"manager": "kubectl"}]},
         "spec": {},
     }
     out = await _through_watch(
-        Resource("vestige.dev", "v1alpha1", "vestigememories"), [{"type": "ADDED", "object": body}]
+        Resource("vestige.dev", "v1alpha1", "vestigebackups"), [{"type": "ADDED", "object": body}]
     )
     assert out == [{"type": "ADDED", "object": body}]
 
