@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import kopf
+from kopf._core.reactor import inventory  # private: kopf.run(memories=) takes one
 
 from vestige_operator import GRANT_PLURAL, GROUP, PLURAL, VERSION
 from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
@@ -86,6 +87,30 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
+
+
+class NoMemories(inventory.ResourceMemories):
+    """kopf's per-object memories, never kept between events.
+
+    kopf keeps one ``ResourceMemory`` per watched object until it is deleted (~0.8 KiB of small
+    long-lived objects each: at 5,000 agents 30,000 of them, allocated in the event bursts and
+    pinning the allocator's arenas). Its fields serve what the operator does not use: daemons and
+    timers, create/update/resume handlers, admission, retries of a failing index function, the
+    per-object ``memo``. With only indexes and ``on.event`` handlers (tests/unit/test_handlers.py)
+    a memory made for one event and dropped with it loses nothing.
+    """
+
+    async def recall(
+        self,
+        raw_body: Any,
+        *,
+        memobase: Any = None,
+        noticed_by_listing: bool = False,
+        ephemeral: bool = False,
+    ) -> inventory.ResourceMemory:
+        return await super().recall(
+            raw_body, memobase=memobase, noticed_by_listing=noticed_by_listing, ephemeral=True
+        )
 
 
 def wrap_kopf_watch() -> None:

@@ -18,7 +18,7 @@ import kopf
 from vestige_operator import __version__, metrics
 from vestige_operator.cluster import Cluster, make_api_client
 from vestige_operator.config import ConfigError, OperatorConfig
-from vestige_operator.handlers import configure_settings, register
+from vestige_operator.handlers import NoMemories, configure_settings, register
 from vestige_operator.leader import Elector, Leadership, candidate_identity
 from vestige_operator.reconcile import Reconciler
 
@@ -194,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
             namespaces=config.namespaces,
             liveness_endpoint=config.liveness_endpoint or None,
             identity=own_identity(),
+            memories=NoMemories(),
         )
     except Exception:
         logger.exception("the operator stopped on an error")

@@ -27,8 +27,19 @@ def test_only_indexes_and_event_handlers_watch_resources() -> None:
     # kopf's diff base (switched off by configure_settings) would be needed by any of these.
     assert not registry._changing.get_all_handlers()
     assert not registry._spawning.get_all_handlers()
+    assert not registry._webhooks.get_all_handlers()
     assert registry._watching.get_all_handlers()
     assert registry._indexing.get_all_handlers()
+
+
+async def test_kopf_keeps_no_memory_of_an_object_between_events() -> None:
+    # Safe only with the handlers above: no daemons, timers, changing handlers or webhooks.
+    memories = handlers.NoMemories()
+    body = {"metadata": {"uid": "u1", "name": "a", "namespace": "ns"}}
+    first = await memories.recall(body, noticed_by_listing=True)
+    second = await memories.recall(body)
+    assert first is not second and first.noticed_by_listing and not second.noticed_by_listing
+    assert not list(memories.iter_all_memories())
 
 
 def test_the_diff_base_is_never_built_nor_stored() -> None:
