@@ -121,9 +121,12 @@ def wrap_kopf_watch() -> None:
 
     - Every watched child becomes its ``caches.slim_child`` stub before kopf holds it anywhere,
       every VestigeMemory its ``caches.slim_owner`` (no managedFields).
-    - A paged listing whose continue token expired (HTTP 410: it took longer than the API server
-      keeps the listing's snapshot, ~5 minutes; a standby listing 30,000 objects on a busy
-      machine did) is started again, as client-go's reflector does. kopf would end the operator.
+    - A listing reaches kopf only once it is whole: its pages are read back to back (a listing
+      fed to kopf object by object waits on every object's new worker task: a standby listing
+      30,000 objects took over 5 minutes) and an aborted listing never reaches kopf.
+    - A paged listing whose continue token expired anyway (HTTP 410: it took longer than the API
+      server keeps the listing's snapshot, ~5 minutes) is started again, as client-go's reflector
+      does. kopf would end the operator.
     """
     from kopf._cogs.clients import errors, watching  # private: no public hook exists
 
@@ -136,20 +139,25 @@ def wrap_kopf_watch() -> None:
     async def continuous_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
         slim = slimmers.get((resource.group, resource.plural))
         while True:
-            listed = False
+            listing: list[Any] | None = []  # the listing's events until it is whole, then None
             stream = original(resource=resource, **kwargs)
             try:
                 async for event in stream:
-                    if event is watching.Bookmark.LISTED:
-                        listed = True
+                    if event is watching.Bookmark.LISTED and listing is not None:
+                        for listed in listing:
+                            yield listed
+                        listing = None
                     elif slim and isinstance(event, dict) and event.get("type") not in ("ERROR", "BOOKMARK"):
                         obj = event.get("object")
                         if isinstance(obj, dict) and obj.get("metadata"):
                             event["object"] = slim(obj)
-                    yield event
+                    if listing is not None and isinstance(event, dict) and event.get("type") is None:
+                        listing.append(event)
+                    else:
+                        yield event
                 return
             except errors.APIClientError as exc:
-                if exc.status != 410 or listed:
+                if exc.status != 410 or listing is None:
                     raise
                 logger.warning("the listing of %s expired before it ended; listing again", resource.plural)
             finally:

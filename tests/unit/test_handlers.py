@@ -185,7 +185,35 @@ async def test_an_expired_listing_is_listed_again() -> None:
         [first, _gone()],
         [first, second, watching.Bookmark.LISTED],
     )
-    assert out == [first, first, second, watching.Bookmark.LISTED]
+    # The aborted listing never reached kopf: each object once.
+    assert out == [first, second, watching.Bookmark.LISTED]
+
+
+async def test_a_listing_reaches_kopf_whole_and_watch_events_at_once() -> None:
+    from kopf._cogs.clients import watching
+    from kopf._cogs.structs.references import Resource
+
+    listed = [{"type": None, "object": {"metadata": {"name": n, "uid": n}}} for n in "ab"]
+    added = {"type": "ADDED", "object": {"metadata": {"name": "c", "uid": "c"}}}
+    seen: list[Any] = []
+    real = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
+
+    async def fake(*, resource: Any, **_: Any) -> AsyncIterator[Any]:
+        for event in [*listed, watching.Bookmark.LISTED, added]:
+            seen.append(event)
+            yield event
+
+    try:
+        watching.continuous_watch = fake
+        handlers.wrap_kopf_watch()
+        stream = watching.continuous_watch(resource=Resource("vestige.dev", "v1alpha1", "vestigebackups"))
+        first = await anext(stream)
+        # kopf got the first listed object only after the whole listing was read.
+        assert first == listed[0] and seen == [*listed, watching.Bookmark.LISTED]
+        rest = [e async for e in stream]
+    finally:
+        watching.continuous_watch = real
+    assert rest == [listed[1], watching.Bookmark.LISTED, added]
 
 
 async def test_a_410_after_the_listing_is_kopfs_to_handle() -> None:
