@@ -208,6 +208,7 @@ def render() -> str:
         lines += _table(
             [
                 "N",
+                "leader convergence s",
                 "leader idle: writes (resyncs)",
                 "leader CPU s / resync",
                 "leader RSS MiB (peak)",
@@ -215,7 +216,7 @@ def render() -> str:
                 "Lease taken s",
                 "change applied s",
                 "full resync done s",
-                "new leader RSS MiB",
+                "new leader RSS MiB (peak, with its first listing)",
                 "date",
                 "load",
                 "commit",
@@ -223,6 +224,7 @@ def render() -> str:
             (
                 [
                     r["n"],
+                    (r.get("leader_convergence") or {}).get("seconds", "not recorded"),
                     f"**{int(sum(r['leader_idle']['writes'].values()))}** ({r['leader_idle']['resyncs']})",
                     r["leader_idle"]["cpu_seconds_per_resync"],
                     f"**{_mib(r['leader_idle']['rss_kib'])}**",
@@ -230,7 +232,7 @@ def render() -> str:
                     r["lease_seconds"],
                     f"**{r['change_applied_seconds']}**",
                     r["resync_done_seconds"],
-                    _mib(r.get("new_leader_rss_kib"), "VmRSS"),
+                    _mib(r.get("new_leader_rss_kib")),
                     r["date"],
                     _load_str(r),
                     r["versions"]["commit"],
