@@ -36,6 +36,10 @@ def _rolled_out(deployment: dict[str, Any]) -> bool:
     )
 
 
+#: The agent's own change made during the fleet rollout (its Deployment has other env vars).
+OWN_ENV = {"name": "RUST_LOG", "value": "debug"}
+
+
 def _env(deployment: dict[str, Any]) -> list[dict[str, Any]]:
     containers = deployment["spec"]["template"]["spec"]["containers"]
     return list(next(c for c in containers if c["name"] == "vestige").get("env") or [])
@@ -82,9 +86,10 @@ def test_new_default_images_roll_out_at_most_n_at_a_time(
         most_rolling = max(most_rolling, len(rolling))
         samples += 1
         if own_changed_at is None and 0 < len(new) < agents // 2:
-            patch_spec(kubectl, ns, own, {"vestige": {"env": [{"name": "RUST_LOG", "value": "debug"}]}})
+            patch_spec(kubectl, ns, own, {"vestige": {"env": [OWN_ENV]}})
             own_changed_at = time.monotonic()
-        if own_changed_at is not None and own_applied_at is None and _env(deployments[own]):
+        # (elif: this sample was read before the change)
+        elif own_changed_at is not None and own_applied_at is None and OWN_ENV in _env(deployments[own]):
             own_applied_at = time.monotonic()
             fleet_new_when_own_applied = len(new)
         memories = items(kubectl, ns, "vmem")
