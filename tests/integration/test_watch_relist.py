@@ -19,7 +19,6 @@ import base64
 import json
 import logging
 import time
-import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
@@ -50,12 +49,11 @@ def _etcd(st: cluster.ClusterState, path: str, body: dict[str, Any]) -> dict[str
         return dict(json.loads(resp.read()))
 
 
-def _compact(st: cluster.ClusterState) -> int:
-    """Compact etcd up to its current revision; that revision."""
+def _compact(st: cluster.ClusterState) -> None:
+    """Compact etcd up to its current revision."""
     key = base64.b64encode(b"/registry/namespaces/default").decode()
     revision = int(_etcd(st, "/v3/kv/range", {"key": key})["header"]["revision"])
     _etcd(st, "/v3/kv/compaction", {"revision": revision, "physical": True})
-    return revision
 
 
 def _continue_expired(kubectl: Kubectl, ns: str, token: str) -> bool:

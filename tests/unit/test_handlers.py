@@ -3,8 +3,9 @@ base (the "last handled" state of create/update handlers) may be switched off.""
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import kopf
@@ -74,10 +75,11 @@ def _deployment() -> dict[str, Any]:
     }
 
 
-async def _through_watch(resource: Any, *runs: list[Any]) -> list[Any]:
-    """The events kopf's listing/watch would yield for ``resource``, as the operator changes
-    them; each call of kopf's ``continuous_watch`` yields the next of ``runs`` (an exception in
-    a run is raised there)."""
+@contextlib.contextmanager
+def _wrapped_watch(*runs: list[Any], seen: list[Any] | None = None) -> Iterator[Any]:
+    """kopf's ``continuous_watch`` as the operator wraps it, over a fake: each call yields the
+    next of ``runs`` (an exception in a run is raised there), recording into ``seen`` what the
+    fake yielded so far."""
     from kopf._cogs.clients import watching
 
     real = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
@@ -87,6 +89,8 @@ async def _through_watch(resource: Any, *runs: list[Any]) -> list[Any]:
         for event in next(calls):
             if isinstance(event, BaseException):
                 raise event
+            if seen is not None:
+                seen.append(event)
             yield event
 
     try:
@@ -94,9 +98,15 @@ async def _through_watch(resource: Any, *runs: list[Any]) -> list[Any]:
         handlers.wrap_kopf_watch()
         handlers.wrap_kopf_watch()  # idempotent: wrapped once
         assert watching.continuous_watch.__wrapped__ is fake  # type: ignore[attr-defined]
-        return [e async for e in watching.continuous_watch(resource=resource, namespace="ns")]
+        yield watching.continuous_watch
     finally:
         watching.continuous_watch = real
+
+
+async def _through_watch(resource: Any, *runs: list[Any]) -> list[Any]:
+    """The events kopf's listing/watch would yield for ``resource``, as the operator changes them."""
+    with _wrapped_watch(*runs) as watch:
+        return [e async for e in watch(resource=resource, namespace="ns")]
 
 
 def test_kopf_lists_and_watches_through_continuous_watch_by_its_global_name() -> None:
@@ -196,23 +206,12 @@ async def test_a_listing_reaches_kopf_whole_and_watch_events_at_once() -> None:
     listed = [{"type": None, "object": {"metadata": {"name": n, "uid": n}}} for n in "ab"]
     added = {"type": "ADDED", "object": {"metadata": {"name": "c", "uid": "c"}}}
     seen: list[Any] = []
-    real = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
-
-    async def fake(*, resource: Any, **_: Any) -> AsyncIterator[Any]:
-        for event in [*listed, watching.Bookmark.LISTED, added]:
-            seen.append(event)
-            yield event
-
-    try:
-        watching.continuous_watch = fake
-        handlers.wrap_kopf_watch()
-        stream = watching.continuous_watch(resource=Resource("vestige.dev", "v1alpha1", "vestigebackups"))
+    with _wrapped_watch([*listed, watching.Bookmark.LISTED, added], seen=seen) as watch:
+        stream = watch(resource=Resource("vestige.dev", "v1alpha1", "vestigebackups"))
         first = await anext(stream)
         # kopf got the first listed object only after the whole listing was read.
         assert first == listed[0] and seen == [*listed, watching.Bookmark.LISTED]
         rest = [e async for e in stream]
-    finally:
-        watching.continuous_watch = real
     assert rest == [listed[1], watching.Bookmark.LISTED, added]
 
 
