@@ -545,9 +545,10 @@ def trim_backup(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def register_backups(
-    registry: Any, reconciler: Any, owner_index: str, deployment_index: str
+    registry: Any, reconciler: Any, owner_index: str, deployments: Cache
 ) -> BackupController:
-    """Register the backup watches and loop in ``registry`` (called by handlers.register)."""
+    """Register the backup watches and loop in ``registry`` (called by handlers.register);
+    ``deployments`` is the cache of the agents' Deployments."""
     import kopf
 
     from vestige_operator import BACKUP_PLURAL
@@ -597,7 +598,7 @@ def register_backups(
             owners=kwargs[owner_index],
             backups=kwargs[BACKUP_INDEX],
             jobs=kwargs[JOB_INDEX],
-            deployments=kwargs[deployment_index],
+            deployments=deployments,
         )
         tasks.append(asyncio.get_running_loop().create_task(controller.tick_forever(), name="backup-tick"))
 

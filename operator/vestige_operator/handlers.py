@@ -6,9 +6,13 @@ finalizer, which would mean writes on every change and a VestigeMemory that cann
 while the operator is down. Here kopf writes nothing to any object; create, update and resume
 (the initial listing) all arrive as events, and a single resync loop replaces per-object timers.
 
-- Indexes (kopf's watch caches, complete before any handler runs) hold the VestigeMemory
-  resources and the operator's children, keyed by (namespace, owner name); children are watched
-  with a server-side label selector ``app.kubernetes.io/managed-by=vestige-operator``.
+- kopf indexes (watch caches, complete before any handler runs) hold the VestigeMemory resources,
+  keyed by (namespace, name). The operator's children are watched by kopf with a server-side
+  label selector ``app.kubernetes.io/managed-by=vestige-operator``, but their events go to
+  ``child_cache.ChildFeed`` caches (``wrap_kopf_watch``), never to kopf's per-object workers: at
+  5,000 agents kopf's own indexing of 25,000 children kept a starting replica busy for over
+  10 minutes. Each child kind still has a kopf index that nothing fills: it holds kopf's handlers
+  until that kind's listing is in its cache, as kopf's own indexes did.
 - Any event of a VestigeMemory or of one of its children requests a reconcile of that
   VestigeMemory (coalesced), so Deployment rollouts and PVC binding refresh the status and a
   deleted or edited child is restored at once, not only at the next resync.
@@ -34,11 +38,12 @@ from kopf._core.reactor import inventory  # private: kopf.run(memories=) takes o
 
 from vestige_operator import GRANT_PLURAL, GROUP, PLURAL, VERSION
 from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
-from vestige_operator.caches import PACKED, pack_child, slim_child, slim_owner, trim_owner
+from vestige_operator.caches import slim_child, slim_owner, trim_owner
+from vestige_operator.child_cache import ChildFeed
 from vestige_operator.children import ingress_claim
 from vestige_operator.leader import Elector, Leadership
 from vestige_operator.reconcile import Reconciler
-from vestige_operator.vocabulary import LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR
+from vestige_operator.vocabulary import LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR
 
 OWNER_INDEX = "vestige_owners"
 HOST_INDEX = "vestige_ingress_hosts"
@@ -46,7 +51,8 @@ GRANT_INDEX = "vestige_backup_grants"
 
 logger = logging.getLogger("vestige_operator.handlers")
 
-#: kind -> (group, version, plural, index id) of every child kind the operator manages.
+#: kind -> (group, version, plural, index id) of every child kind the operator manages (the kopf
+#: index is the one nothing fills: see the module's docstring).
 CHILD_RESOURCES: Mapping[str, tuple[str, str, str, str]] = {
     "Secret": ("", "v1", "secrets", "children_secrets"),
     "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims", "children_pvcs"),
@@ -113,14 +119,27 @@ class NoMemories(inventory.ResourceMemories):
         )
 
 
-def wrap_kopf_watch() -> None:
-    """Two changes to what kopf's listing and watch of each kind yield (kopf has no hook for
-    either: this wraps its ``watching.continuous_watch``, which ``infinite_watch`` calls by its
-    global name for every listing and watch; tests/unit/test_handlers.py fails if a kopf release
-    changes that). Idempotent.
+#: (group, plural) -> where the watch of that child kind goes (``feed_children``). Module-wide,
+#: as the kopf function ``wrap_kopf_watch`` replaces is.
+_child_feeds: dict[tuple[str, str], ChildFeed] = {}
 
-    - Every watched child becomes its ``caches.slim_child`` stub before kopf holds it anywhere,
-      every VestigeMemory its ``caches.slim_owner`` (no managedFields).
+
+def feed_children(feeds: Mapping[tuple[str, str], ChildFeed]) -> None:
+    """Send the listing and watch events of each (group, plural) to its feed from now on."""
+    _child_feeds.clear()
+    _child_feeds.update(feeds)
+
+
+def wrap_kopf_watch() -> None:
+    """Changes to what kopf's listing and watch of each kind yield (kopf has no hook for them:
+    this wraps its ``watching.continuous_watch``, which ``infinite_watch`` calls by its global
+    name for every listing and watch; tests/unit/test_handlers.py fails if a kopf release changes
+    that). Idempotent.
+
+    - A child kind with a feed (``feed_children``) reaches kopf only as its listing's bookmark:
+      each object becomes its ``caches.slim_child`` stub, a whole listing replaces the feed's
+      cache (just before the bookmark, which tells kopf the kind is listed), a watch event updates
+      it. Every VestigeMemory reaches kopf as its ``caches.slim_owner`` (no managedFields).
     - A listing reaches kopf only once it is whole: its pages are read back to back (a listing
       fed to kopf object by object waits on every object's new worker task: a standby listing
       30,000 objects took over 5 minutes) and an aborted listing never reaches kopf.
@@ -138,21 +157,29 @@ def wrap_kopf_watch() -> None:
 
     async def continuous_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
         slim = slimmers.get((resource.group, resource.plural))
+        feed = _child_feeds.get((resource.group, resource.plural))
         while True:
             listing: list[Any] | None = []  # the listing's events until it is whole, then None
             stream = original(resource=resource, **kwargs)
             try:
                 async for event in stream:
-                    if event is watching.Bookmark.LISTED and listing is not None:
-                        for listed in listing:
-                            yield listed
-                        listing = None
-                    elif slim and isinstance(event, dict) and event.get("type") not in ("ERROR", "BOOKMARK"):
+                    is_object = isinstance(event, dict) and event.get("type") not in ("ERROR", "BOOKMARK")
+                    if is_object and slim:
                         obj = event.get("object")
                         if isinstance(obj, dict) and obj.get("metadata"):
                             event["object"] = slim(obj)
-                    if listing is not None and isinstance(event, dict) and event.get("type") is None:
+                    if event is watching.Bookmark.LISTED and listing is not None:
+                        if feed is not None:
+                            feed.listed(listed.get("object") or {} for listed in listing)
+                        else:
+                            for listed in listing:
+                                yield listed
+                        listing = None
+                        yield event
+                    elif is_object and listing is not None and event.get("type") is None:
                         listing.append(event)
+                    elif is_object and feed is not None:
+                        feed.event(event.get("type"), event.get("object") or {})
                     else:
                         yield event
                 return
@@ -199,6 +226,9 @@ def register(
     alone (no election)."""
     lead = leadership if leadership is not None else Leadership(elect=False)
     kopf.on.login(registry=registry)(kopf.login_via_client)
+    feeds = {kind: ChildFeed(reconciler.request, reconciler.ready.is_set) for kind in CHILD_RESOURCES}
+    feed_children({(res[0], res[2]): feeds[kind] for kind, res in CHILD_RESOURCES.items()})
+    wrap_kopf_watch()  # without it the children would reach kopf's index below, not the feeds
 
     @kopf.index(GROUP, VERSION, PLURAL, id=OWNER_INDEX, registry=registry)
     def vestige_owners(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
@@ -219,25 +249,13 @@ def register(
         else:
             reconciler.request((namespace, name))
 
-    def child_index(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> dict[Any, Any]:
-        instance = labels.get(LABEL_INSTANCE)
-        if not instance:
-            return {}
-        # Packed by the watch (wrap_kopf_watch); a body from elsewhere is packed here.
-        return {(namespace, instance): body.get(PACKED) or pack_child(body)}
-
-    async def child_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
-        reconciler.ready.set()
-        instance = labels.get(LABEL_INSTANCE)
-        if instance:
-            reconciler.request((namespace, instance))
+    def listed_only(body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        # The watch sends every child to its feed; kopf only learns when the kind is listed.
+        raise RuntimeError(f"a watched child reached kopf, not its cache: {body.get('kind')}")
 
     selector = {LABEL_MANAGED_BY: MANAGED_BY}
     for group, version, plural, index_id in CHILD_RESOURCES.values():
-        kopf.index(group, version, plural, id=index_id, labels=selector, registry=registry)(child_index)
-        kopf.on.event(group, version, plural, id=f"event_{plural}", labels=selector, registry=registry)(
-            child_event
-        )
+        kopf.index(group, version, plural, id=index_id, labels=selector, registry=registry)(listed_only)
 
     @kopf.index(GROUP, VERSION, GRANT_PLURAL, id=GRANT_INDEX, registry=registry)
     def vestige_backup_grants(body: kopf.Body, namespace: str, **_: Any) -> dict[Any, Any]:
@@ -248,7 +266,7 @@ def register(
         for key in reconciler.restore_sources_in(namespace):
             reconciler.request(key)
 
-    backups = register_backups(registry, reconciler, OWNER_INDEX, CHILD_RESOURCES["Deployment"][3])
+    backups = register_backups(registry, reconciler, OWNER_INDEX, feeds["Deployment"].cache)
 
     queues = (reconciler.queue, backups.queue)
 
@@ -275,7 +293,7 @@ def register(
     async def start(**kwargs: Any) -> None:
         reconciler.attach(
             owners=kwargs[OWNER_INDEX],
-            children={kind: kwargs[res[3]] for kind, res in CHILD_RESOURCES.items()},
+            children={kind: feed.cache for kind, feed in feeds.items()},
             hosts=kwargs[HOST_INDEX],
             backups=backups,
             grants=kwargs[GRANT_INDEX],

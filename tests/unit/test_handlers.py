@@ -11,7 +11,8 @@ from typing import Any
 import kopf
 import pytest
 from vestige_operator import handlers
-from vestige_operator.caches import LAST_APPLIED, PACKED, trim, trim_owner
+from vestige_operator.caches import LAST_APPLIED, trim, trim_owner
+from vestige_operator.child_cache import ChildFeed
 from vestige_operator.tokens import ANNOTATION_ROTATE
 
 from tests.unit.test_pass import World
@@ -115,21 +116,107 @@ def test_kopf_lists_and_watches_through_continuous_watch_by_its_global_name() ->
     assert "continuous_watch" in watching.infinite_watch.__code__.co_names
 
 
-async def test_watched_children_reach_kopf_as_stubs_with_their_packed_entry() -> None:
+class _Feed:
+    """A ChildFeed for the deployments, recording the passes it requests."""
+
+    def __init__(self, *, ready: bool = True) -> None:
+        self.requested: list[Any] = []
+        self.ready = ready
+        self.feed = ChildFeed(self.requested.append, lambda: self.ready)
+
+    def __enter__(self) -> ChildFeed:
+        handlers.feed_children({("apps", "deployments"): self.feed})
+        return self.feed
+
+    def __exit__(self, *_: Any) -> None:
+        handlers.feed_children({})
+
+
+def _event(kind: str | None, raw: dict[str, Any]) -> dict[str, Any]:
+    return {"type": kind, "object": copy.deepcopy(raw)}
+
+
+async def test_watched_children_reach_their_cache_and_kopf_only_their_listing_bookmark() -> None:
     from kopf._cogs.clients import watching
     from kopf._cogs.structs.references import Resource
 
     raw = _deployment()
+    other = {**_deployment(), "metadata": {**raw["metadata"], "name": "b", "uid": "u-b"}}
+    changed = copy.deepcopy(raw)
+    changed["status"]["availableReplicas"] = 0
     error = {"type": "ERROR", "object": {"code": 410}}
-    out = await _through_watch(
-        Resource("apps", "v1", "deployments"),
-        [watching.Bookmark.LISTED, {"type": None, "object": copy.deepcopy(raw)}, error],
-    )
-    assert out[0] is watching.Bookmark.LISTED and out[2] == error
-    stub = out[1]["object"]
-    assert set(stub) == {"apiVersion", "kind", "metadata", PACKED}
-    assert stub["metadata"] == {k: v for k, v in raw["metadata"].items() if k != "managedFields"}
-    assert stub[PACKED].unpack() == trim(raw)
+    bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}}
+    recorder = _Feed()
+    with recorder as feed:
+        seen_in_cache: list[Any] = []
+        out = []
+        with _wrapped_watch(
+            [
+                _event(None, raw),
+                _event(None, other),
+                watching.Bookmark.LISTED,
+                bookmark,
+                _event("MODIFIED", changed),
+            ],
+            [_event("DELETED", changed), error],
+        ) as watch:
+            stream = watch(resource=Resource("apps", "v1", "deployments"), namespace="ns")
+            async for event in stream:
+                out.append(event)
+                seen_in_cache.append(feed.cache.listed)
+            out += [e async for e in watch(resource=Resource("apps", "v1", "deployments"), namespace="ns")]
+    # kopf: the bookmark only, once the listing is in the cache (and the API server's own
+    # BOOKMARK and ERROR events, which kopf reads itself).
+    assert out == [watching.Bookmark.LISTED, bookmark, error]
+    assert seen_in_cache[0] is True
+    # Both listed Deployments belong to the owner "a" (their instance label): one key, two entries
+    # after the listing; the change requested a pass, the deletion another and left one entry.
+    assert [p.uid for p in feed.cache[("ns", "a")]] == ["u-b"]
+    assert recorder.requested == [("ns", "a"), ("ns", "a"), ("ns", "a")]
+    (entry,) = feed.cache[("ns", "a")]
+    assert entry.unpack() == trim(other)
+
+
+async def test_a_relist_drops_children_deleted_while_no_watch_ran_and_requests_their_owner() -> None:
+    from kopf._cogs.clients import watching
+    from kopf._cogs.structs.references import Resource
+
+    def labelled(name: str, owner: str) -> dict[str, Any]:
+        raw = _deployment()
+        raw["metadata"] = {**raw["metadata"], "name": name, "uid": f"u-{name}"}
+        raw["metadata"]["labels"] = {"app.kubernetes.io/instance": owner}
+        return raw
+
+    a, b = labelled("a", "a"), labelled("b", "b")
+    recorder = _Feed(ready=False)
+    with (
+        recorder as feed,
+        _wrapped_watch(
+            [_event(None, a), _event(None, b), watching.Bookmark.LISTED],
+            [_event(None, b), watching.Bookmark.LISTED],
+        ) as watch,
+    ):
+        first = [e async for e in watch(resource=Resource("apps", "v1", "deployments"))]
+        # Not ready (the owners are not listed yet): their own listing requests their passes.
+        assert set(feed.cache) == {("ns", "a"), ("ns", "b")} and recorder.requested == []
+        recorder.ready = True
+        second = [e async for e in watch(resource=Resource("apps", "v1", "deployments"))]
+    assert first == second == [watching.Bookmark.LISTED]
+    assert set(feed.cache) == {("ns", "b")}
+    assert recorder.requested == [("ns", "a")]  # "b" is unchanged: no pass
+
+
+def test_child_kinds_have_an_index_kopf_waits_for_but_no_handler_kopf_runs() -> None:
+    from kopf._cogs.structs.references import Resource
+
+    registry = _registry()
+    for group, version, plural, index_id in handlers.CHILD_RESOURCES.values():
+        resource = Resource(group, version, plural)
+        assert registry._indexing.has_handlers(resource)
+        assert not registry._watching.has_handlers(resource)
+        (index,) = [h for h in registry._indexing.get_all_handlers() if h.id == index_id]
+        with pytest.raises(RuntimeError, match="not its cache"):
+            index.fn(body={"kind": "Deployment"})
 
 
 async def test_watched_memories_reach_kopf_without_managed_fields_or_last_applied() -> None:

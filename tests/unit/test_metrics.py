@@ -197,7 +197,8 @@ async def test_served_over_http(reconciler: Reconciler) -> None:
 
 def test_kopf_still_opens_watches_through_the_wrapped_function(reconciler: Reconciler) -> None:
     """The watch-restart counter relies on kopf calling ``watching.watch_objs`` by its global name."""
-    assert "watch_objs" in watching.continuous_watch.__code__.co_names
+    unwrapped = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
+    assert "watch_objs" in unwrapped.__code__.co_names
     original = getattr(watching.watch_objs, "__wrapped__", watching.watch_objs)
     try:
         metrics_module.install(kopf.OperatorRegistry(), reconciler, OperatorConfig(namespaces=("ns",)))

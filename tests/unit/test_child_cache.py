@@ -1,0 +1,75 @@
+"""The children's cache kept from the watch (child_cache.py, work in progress): what each watch
+event and each whole listing changes, and which owners then need a pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vestige_operator.caches import slim_child, trim
+from vestige_operator.child_cache import ChildCache
+from vestige_operator.vocabulary import LABEL_INSTANCE
+
+
+def _svc(name: str, uid: str, owner: str, port: int = 8080, ns: str = "team-a") -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "uid": uid,
+            "resourceVersion": str(port),
+            "labels": {LABEL_INSTANCE: owner},
+        },
+        "spec": {"ports": [{"port": port}]},
+    }
+
+
+def test_watch_events_add_change_and_delete_and_name_the_owner_due_a_pass() -> None:
+    cache = ChildCache()
+    assert cache.apply("ADDED", slim_child(_svc("a", "u1", "a"))) == {("team-a", "a")}
+    assert [p.unpack() for p in cache["team-a", "a"]] == [trim(_svc("a", "u1", "a"))]
+    # The same object again (a resync of the watch, a status-only bump trimmed away): no pass.
+    assert cache.apply("MODIFIED", slim_child(_svc("a", "u1", "a"))) == set()
+    assert cache.apply("MODIFIED", _svc("a", "u1", "a", port=9090)) == {("team-a", "a")}
+    assert cache["team-a", "a"][0].unpack()["spec"]["ports"] == [{"port": 9090}]
+    assert cache.apply("DELETED", _svc("a", "u1", "a", port=9090)) == {("team-a", "a")}
+    assert ("team-a", "a") not in cache and len(cache) == 0
+
+
+def test_a_child_relabelled_to_another_owner_moves_and_both_owners_get_a_pass() -> None:
+    cache = ChildCache()
+    cache.apply("ADDED", _svc("x", "u1", "a"))
+    assert cache.apply("MODIFIED", _svc("x", "u1", "b")) == {("team-a", "a"), ("team-a", "b")}
+    assert ("team-a", "a") not in cache and len(cache["team-a", "b"]) == 1
+    # Losing the label is leaving the cache: the operator no longer sees it as a child.
+    unlabelled = _svc("x", "u1", "b")
+    del unlabelled["metadata"]["labels"]
+    assert cache.apply("MODIFIED", unlabelled) == {("team-a", "b")}
+    assert len(cache) == 0
+
+
+def test_the_same_owner_name_in_two_namespaces_is_two_keys() -> None:
+    cache = ChildCache()
+    cache.apply("ADDED", _svc("a", "u1", "a", ns="team-a"))
+    cache.apply("ADDED", _svc("a", "u2", "a", ns="team-b"))
+    assert sorted(cache) == [("team-a", "a"), ("team-b", "a")]
+
+
+def test_a_listing_replaces_everything_and_names_only_the_owners_whose_children_changed() -> None:
+    cache = ChildCache()
+    assert not cache.listed
+    cache.replace([_svc("a", "u1", "a"), _svc("b", "u2", "b"), _svc("c", "u3", "c")])
+    assert cache.listed and sorted(cache) == [("team-a", "a"), ("team-a", "b"), ("team-a", "c")]
+    # While nothing watched: b changed, c was deleted, d was created, a stayed as it was.
+    changed = cache.replace([_svc("a", "u1", "a"), _svc("b", "u2", "b", port=1), _svc("d", "u4", "d")])
+    assert changed == {("team-a", "b"), ("team-a", "c"), ("team-a", "d")}
+    assert sorted(cache) == [("team-a", "a"), ("team-a", "b"), ("team-a", "d")]
+    assert cache.apply("DELETED", _svc("c", "u3", "c")) == set()  # already gone
+
+
+def test_objects_without_uid_or_owner_label_are_not_kept() -> None:
+    cache = ChildCache()
+    no_uid = _svc("a", "", "a")
+    assert cache.apply("ADDED", no_uid) == set()
+    assert cache.replace([no_uid]) == set() and len(cache) == 0
