@@ -165,14 +165,21 @@ def failover_run(
                 }
             finally:
                 tracker.stop()
+            launched = time.monotonic()
             b = Replica("replica-b", identity, ns, resync_seconds, workdir)
             replicas.append(b)
-            _wait(
+            listed = _wait(
                 "the standby's caches to hold every resource",
                 lambda: _metric(b.metrics(), "vestige_operator_resources") >= n,
                 timeout,
                 b.op.check_running,
             )
+            # A replica starting beside N agents (a standby, or the only replica after a restart).
+            result["standby_start"] = {
+                "seconds": round(listed - launched, 2),
+                "cpu_seconds": round(cpu_seconds(b.op.pid), 2),
+                "rss_kib": memory_kib(b.op.pid),
+            }
             # The leader idle (both replicas up): its writes over `idle_resyncs` resyncs, after one
             # resync that settles what convergence left (the idle benchmark's window, here at N).
             settled = settle(a.op)

@@ -212,6 +212,7 @@ def render() -> str:
                 "leader idle: writes (resyncs)",
                 "leader CPU s / resync",
                 "leader RSS MiB (peak)",
+                "standby start: s to every resource cached (CPU s, RSS MiB peak)",
                 "standby writes before the kill",
                 "Lease taken s",
                 "change applied s",
@@ -228,6 +229,7 @@ def render() -> str:
                     f"**{int(sum(r['leader_idle']['writes'].values()))}** ({r['leader_idle']['resyncs']})",
                     r["leader_idle"]["cpu_seconds_per_resync"],
                     f"**{_mib(r['leader_idle']['rss_kib'])}**",
+                    _standby_start(r.get("standby_start")),
                     int(sum((r.get("standby_writes_before_kill") or {}).values())),
                     r["lease_seconds"],
                     f"**{r['change_applied_seconds']}**",
@@ -243,6 +245,12 @@ def render() -> str:
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
+
+
+def _standby_start(start: dict[str, Any] | None) -> str:
+    if not start:
+        return "not recorded"
+    return f"{start['seconds']} ({start['cpu_seconds']}, {_mib(start['rss_kib'])})"
 
 
 def doc_path() -> Path:
