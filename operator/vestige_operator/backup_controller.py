@@ -544,11 +544,10 @@ def trim_backup(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def register_backups(
-    registry: Any, reconciler: Any, owner_index: str, deployments: Cache
-) -> BackupController:
+def register_backups(registry: Any, reconciler: Any, owners: Cache, deployments: Cache) -> BackupController:
     """Register the backup watches and loop in ``registry`` (called by handlers.register);
-    ``deployments`` is the cache of the agents' Deployments."""
+    ``owners`` and ``deployments`` are the caches of the VestigeMemory resources and their
+    Deployments (``watch_cache``)."""
     import kopf
 
     from vestige_operator import BACKUP_PLURAL
@@ -595,7 +594,7 @@ def register_backups(
     @kopf.on.startup(registry=registry)
     async def start_backups(**kwargs: Any) -> None:
         controller.attach(
-            owners=kwargs[owner_index],
+            owners=owners,
             backups=kwargs[BACKUP_INDEX],
             jobs=kwargs[JOB_INDEX],
             deployments=deployments,

@@ -6,13 +6,16 @@ finalizer, which would mean writes on every change and a VestigeMemory that cann
 while the operator is down. Here kopf writes nothing to any object; create, update and resume
 (the initial listing) all arrive as events, and a single resync loop replaces per-object timers.
 
-- kopf indexes (watch caches, complete before any handler runs) hold the VestigeMemory resources,
-  keyed by (namespace, name). The operator's children are watched by kopf with a server-side
-  label selector ``app.kubernetes.io/managed-by=vestige-operator``, but their events go to
-  ``child_cache.ChildFeed`` caches (``wrap_kopf_watch``), never to kopf's per-object workers: at
-  5,000 agents kopf's own indexing of 25,000 children kept a starting replica busy for over
-  10 minutes. Each child kind still has a kopf index that nothing fills: it holds kopf's handlers
-  until that kind's listing is in its cache, as kopf's own indexes did.
+- The passes read caches kept from kopf's own listing and watch of each kind (``watch_cache``,
+  fed by ``wrap_kopf_watch``), complete before any handler runs: the VestigeMemory resources
+  (``OwnerCache``) and the operator's children, watched with a server-side label selector
+  ``app.kubernetes.io/managed-by=vestige-operator`` (a ``ChildFeed`` per kind). Children never
+  reach kopf's per-object workers; each child kind has a kopf index that nothing fills, so kopf
+  holds its handlers until that kind's listing is cached. kopf's indexes would cost, at start,
+  a toggle per object that wakes every waiting worker: a replica starting beside 5,000 agents
+  spent over 10 minutes at 100 % of a core. Only the small kinds (backups, their Jobs, grants)
+  stay kopf indexes. No pass runs before a VestigeMemory event has reached its kopf handler
+  (``Reconciler.ready``): by then every cache is whole.
 - Any event of a VestigeMemory or of one of its children requests a reconcile of that
   VestigeMemory (coalesced), so Deployment rollouts and PVC binding refresh the status and a
   deleted or edited child is restored at once, not only at the next resync.
@@ -31,6 +34,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import kopf
@@ -38,15 +42,12 @@ from kopf._core.reactor import inventory  # private: kopf.run(memories=) takes o
 
 from vestige_operator import GRANT_PLURAL, GROUP, PLURAL, VERSION
 from vestige_operator.backup_controller import JOB_RESOURCE, register_backups
-from vestige_operator.caches import slim_child, slim_owner, trim_owner
-from vestige_operator.child_cache import ChildFeed
-from vestige_operator.children import ingress_claim
+from vestige_operator.caches import slim_child, slim_owner
 from vestige_operator.leader import Elector, Leadership
 from vestige_operator.reconcile import Reconciler
 from vestige_operator.vocabulary import LABEL_MANAGED_BY, MANAGED_BY, MANAGED_SELECTOR
+from vestige_operator.watch_cache import ChildFeed, OwnerCache, WatchFeed
 
-OWNER_INDEX = "vestige_owners"
-HOST_INDEX = "vestige_ingress_hosts"
 GRANT_INDEX = "vestige_backup_grants"
 
 logger = logging.getLogger("vestige_operator.handlers")
@@ -61,6 +62,15 @@ CHILD_RESOURCES: Mapping[str, tuple[str, str, str, str]] = {
     "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies", "children_networkpolicies"),
     "Ingress": ("networking.k8s.io", "v1", "ingresses", "children_ingresses"),
 }
+
+
+@dataclass(frozen=True)
+class WatchCaches:
+    """The caches the watches fill (``register``): the VestigeMemory resources with their Ingress
+    claims, and each child kind's feed."""
+
+    owners: OwnerCache
+    children: Mapping[str, ChildFeed]
 
 
 class RetryForever:
@@ -119,15 +129,15 @@ class NoMemories(inventory.ResourceMemories):
         )
 
 
-#: (group, plural) -> where the watch of that child kind goes (``feed_children``). Module-wide,
-#: as the kopf function ``wrap_kopf_watch`` replaces is.
-_child_feeds: dict[tuple[str, str], ChildFeed] = {}
+#: (group, plural) -> where the watch of that kind goes (``feed_watches``). Module-wide, as the
+#: kopf function ``wrap_kopf_watch`` replaces is.
+_feeds: dict[tuple[str, str], WatchFeed] = {}
 
 
-def feed_children(feeds: Mapping[tuple[str, str], ChildFeed]) -> None:
+def feed_watches(feeds: Mapping[tuple[str, str], WatchFeed]) -> None:
     """Send the listing and watch events of each (group, plural) to its feed from now on."""
-    _child_feeds.clear()
-    _child_feeds.update(feeds)
+    _feeds.clear()
+    _feeds.update(feeds)
 
 
 def wrap_kopf_watch() -> None:
@@ -136,10 +146,11 @@ def wrap_kopf_watch() -> None:
     name for every listing and watch; tests/unit/test_handlers.py fails if a kopf release changes
     that). Idempotent.
 
-    - A child kind with a feed (``feed_children``) reaches kopf only as its listing's bookmark:
-      each object becomes its ``caches.slim_child`` stub, a whole listing replaces the feed's
-      cache (just before the bookmark, which tells kopf the kind is listed), a watch event updates
-      it. Every VestigeMemory reaches kopf as its ``caches.slim_owner`` (no managedFields).
+    - A kind with a feed (``feed_watches``) goes to it first: a whole listing (before kopf gets
+      any of it, and the bookmark that tells kopf the kind is listed), each watch event. A feed
+      that is not ``to_kopf`` (the children's) keeps its kind's objects from kopf altogether.
+    - Every watched child becomes its ``caches.slim_child`` stub before anything holds it, every
+      VestigeMemory its ``caches.slim_owner`` (no managedFields).
     - A listing reaches kopf only once it is whole: its pages are read back to back (a listing
       fed to kopf object by object waits on every object's new worker task: a standby listing
       30,000 objects took over 5 minutes) and an aborted listing never reaches kopf.
@@ -157,7 +168,7 @@ def wrap_kopf_watch() -> None:
 
     async def continuous_watch(*, resource: Any, **kwargs: Any) -> AsyncIterator[Any]:
         slim = slimmers.get((resource.group, resource.plural))
-        feed = _child_feeds.get((resource.group, resource.plural))
+        feed = _feeds.get((resource.group, resource.plural))
         while True:
             listing: list[Any] | None = []  # the listing's events until it is whole, then None
             stream = original(resource=resource, **kwargs)
@@ -170,18 +181,19 @@ def wrap_kopf_watch() -> None:
                             event["object"] = slim(obj)
                     if event is watching.Bookmark.LISTED and listing is not None:
                         if feed is not None:
-                            feed.listed(listed.get("object") or {} for listed in listing)
-                        else:
+                            feed.listing(listed.get("object") or {} for listed in listing)
+                        if feed is None or feed.to_kopf:
                             for listed in listing:
                                 yield listed
                         listing = None
                         yield event
                     elif is_object and listing is not None and event.get("type") is None:
                         listing.append(event)
-                    elif is_object and feed is not None:
-                        feed.event(event.get("type"), event.get("object") or {})
                     else:
-                        yield event
+                        if is_object and feed is not None:
+                            feed.event(event.get("type"), event.get("object") or {})
+                        if not is_object or feed is None or feed.to_kopf:
+                            yield event
                 return
             except errors.APIClientError as exc:
                 if exc.status != 410 or listing is None:
@@ -221,25 +233,19 @@ def register(
     leadership: Leadership | None = None,
     elector: Elector | None = None,
     settings: kopf.OperatorSettings | None = None,
-) -> None:
+) -> WatchCaches:
     """Register every handler of the operator in ``registry``; without ``leadership`` it leads
-    alone (no election)."""
+    alone (no election). The caches the watches will fill."""
     lead = leadership if leadership is not None else Leadership(elect=False)
     kopf.on.login(registry=registry)(kopf.login_via_client)
-    feeds = {kind: ChildFeed(reconciler.request, reconciler.ready.is_set) for kind in CHILD_RESOURCES}
-    feed_children({(res[0], res[2]): feeds[kind] for kind, res in CHILD_RESOURCES.items()})
+    caches = WatchCaches(
+        owners=OwnerCache(),
+        children={kind: ChildFeed(reconciler.request, reconciler.ready.is_set) for kind in CHILD_RESOURCES},
+    )
+    feeds: dict[tuple[str, str], WatchFeed] = {(GROUP, PLURAL): caches.owners}
+    feeds.update({(res[0], res[2]): caches.children[kind] for kind, res in CHILD_RESOURCES.items()})
+    feed_watches(feeds)
     wrap_kopf_watch()  # without it the children would reach kopf's index below, not the feeds
-
-    @kopf.index(GROUP, VERSION, PLURAL, id=OWNER_INDEX, registry=registry)
-    def vestige_owners(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[Any, Any]:
-        return {(namespace, name): trim_owner(body)}
-
-    @kopf.index(GROUP, VERSION, PLURAL, id=HOST_INDEX, registry=registry)
-    def vestige_ingress_hosts(
-        spec: kopf.Spec, meta: kopf.Meta, namespace: str, name: str, **_: Any
-    ) -> dict[Any, Any]:
-        claim = ingress_claim(namespace, name, meta.get("creationTimestamp"), spec)
-        return {claim.host: claim} if claim is not None else {}
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="vestige_event", registry=registry)
     async def vestige_event(type: str | None, namespace: str, name: str, uid: str, **_: Any) -> None:
@@ -266,7 +272,7 @@ def register(
         for key in reconciler.restore_sources_in(namespace):
             reconciler.request(key)
 
-    backups = register_backups(registry, reconciler, OWNER_INDEX, feeds["Deployment"].cache)
+    backups = register_backups(registry, reconciler, caches.owners, caches.children["Deployment"].cache)
 
     queues = (reconciler.queue, backups.queue)
 
@@ -278,7 +284,7 @@ def register(
                 queue.resume()
             else:
                 queue.pause()
-        if leading:  # a full resync from the warm caches
+        if leading and reconciler.ready.is_set():  # a full resync from the warm caches
             for controller in (reconciler, backups):
                 for key in list(controller.keys()):
                     controller.request(key)
@@ -292,9 +298,9 @@ def register(
     @kopf.on.startup(registry=registry)
     async def start(**kwargs: Any) -> None:
         reconciler.attach(
-            owners=kwargs[OWNER_INDEX],
-            children={kind: feed.cache for kind, feed in feeds.items()},
-            hosts=kwargs[HOST_INDEX],
+            owners=caches.owners,
+            children={kind: feed.cache for kind, feed in caches.children.items()},
+            hosts=caches.owners.hosts,
             backups=backups,
             grants=kwargs[GRANT_INDEX],
         )
@@ -330,3 +336,5 @@ def register(
             "api_requests": sum(requests.values()),
             "api_requests_by_verb": {f"{verb} {kind}": n for (verb, kind), n in sorted(requests.items())},
         }
+
+    return caches

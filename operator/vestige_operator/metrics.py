@@ -45,7 +45,6 @@ from prometheus_client.registry import Collector
 from vestige_operator.api import Phase
 from vestige_operator.backup import next_fire
 from vestige_operator.config import OperatorConfig
-from vestige_operator.handlers import OWNER_INDEX
 from vestige_operator.leader import Leadership
 from vestige_operator.reconcile import Reconciler
 from vestige_operator.times import parse_time
@@ -238,7 +237,7 @@ class Metrics:
         self._watches: set[tuple[str, str | None]] = set()
 
     def attach(self, owners: Owners) -> None:
-        """Read the per-resource families from ``owners`` (kopf's VestigeMemory owner index)."""
+        """Read the per-resource families from ``owners`` (the VestigeMemory cache)."""
         self._state.owners = owners
 
     def observe_pass(self, result: str, seconds: float) -> None:
@@ -292,15 +291,18 @@ def install(
     reconciler: Reconciler,
     config: OperatorConfig,
     leadership: Leadership | None = None,
+    owners: Owners | None = None,
 ) -> Metrics:
-    """Create the metrics, hook them in, and serve them while the operator runs (port 0: off)."""
+    """Create the metrics, hook them in, and serve them while the operator runs (port 0: off);
+    ``owners``: the VestigeMemory cache the per-resource families are read from."""
     metrics = Metrics(reconciler, leadership)
     _count_watches(metrics)
     runners: list[web.AppRunner] = []
 
     @kopf.on.startup(id="metrics", registry=registry)
     async def start_metrics(**kwargs: Any) -> None:
-        metrics.attach(kwargs[OWNER_INDEX])
+        if owners is not None:
+            metrics.attach(owners)
         if config.metrics_port:
             try:
                 runners.append(await metrics.serve(config.metrics_host, config.metrics_port))

@@ -168,8 +168,8 @@ def run(args: argparse.Namespace) -> int:
     registry = kopf.OperatorRegistry()
     settings = kopf.OperatorSettings()
     configure_settings(settings)
-    register(registry, reconciler, leadership=leadership, elector=elector, settings=settings)
-    metrics.install(registry, reconciler, config, leadership)
+    caches = register(registry, reconciler, leadership=leadership, elector=elector, settings=settings)
+    metrics.install(registry, reconciler, config, leadership, owners=caches.owners)
 
     scope = "all namespaces" if config.all_namespaces else ", ".join(config.namespaces)
     logger.info(

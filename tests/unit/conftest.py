@@ -15,7 +15,7 @@ def _kopf_watch_as_found() -> Iterator[None]:
     from vestige_operator import handlers
 
     real = getattr(watching.continuous_watch, "__wrapped__", watching.continuous_watch)
-    feeds = dict(handlers._child_feeds)
+    feeds = dict(handlers._feeds)
     yield
     watching.continuous_watch = real
-    handlers.feed_children(feeds)
+    handlers.feed_watches(feeds)

@@ -12,8 +12,8 @@ import kopf
 import pytest
 from vestige_operator import handlers
 from vestige_operator.caches import LAST_APPLIED, trim, trim_owner
-from vestige_operator.child_cache import ChildFeed
 from vestige_operator.tokens import ANNOTATION_ROTATE
+from vestige_operator.watch_cache import ChildFeed, OwnerCache
 
 from tests.unit.test_pass import World
 
@@ -125,11 +125,11 @@ class _Feed:
         self.feed = ChildFeed(self.requested.append, lambda: self.ready)
 
     def __enter__(self) -> ChildFeed:
-        handlers.feed_children({("apps", "deployments"): self.feed})
+        handlers.feed_watches({("apps", "deployments"): self.feed})
         return self.feed
 
     def __exit__(self, *_: Any) -> None:
-        handlers.feed_children({})
+        handlers.feed_watches({})
 
 
 def _event(kind: str | None, raw: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +204,45 @@ async def test_a_relist_drops_children_deleted_while_no_watch_ran_and_requests_t
     assert first == second == [watching.Bookmark.LISTED]
     assert set(feed.cache) == {("ns", "b")}
     assert recorder.requested == [("ns", "a")]  # "b" is unchanged: no pass
+
+
+async def test_memories_are_cached_before_kopf_gets_any_and_kopf_still_gets_each() -> None:
+    from kopf._cogs.clients import watching
+    from kopf._cogs.structs.references import Resource
+
+    def memory(name: str, phase: str) -> dict[str, Any]:
+        meta = {"name": name, "namespace": "ns", "uid": f"u-{name}", "managedFields": [{"manager": "x"}]}
+        return {"kind": "VestigeMemory", "metadata": meta, "spec": {}, "status": {"phase": phase}}
+
+    owners = OwnerCache()
+    handlers.feed_watches({("vestige.dev", "vestigememories"): owners})
+    listed = [_event(None, memory("a", "Pending")), _event(None, memory("b", "Ready"))]
+    with _wrapped_watch(
+        [*listed, watching.Bookmark.LISTED, _event("MODIFIED", memory("a", "Ready"))]
+    ) as watch:
+        stream = watch(resource=Resource("vestige.dev", "v1alpha1", "vestigememories"))
+        first = await anext(stream)
+        assert owners.listed and sorted(owners) == [("ns", "a"), ("ns", "b")]
+        out = [first, *[e async for e in stream]]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in out if isinstance(e, dict)] == [
+        (None, "a"),
+        (None, "b"),
+        ("MODIFIED", "a"),
+    ]
+    assert watching.Bookmark.LISTED in out and "managedFields" not in out[0]["object"]["metadata"]
+    assert owners[("ns", "a")][0]["status"] == {"phase": "Ready"}
+
+
+def test_register_gives_the_reconciler_the_watch_caches_and_kopf_no_memory_index() -> None:
+    from kopf._cogs.structs.references import Resource
+
+    registry = kopf.OperatorRegistry()
+    caches = handlers.register(registry, World().rec, settings=kopf.OperatorSettings())
+    memories = Resource("vestige.dev", "v1alpha1", "vestigememories")
+    assert not registry._indexing.has_handlers(memories)  # no toggle per VestigeMemory at start
+    assert registry._watching.has_handlers(memories)
+    assert handlers._feeds[("vestige.dev", "vestigememories")] is caches.owners
+    assert handlers._feeds[("apps", "deployments")] is caches.children["Deployment"]
 
 
 def test_child_kinds_have_an_index_kopf_waits_for_but_no_handler_kopf_runs() -> None:

@@ -44,6 +44,7 @@ class Wired:
         for name in ("a", "b"):
             self.world.memory(name)
         self.world.attach()
+        self.world.rec.ready.set()  # the caches are whole (in the operator: the first owner event)
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -85,6 +86,15 @@ async def test_a_standby_runs_no_pass_and_sends_nothing(wired: Wired) -> None:
     assert rec.passes == 0
     assert sum(wired.world.port.requests.values()) == 0
     assert writes(wired.world) == 0
+
+
+async def test_taking_the_lead_before_the_caches_are_whole_requests_no_pass(wired: Wired) -> None:
+    rec = wired.world.rec
+    rec.ready.clear()  # the listings are still being read: a pass could miss a child or a claim
+    wired.take()
+    await wired.until(leading=True)
+    await rec.drain()
+    assert rec.passes == 0 and not rec.queue.paused
 
 
 async def test_taking_the_lead_resyncs_every_cached_key(wired: Wired) -> None:

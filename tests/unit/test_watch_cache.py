@@ -1,13 +1,13 @@
-"""The children's cache kept from the watch (child_cache.py, work in progress): what each watch
+"""The children's cache kept from the watch (watch_cache.py): what each watch
 event and each whole listing changes, and which owners then need a pass."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from vestige_operator.caches import slim_child, trim
-from vestige_operator.child_cache import ChildCache
+from vestige_operator.caches import slim_child, trim, trim_owner
 from vestige_operator.vocabulary import LABEL_INSTANCE
+from vestige_operator.watch_cache import ChildCache, OwnerCache
 
 
 def _svc(name: str, uid: str, owner: str, port: int = 8080, ns: str = "team-a") -> dict[str, Any]:
@@ -73,3 +73,46 @@ def test_objects_without_uid_or_owner_label_are_not_kept() -> None:
     no_uid = _svc("a", "", "a")
     assert cache.apply("ADDED", no_uid) == set()
     assert cache.replace([no_uid]) == set() and len(cache) == 0
+
+
+def _memory(
+    name: str, uid: str, host: str | None = None, created: str = "2026-12-01T00:00:00Z"
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"storage": {"size": "1Gi"}}
+    if host is not None:
+        spec["ingress"] = {"enabled": True, "host": host, "path": "/mem"}
+    return {
+        "apiVersion": "vestige.dev/v1alpha1",
+        "kind": "VestigeMemory",
+        "metadata": {"name": name, "namespace": "team-a", "uid": uid, "creationTimestamp": created},
+        "spec": spec,
+        "status": {"phase": "Ready"},
+    }
+
+
+def test_owner_cache_keeps_each_memory_and_its_ingress_claim() -> None:
+    owners = OwnerCache()
+    hosts = owners.hosts  # the view the reconciler holds from the start
+    owners.event("ADDED", _memory("a", "u1", host="Mem.Example.org"))
+    owners.event("ADDED", _memory("b", "u2", host="mem.example.org", created="2026-12-02T00:00:00Z"))
+    assert owners[("team-a", "a")] == (trim_owner(_memory("a", "u1", host="Mem.Example.org")),)
+    assert [c.name for c in hosts["mem.example.org"]] == ["a", "b"]
+    # b moves to another host: its old claim goes.
+    owners.event("MODIFIED", _memory("b", "u2", host="other.example.org"))
+    assert [c.name for c in hosts["mem.example.org"]] == ["a"] and "other.example.org" in hosts
+    # A deletion of an older object of the same name leaves the newer one alone.
+    owners.event("ADDED", _memory("c", "u3"))
+    owners.event("DELETED", _memory("c", "u-older"))
+    assert ("team-a", "c") in owners
+    owners.event("DELETED", _memory("a", "u1"))
+    assert ("team-a", "a") not in owners and "mem.example.org" not in hosts
+
+
+def test_a_listing_replaces_the_owner_cache_and_the_host_view_follows() -> None:
+    owners = OwnerCache()
+    hosts = owners.hosts
+    owners.event("ADDED", _memory("gone", "u0", host="old.example.org"))
+    assert not owners.listed
+    owners.listing([_memory("a", "u1", host="new.example.org"), {"metadata": {}}])
+    assert owners.listed and list(owners) == [("team-a", "a")] and len(owners) == 1
+    assert list(hosts) == ["new.example.org"] and len(hosts) == 1
