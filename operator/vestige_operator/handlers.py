@@ -239,7 +239,7 @@ def register(
     lead = leadership if leadership is not None else Leadership(elect=False)
     kopf.on.login(registry=registry)(kopf.login_via_client)
     caches = WatchCaches(
-        owners=OwnerCache(),
+        owners=OwnerCache(gone=reconciler.forget),
         children={kind: ChildFeed(reconciler.request, reconciler.ready.is_set) for kind in CHILD_RESOURCES},
     )
     feeds: dict[tuple[str, str], WatchFeed] = {(GROUP, PLURAL): caches.owners}

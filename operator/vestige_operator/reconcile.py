@@ -226,6 +226,9 @@ class Reconciler:
             found |= before - live - self._ghosts
             still_cached |= cached_uids(cache)
         self._ghosts = (self._ghosts | found) & still_cached
+        for key, entries in list(self._owners.items()):  # a deleted agent frees what it held
+            for uid in {_uid(entry) for entry in entries} & found:
+                self.forget(key, uid)
         if found:
             logger.warning(
                 "%d cached object(s) were deleted while a watch was interrupted; repairing", len(found)
@@ -299,6 +302,7 @@ class Reconciler:
         key = (namespace, name)
         body = self._owner(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
+            self.rollouts.forget(key)  # holds no rollout slot: a deleted agent never frees its own
             return None  # gone, or going: owner references and the garbage collector do the rest
         meta = body["metadata"]
         owner = Owner(name=name, namespace=namespace, uid=meta["uid"])

@@ -152,12 +152,15 @@ class OwnerCache(Mapping[Key, tuple[dict[str, Any], ...]]):
     kopf's index was (a key -> its entries), and ``hosts``: the Ingress claims by lower-cased host.
 
     A feed of the VestigeMemory watch whose events still reach kopf (``to_kopf``): kopf's handler
-    requests the passes, and runs only after this cache holds the whole listing.
+    requests the passes, and runs only after this cache holds the whole listing. A resource that a
+    relist no longer holds was deleted while no watch ran, and kopf never hears of it: ``gone`` is
+    told instead, as of a deletion (client-go's informers do the same).
     """
 
     to_kopf = True
 
-    def __init__(self) -> None:
+    def __init__(self, gone: Callable[[Key, str | None], None] | None = None) -> None:
+        self._gone = gone
         self._by_key: dict[Key, dict[str, Any]] = {}
         self._claims: dict[Key, IngressClaim] = {}
         self._hosts: dict[str, dict[Key, IngressClaim]] = {}
@@ -198,10 +201,16 @@ class OwnerCache(Mapping[Key, tuple[dict[str, Any], ...]]):
         fresh = OwnerCache()
         for obj in objs:
             fresh.event(None, obj)
+        old = self._by_key
         self._by_key, self._claims = fresh._by_key, fresh._claims
         self._hosts.clear()  # in place: ``hosts`` is a view of it, held by the reconciler
         self._hosts.update(fresh._hosts)
         self.listed = True
+        if self._gone is not None:
+            for key, entry in old.items():
+                uid = uid_of(entry)
+                if uid_of(self._by_key.get(key) or {"metadata": {}}) != uid:
+                    self._gone(key, uid)
 
     def _unclaim(self, key: Key) -> None:
         old = self._claims.pop(key, None)

@@ -116,3 +116,14 @@ def test_a_listing_replaces_the_owner_cache_and_the_host_view_follows() -> None:
     owners.listing([_memory("a", "u1", host="new.example.org"), {"metadata": {}}])
     assert owners.listed and list(owners) == [("team-a", "a")] and len(owners) == 1
     assert list(hosts) == ["new.example.org"] and len(hosts) == 1
+
+
+def test_a_relist_tells_of_memories_deleted_while_no_watch_ran() -> None:
+    gone: list[Any] = []
+    owners = OwnerCache(gone=lambda key, uid: gone.append((key, uid)))
+    owners.listing([_memory("a", "u1"), _memory("b", "u2"), _memory("c", "u3")])
+    assert gone == []
+    # b was deleted, c deleted and created again while the watch was down.
+    owners.listing([_memory("a", "u1"), _memory("c", "u4")])
+    assert sorted(gone) == [(("team-a", "b"), "u2"), (("team-a", "c"), "u3")]
+    assert owners[("team-a", "c")][0]["metadata"]["uid"] == "u4"
