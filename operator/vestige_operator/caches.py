@@ -1,4 +1,4 @@
-"""What the operator's watch caches keep of each object (kopf indexes; pure functions).
+"""What the operator's watch caches keep of each object (watch_cache.py; pure functions).
 
 Two forms, chosen by how often an entry is read:
 

@@ -21,7 +21,7 @@ VestigeMemory, and ``Cluster.requests`` / ``Cluster.errors`` (API requests by ve
 | ``vestige_operator_backup_last_success_timestamp_seconds`` | gauge | ``namespace``, ``name`` |
 | ``vestige_operator_backup_due_timestamp_seconds`` | gauge | ``namespace``, ``name`` |
 
-The per-resource families are read from the VestigeMemory watch cache (kopf's owner index): one
+The per-resource families are read from the VestigeMemory watch cache (``watch_cache.OwnerCache``): one
 series per resource (a fleet of 5,000 agents: 5,000 phase series), labelled like
 kube-state-metrics (``namespace``, ``name``: scrape with ``honor_labels``, as the chart's
 ServiceMonitor does). The monitoring pack's alert rules read them (manifests/helm/vestige-operator,
@@ -60,7 +60,7 @@ QUEUE_STATES = ("queued", "running", "backoff")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: A resource the operator has not written a status for yet.
 NO_PHASE = "Unknown"
-#: (namespace, name) -> the cached VestigeMemory bodies of that key (kopf's owner index).
+#: (namespace, name) -> the cached VestigeMemory bodies of that key (``watch_cache.OwnerCache``).
 Owners = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
 
 

@@ -1,6 +1,6 @@
 """The VestigeMemory reconciler: its watch caches, the resync, and one short level-based pass.
 
-One pass: read the owner and its children from the watch caches (kopf indexes); the token
+One pass: read the owner and its children from the watch caches (watch_cache.py); the token
 Secret's outcome (token_secret.py); the plan (plan.py: render, ownership, drift, overrides);
 carry it out through the API port (create absent children, apply owned ones that drifted, delete
 owned optional ones switched off); compute the status (status.py) and patch it only when it
@@ -147,7 +147,7 @@ class Reconciler:
         backups: BackupView | None = None,
         grants: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
     ) -> None:
-        """Give the reconciler its watch caches (kopf indexes, or plain mappings in tests);
+        """Give the reconciler its watch caches (``watch_cache``, or plain mappings in tests);
         ``hosts`` maps a lower-cased Ingress host to the VestigeMemory claims on it; ``backups``
         is the backup controller's read-only view (status.backup, restore refusals); ``grants``
         maps a namespace to the specs of its VestigeBackupGrants."""
@@ -197,9 +197,10 @@ class Reconciler:
     async def verify_caches(self) -> int:
         """Find cached objects that no longer exist; their number. Later passes ignore them.
 
-        kopf's indexes miss a deletion that happens while a watch is down long enough to restart
-        from a fresh listing: the object stays in the index for ever, and the reconciler would
-        neither re-create a deleted child nor forget a deleted VestigeMemory. So every
+        A cache that missed a deletion (kopf's indexes did, when a watch was down long enough to
+        restart from a fresh listing; the watch caches are replaced by each listing) would keep the
+        object for ever, and the reconciler would neither re-create a deleted child nor forget a
+        deleted VestigeMemory. So, as a safety net, every
         ``verify_resyncs`` resyncs each cache is compared with a metadata-only LIST of its kind
         (a handful of requests for the whole operator, whatever the number of resources): a uid
         cached *before* the LIST began and absent from its answer is gone.
