@@ -536,7 +536,9 @@ async def test_new_default_images_roll_out_at_most_n_agents_at_a_time_own_change
         assert (w.condition(name, "Reconciling") or {}).get("reason") == "Reconciled", name
 
 
-async def test_an_agent_gone_while_it_held_a_rollout_slot_frees_it() -> None:
+async def _one_rolling_one_waiting() -> tuple[World, list[Any]]:
+    """Two Ready agents, a limit of one fleet rollout, new default images: agent-0 holds the slot,
+    agent-1 waits; the wake-ups are recorded."""
     w = World(max_fleet_rollouts=1)
     woken: list[Any] = []
     w.rec.rollouts._wake = woken.append
@@ -554,6 +556,11 @@ async def test_an_agent_gone_while_it_held_a_rollout_slot_frees_it() -> None:
     for name in names:
         await w.settle(name)
     assert w.rec.rollouts.counts() == (1, 1)
+    return w, woken
+
+
+async def test_an_agent_gone_while_it_held_a_rollout_slot_frees_it() -> None:
+    w, woken = await _one_rolling_one_waiting()
     # agent-0 is deleted mid-rollout and no deletion event reaches the operator: its next pass
     # (a resync) finds it gone and frees the slot, or the fleet would wait for ever.
     del w.port.objects[("VestigeMemory", NS, "agent-0")]
@@ -563,25 +570,11 @@ async def test_an_agent_gone_while_it_held_a_rollout_slot_frees_it() -> None:
 
 
 async def test_the_cache_check_frees_the_slot_of_an_agent_deleted_unseen() -> None:
-    w = World(max_fleet_rollouts=1)
-    w.rec.rollouts._wake = lambda key: None
-    for name in ("agent-0", "agent-1"):
-        w.memory(name)
-        await w.settle(name)
-        _roll_out(w, name)
-        await w.settle(name)
-    w.rec.images = Images(
-        vestige=w.rec.images.vestige,
-        bridge="example.org/vestige-bridge:9.9.9",
-        litestream=w.rec.images.litestream,
-    )
-    for name in ("agent-0", "agent-1"):
-        await w.settle(name)
-    assert w.rec.rollouts.counts() == (1, 1)
+    w, woken = await _one_rolling_one_waiting()
     # Gone from the cluster but still cached (a deletion missed by a watch): the check finds it.
     del w.port.objects[("VestigeMemory", NS, "agent-0")]
     assert await w.rec.verify_caches() >= 1
-    assert w.rec.rollouts.counts() == (0, 1)
+    assert w.rec.rollouts.counts() == (0, 1) and woken == [(NS, "agent-1")]
 
 
 async def test_without_a_limit_every_agent_rolls_at_once() -> None:
