@@ -22,7 +22,7 @@ wait, and still 4 minutes with the children out of kopf's indexes (py-spy: kopf'
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from vestige_operator.caches import PACKED, Key, Packed, pack_child, trim_owner, uid_of
 from vestige_operator.children import IngressClaim, ingress_claim
@@ -52,26 +52,41 @@ def _packed(obj: Mapping[str, Any]) -> Packed:
     return entry if isinstance(entry, Packed) else pack_child(obj)
 
 
-class ChildCache(Mapping[Key, tuple[Packed, ...]]):
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Groups(Mapping[K, tuple[V, ...]], Generic[K, V]):
+    """``groups`` (a key -> its entries by their own id) read as kopf's indexes read: a key ->
+    the tuple of its entries. A key is only present while it has an entry."""
+
+    def __init__(self, groups: dict[K, dict[Any, V]]) -> None:
+        self._groups = groups
+
+    def __getitem__(self, key: K) -> tuple[V, ...]:
+        return tuple(self._groups[key].values())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._groups
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
+class ChildCache(_Groups[Key, Packed]):
     """A kind's children by owner key; ``listed`` once a whole listing has been seen."""
 
     def __init__(self) -> None:
+        super().__init__({})
         self._by_uid: dict[str, tuple[Key, Packed]] = {}
-        self._by_key: dict[Key, dict[str, Packed]] = {}
         self.listed = False
-
-    def __getitem__(self, key: Key) -> tuple[Packed, ...]:
-        return tuple(self._by_key[key].values())
-
-    def __iter__(self) -> Iterator[Key]:
-        return iter(self._by_key)
-
-    def __len__(self) -> int:
-        return len(self._by_key)
 
     def apply(self, event_type: str | None, obj: Mapping[str, Any]) -> set[Key]:
         """One watch event; the owner keys whose children changed (a pass is due for each)."""
-        uid = (obj.get("metadata") or {}).get("uid")
+        uid = uid_of(obj)
         if not uid:
             return set()
         old = self._by_uid.get(uid)
@@ -84,7 +99,7 @@ class ChildCache(Mapping[Key, tuple[Packed, ...]]):
             return set()
         self._drop(uid)
         self._by_uid[uid] = (key, entry)
-        self._by_key.setdefault(key, {})[uid] = entry
+        self._groups.setdefault(key, {})[uid] = entry
         return {key} | ({old[0]} if old else set())
 
     def replace(self, objs: Iterable[Mapping[str, Any]]) -> set[Key]:
@@ -95,10 +110,10 @@ class ChildCache(Mapping[Key, tuple[Packed, ...]]):
             fresh.apply(None, obj)
         changed = {
             key
-            for key in set(self._by_key) | set(fresh._by_key)
-            if not _same_entries(self._by_key.get(key, {}), fresh._by_key.get(key, {}))
+            for key in set(self._groups) | set(fresh._groups)
+            if not _same_entries(self._groups.get(key, {}), fresh._groups.get(key, {}))
         }
-        self._by_uid, self._by_key = fresh._by_uid, fresh._by_key
+        self._by_uid, self._groups = fresh._by_uid, fresh._groups
         self.listed = True
         return changed
 
@@ -106,11 +121,11 @@ class ChildCache(Mapping[Key, tuple[Packed, ...]]):
         old = self._by_uid.pop(uid, None)
         if old is None:
             return
-        entries = self._by_key.get(old[0])
+        entries = self._groups.get(old[0])
         if entries is not None:
             entries.pop(uid, None)
             if not entries:
-                del self._by_key[old[0]]
+                del self._groups[old[0]]
 
 
 def _same_entries(a: Mapping[str, Packed], b: Mapping[str, Packed]) -> bool:
@@ -164,11 +179,14 @@ class OwnerCache(Mapping[Key, tuple[dict[str, Any], ...]]):
         self._by_key: dict[Key, dict[str, Any]] = {}
         self._claims: dict[Key, IngressClaim] = {}
         self._hosts: dict[str, dict[Key, IngressClaim]] = {}
-        self.hosts: Mapping[str, tuple[IngressClaim, ...]] = _Hosts(self._hosts)
+        self.hosts: Mapping[str, tuple[IngressClaim, ...]] = _Groups(self._hosts)
         self.listed = False
 
     def __getitem__(self, key: Key) -> tuple[dict[str, Any], ...]:
         return (self._by_key[key],)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
 
     def __iter__(self) -> Iterator[Key]:
         return iter(self._by_key)
@@ -208,9 +226,9 @@ class OwnerCache(Mapping[Key, tuple[dict[str, Any], ...]]):
         self.listed = True
         if self._gone is not None:
             for key, entry in old.items():
-                uid = uid_of(entry)
-                if uid_of(self._by_key.get(key) or {"metadata": {}}) != uid:
-                    self._gone(key, uid)
+                new = self._by_key.get(key)
+                if new is None or uid_of(new) != uid_of(entry):
+                    self._gone(key, uid_of(entry))
 
     def _unclaim(self, key: Key) -> None:
         old = self._claims.pop(key, None)
@@ -219,17 +237,3 @@ class OwnerCache(Mapping[Key, tuple[dict[str, Any], ...]]):
             holders.pop(key, None)
             if not holders:
                 self._hosts.pop(old.host, None)
-
-
-class _Hosts(Mapping[str, tuple[IngressClaim, ...]]):
-    def __init__(self, hosts: dict[str, dict[Key, IngressClaim]]) -> None:
-        self._hosts = hosts
-
-    def __getitem__(self, host: str) -> tuple[IngressClaim, ...]:
-        return tuple(self._hosts[host].values())
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._hosts)
-
-    def __len__(self) -> int:
-        return len(self._hosts)
