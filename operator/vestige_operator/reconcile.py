@@ -227,10 +227,10 @@ class Reconciler:
             found |= before - live - self._ghosts
             still_cached |= cached_uids(cache)
         self._ghosts = (self._ghosts | found) & still_cached
-        for key, entries in list(self._owners.items()):  # a deleted agent frees what it held
-            for uid in {_uid(entry) for entry in entries} & found:
-                self.forget(key, uid)
         if found:
+            for key, entries in list(self._owners.items()):  # a deleted agent frees what it held
+                for uid in {_uid(entry) for entry in entries} & found:
+                    self.forget(key, uid)
             logger.warning(
                 "%d cached object(s) were deleted while a watch was interrupted; repairing", len(found)
             )
