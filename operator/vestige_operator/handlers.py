@@ -14,8 +14,11 @@ while the operator is down. Here kopf writes nothing to any object; create, upda
   holds its handlers until that kind's listing is cached. kopf's indexes would cost, at start,
   a toggle per object that wakes every waiting worker: a replica starting beside 5,000 agents
   spent over 10 minutes at 100 % of a core. Only the small kinds (backups, their Jobs, grants)
-  stay kopf indexes. No pass runs before a VestigeMemory event has reached its kopf handler
-  (``Reconciler.ready``): by then every cache is whole.
+  stay kopf indexes. No pass reads a partial cache: the child caches are whole before any kopf
+  handler runs, the VestigeMemory cache (with its Ingress claims) is replaced whole or not at
+  all, and the passes the watches and leadership request wait for the first VestigeMemory event
+  to reach its handler (``Reconciler.ready``). A pass kopf's backup or grant handlers request
+  before the VestigeMemory listing is cached finds no owner and does nothing.
 - Any event of a VestigeMemory or of one of its children requests a reconcile of that
   VestigeMemory (coalesced), so Deployment rollouts and PVC binding refresh the status and a
   deleted or edited child is restored at once, not only at the next resync.
