@@ -544,10 +544,12 @@ def trim_backup(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def register_backups(registry: Any, reconciler: Any, owners: Cache, deployments: Cache) -> BackupController:
+def register_backups(
+    registry: Any, reconciler: Any, owners: Cache, deployments: Cache, seen: Callable[[], None]
+) -> BackupController:
     """Register the backup watches and loop in ``registry`` (called by handlers.register);
     ``owners`` and ``deployments`` are the caches of the VestigeMemory resources and their
-    Deployments (``watch_cache``)."""
+    Deployments (``watch_cache``); ``seen`` is called first by every handler (kopf ran one)."""
     import kopf
 
     from vestige_operator import BACKUP_PLURAL
@@ -563,6 +565,7 @@ def register_backups(registry: Any, reconciler: Any, owners: Cache, deployments:
 
     @kopf.on.event(GROUP, VERSION, BACKUP_PLURAL, id="vestige_backup_event", registry=registry)
     async def vestige_backup_event(body: kopf.Body, namespace: str, **_: Any) -> None:
+        seen()
         memory = (body.get("spec") or {}).get("memory")
         if memory:
             controller.request((namespace, memory))
@@ -587,6 +590,7 @@ def register_backups(registry: Any, reconciler: Any, owners: Cache, deployments:
 
     @kopf.on.event(*JOB_RESOURCE, id="vestige_backup_job_event", labels=selector, registry=registry)
     async def vestige_backup_job_event(namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        seen()
         controller.request((namespace, labels[LABEL_MEMORY]))
 
     tasks: list[asyncio.Task[None]] = []

@@ -14,11 +14,13 @@ while the operator is down. Here kopf writes nothing to any object; create, upda
   holds its handlers until that kind's listing is cached. kopf's indexes would cost, at start,
   a toggle per object that wakes every waiting worker: a replica starting beside 5,000 agents
   spent over 10 minutes at 100 % of a core. Only the small kinds (backups, their Jobs, grants)
-  stay kopf indexes. No pass reads a partial cache: the child caches are whole before any kopf
-  handler runs, the VestigeMemory cache (with its Ingress claims) is replaced whole or not at
-  all, and the passes the watches and leadership request wait for the first VestigeMemory event
-  to reach its handler (``Reconciler.ready``). A pass kopf's backup or grant handlers request
-  before the VestigeMemory listing is cached finds no owner and does nothing.
+  stay kopf indexes. No pass reads a partial cache, in either controller: both work queues stay
+  paused until every cache holds a whole listing (``register``'s ``settle``: the VestigeMemory
+  listing is in, each child kind's listing is in, and a kopf handler ran, which kopf allows only
+  once its own indexes are listed; ``Reconciler.ready``). Requests made before are dropped, and
+  opening the queues requests a pass of every cached key. Before, a backup event handled before
+  the VestigeMemory listing was in made the backup controller fail a pending VestigeBackup older
+  than a minute as "VestigeMemory not found".
 - Any event of a VestigeMemory or of one of its children requests a reconcile of that
   VestigeMemory (coalesced), so Deployment rollouts and PVC binding refresh the status and a
   deleted or edited child is restored at once, not only at the next resync.
@@ -67,13 +69,20 @@ CHILD_RESOURCES: Mapping[str, tuple[str, str, str, str]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class WatchCaches:
     """The caches the watches fill (``register``): the VestigeMemory resources with their Ingress
-    claims, and each child kind's feed."""
+    claims, and each child kind's feed; ``kopf_listed`` once a kopf handler ran (kopf runs none
+    before its own indexes, the backups, their Jobs and the grants, are listed)."""
 
     owners: OwnerCache
     children: Mapping[str, ChildFeed]
+    kopf_listed: bool = False
+
+    def whole(self) -> bool:
+        """Whether every cache a pass reads holds a whole listing."""
+        listed = self.owners.listed and all(feed.cache.listed for feed in self.children.values())
+        return self.kopf_listed and listed
 
 
 class RetryForever:
@@ -241,9 +250,21 @@ def register(
     alone (no election). The caches the watches will fill."""
     lead = leadership if leadership is not None else Leadership(elect=False)
     kopf.on.login(registry=registry)(kopf.login_via_client)
+
+    def settle() -> None:
+        """Open the queues once every cache is whole (called after the VestigeMemory listing and
+        by every kopf handler): the one place that decides when passes may start."""
+        if not reconciler.ready.is_set() and caches.whole():
+            reconciler.ready.set()
+            on_leading(lead.leading)
+
+    def kopf_ran() -> None:
+        caches.kopf_listed = True
+        settle()
+
     caches = WatchCaches(
-        owners=OwnerCache(gone=reconciler.forget),
-        children={kind: ChildFeed(reconciler.request, reconciler.ready.is_set) for kind in CHILD_RESOURCES},
+        owners=OwnerCache(gone=reconciler.forget, listed=settle),
+        children={kind: ChildFeed(reconciler.request) for kind in CHILD_RESOURCES},
     )
     feeds: dict[tuple[str, str], WatchFeed] = {(GROUP, PLURAL): caches.owners}
     feeds.update({(res[0], res[2]): caches.children[kind] for kind, res in CHILD_RESOURCES.items()})
@@ -252,7 +273,7 @@ def register(
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="vestige_event", registry=registry)
     async def vestige_event(type: str | None, namespace: str, name: str, uid: str, **_: Any) -> None:
-        reconciler.ready.set()
+        kopf_ran()
         if type == "DELETED":
             reconciler.forget((namespace, name), uid)
         else:
@@ -272,29 +293,31 @@ def register(
 
     @kopf.on.event(GROUP, VERSION, GRANT_PLURAL, id="vestige_backup_grant_event", registry=registry)
     async def vestige_backup_grant_event(namespace: str, **_: Any) -> None:
+        kopf_ran()
         for key in reconciler.restore_sources_in(namespace):
             reconciler.request(key)
 
-    backups = register_backups(registry, reconciler, caches.owners, caches.children["Deployment"].cache)
+    backups = register_backups(
+        registry, reconciler, caches.owners, caches.children["Deployment"].cache, seen=kopf_ran
+    )
 
     queues = (reconciler.queue, backups.queue)
 
     def on_leading(leading: bool) -> None:
         if settings is not None:
             settings.posting.enabled = leading  # kopf's Events too: a standby posts none
-        for queue in queues:
-            if leading:
-                queue.resume()
-            else:
+        if not (leading and reconciler.ready.is_set()):
+            for queue in queues:
                 queue.pause()
-        if leading and reconciler.ready.is_set():  # a full resync from the warm caches
-            for controller in (reconciler, backups):
-                for key in list(controller.keys()):
-                    controller.request(key)
+            return
+        for queue in queues:
+            queue.resume()
+        for controller in (reconciler, backups):  # a full resync from the warm caches
+            for key in list(controller.keys()):
+                controller.request(key)
 
     lead.listen(on_leading)
-    if not lead.leading:
-        on_leading(False)
+    on_leading(lead.leading)  # paused until the caches are whole (settle)
 
     tasks: list[asyncio.Task[None]] = []
 

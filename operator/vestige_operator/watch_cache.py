@@ -133,20 +133,15 @@ def _same_entries(a: Mapping[str, Packed], b: Mapping[str, Packed]) -> bool:
 
 
 class ChildFeed:
-    """Where the watch of one child kind goes: its cache, and a pass for each changed owner
-    (kopf gets none of its objects, ``to_kopf``).
-
-    ``request`` is called only once ``ready()`` is true (the owners are listed and the reconciler
-    runs): until then every owner's own listing event requests its pass anyway, and a pass of an
-    owner not yet listed would find nothing to reconcile.
-    """
+    """Where the watch of one child kind goes: its cache, and a pass request for each changed
+    owner (kopf gets none of its objects, ``to_kopf``). Requests made before the operator's
+    caches are all whole are dropped by its paused queue (``handlers.register``)."""
 
     to_kopf = False
 
-    def __init__(self, request: Callable[[Key], None], ready: Callable[[], bool]) -> None:
+    def __init__(self, request: Callable[[Key], None]) -> None:
         self.cache = ChildCache()
         self._request = request
-        self._ready = ready
 
     def listing(self, objs: Iterable[Mapping[str, Any]]) -> None:
         """A whole listing (the first, or a relist after the watch was lost)."""
@@ -157,7 +152,7 @@ class ChildFeed:
         self._changed(self.cache.apply(event_type, obj))
 
     def _changed(self, keys: set[Key]) -> None:
-        if keys and self._ready():
+        if keys:
             for key in sorted(keys):
                 self._request(key)
 
@@ -169,13 +164,19 @@ class OwnerCache(Mapping[Key, tuple[dict[str, Any], ...]]):
     A feed of the VestigeMemory watch whose events still reach kopf (``to_kopf``): kopf's handler
     requests the passes, and runs only after this cache holds the whole listing. A resource that a
     relist no longer holds was deleted while no watch ran, and kopf never hears of it: ``gone`` is
-    told instead, as of a deletion (client-go's informers do the same).
+    told instead, as of a deletion (client-go's informers do the same). ``listed`` is called after
+    each whole listing is in.
     """
 
     to_kopf = True
 
-    def __init__(self, gone: Callable[[Key, str | None], None] | None = None) -> None:
+    def __init__(
+        self,
+        gone: Callable[[Key, str | None], None] | None = None,
+        listed: Callable[[], None] | None = None,
+    ) -> None:
         self._gone = gone
+        self._on_listed = listed
         self._by_key: dict[Key, dict[str, Any]] = {}
         self._claims: dict[Key, IngressClaim] = {}
         self._hosts: dict[str, dict[Key, IngressClaim]] = {}
@@ -229,6 +230,8 @@ class OwnerCache(Mapping[Key, tuple[dict[str, Any], ...]]):
                 new = self._by_key.get(key)
                 if new is None or uid_of(new) != uid_of(entry):
                     self._gone(key, uid_of(entry))
+        if self._on_listed is not None:
+            self._on_listed()
 
     def _unclaim(self, key: Key) -> None:
         old = self._claims.pop(key, None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -29,6 +30,12 @@ def writes(world: World) -> int:
     return len(world.port.writes) + len(world.port.events)
 
 
+def kopf_handler(registry: kopf.OperatorRegistry, handler_id: str) -> Any:
+    """The function of the watch handler ``handler_id`` registered in ``registry``."""
+    (handler,) = [h for h in registry._watching.get_all_handlers() if h.id == handler_id]
+    return handler.fn
+
+
 class Wired:
     """A World whose reconciler and backup controller are wired like the operator (handlers.py),
     with a Leadership that the test drives as the election thread would."""
@@ -38,14 +45,26 @@ class Wired:
         self.lead = Leadership(elect=True, renew_deadline=DEADLINE, identity="me")
         self.world.port.may_write = lambda: self.lead.leading
         self.settings = kopf.OperatorSettings()
-        handlers.register(
-            kopf.OperatorRegistry(), self.world.rec, leadership=self.lead, settings=self.settings
+        self.registry = kopf.OperatorRegistry()
+        self.caches = handlers.register(
+            self.registry, self.world.rec, leadership=self.lead, settings=self.settings
         )
         for name in ("a", "b"):
             self.world.memory(name)
         self.world.attach()
-        self.world.rec.ready.set()  # the caches are whole (in the operator: the first owner event)
         self.task: asyncio.Task[None] | None = None
+
+    async def list_caches(self) -> None:
+        """What the operator's start does: every listing reaches its cache, then kopf runs its
+        first handler (the first VestigeMemory's listing event)."""
+        memories = self.world.port.of_kind("VestigeMemory")
+        self.caches.owners.listing(memories)
+        for feed in self.caches.children.values():
+            feed.listing([])
+        first = memories[0]["metadata"]
+        await kopf_handler(self.registry, "vestige_event")(
+            type=None, namespace=NS, name=first["name"], uid=first.get("uid")
+        )
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self.lead.watch())
@@ -71,6 +90,7 @@ class Wired:
 @pytest.fixture
 async def wired() -> Any:
     w = Wired()
+    await w.list_caches()
     w.start()
     yield w
     await w.stop()
@@ -88,13 +108,23 @@ async def test_a_standby_runs_no_pass_and_sends_nothing(wired: Wired) -> None:
     assert writes(wired.world) == 0
 
 
-async def test_taking_the_lead_before_the_caches_are_whole_requests_no_pass(wired: Wired) -> None:
-    rec = wired.world.rec
-    rec.ready.clear()  # the listings are still being read: a pass could miss a child or a claim
-    wired.take()
-    await wired.until(leading=True)
-    await rec.drain()
-    assert rec.passes == 0 and not rec.queue.paused
+async def test_taking_the_lead_before_the_caches_are_whole_runs_no_pass_until_they_are() -> None:
+    w = Wired()  # the listings are still being read: a pass could miss a child or a claim
+    w.start()
+    try:
+        rec = w.world.rec
+        w.take()
+        await asyncio.sleep(0.05)
+        assert w.lead.leading and rec.queue.paused
+        rec.request((NS, "a"))  # what a backup or grant event does
+        await rec.drain()
+        assert rec.passes == 0 and writes(w.world) == 0
+        await w.list_caches()
+        await w.until(leading=True)
+        await rec.drain()
+        assert rec.passes == 2  # every cached key, once the caches are whole
+    finally:
+        await w.stop()
 
 
 async def test_taking_the_lead_resyncs_every_cached_key(wired: Wired) -> None:
@@ -351,3 +381,44 @@ async def test_the_gate_is_checked_when_a_write_is_sent_not_when_it_is_queued() 
         await write
     assert sum(cluster.requests.values()) == 0 and sum(cluster.errors.values()) == 0
     cluster.close()
+
+
+async def test_a_backup_event_before_the_memories_are_listed_fails_no_backup() -> None:
+    """kopf may run the backup handlers before the VestigeMemory listing is in (it is not a kopf
+    index). Before the queues waited for whole caches, that backup pass found no VestigeMemory
+    and failed a pending VestigeBackup older than a minute as "VestigeMemory not found"."""
+    from vestige_operator.backup_controller import BACKUP_INDEX, JOB_INDEX, trim_backup
+
+    w = Wired()
+    s3 = {"endpoint": "http://s3:7070", "bucket": "backups", "credentialsSecret": {"name": "creds"}}
+    w.world.memory("a", {"backup": {"destination": {"s3": s3}}})
+    created = (datetime.now(UTC) - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    backup = w.world.port.put(
+        {
+            "apiVersion": "vestige.dev/v1alpha1",
+            "kind": "VestigeBackup",
+            "metadata": {"name": "nightly", "namespace": NS, "creationTimestamp": created},
+            "spec": {"memory": "a"},
+        }
+    )
+    activities = {h.id.rsplit(".", 1)[-1]: h.fn for h in w.registry._activities.get_all_handlers()}
+    await activities["start_backups"](**{BACKUP_INDEX: {(NS, "a"): [trim_backup(backup)]}, JOB_INDEX: {}})
+    w.start()
+    try:
+        w.take()
+        await asyncio.sleep(0.05)
+        await kopf_handler(w.registry, "vestige_backup_event")(body=backup, namespace=NS)
+        await asyncio.sleep(0.05)
+        assert w.world.port.writes == []  # no pass yet: the memories are not listed
+        await w.list_caches()
+        await w.until(leading=True)
+        await w.world.rec.drain()
+        for _ in range(50):  # the backup pass runs beside the reconciler's
+            await asyncio.sleep(0.01)
+        phase = (w.world.port.find("VestigeBackup", NS, "nightly") or {}).get("status", {}).get("phase")
+        assert phase != "Failed"
+        jobs = [name for verb, kind, name in w.world.port.writes if (verb, kind) == ("create", "Job")]
+        assert len(jobs) == 1  # the backup started, with its memory found
+    finally:
+        await activities["stop_backups"]()
+        await w.stop()
