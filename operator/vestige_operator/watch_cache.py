@@ -152,9 +152,8 @@ class ChildFeed:
         self._changed(self.cache.apply(event_type, obj))
 
     def _changed(self, keys: set[Key]) -> None:
-        if keys:
-            for key in sorted(keys):
-                self._request(key)
+        for key in sorted(keys):
+            self._request(key)
 
 
 class OwnerCache(Mapping[Key, tuple[dict[str, Any], ...]]):
