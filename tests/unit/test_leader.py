@@ -411,13 +411,16 @@ async def test_a_backup_event_before_the_memories_are_listed_fails_no_backup() -
         await asyncio.sleep(0.05)
         assert w.world.port.writes == []  # no pass yet: the memories are not listed
         await w.list_caches()
-        await w.until(leading=True)
-        await w.world.rec.drain()
-        for _ in range(50):  # the backup pass runs beside the reconciler's
+        jobs: list[str] = []
+        for _ in range(500):  # until the backup pass, which runs beside the reconciler's, is done
+            w.take()  # renewed, as the election thread would: a slow machine keeps the lead
             await asyncio.sleep(0.01)
+            jobs = [name for verb, kind, name in w.world.port.writes if (verb, kind) == ("create", "Job")]
+            if jobs:
+                break
+        await w.world.rec.drain()
         phase = (w.world.port.find("VestigeBackup", NS, "nightly") or {}).get("status", {}).get("phase")
         assert phase != "Failed"
-        jobs = [name for verb, kind, name in w.world.port.writes if (verb, kind) == ("create", "Job")]
         assert len(jobs) == 1  # the backup started, with its memory found
     finally:
         await activities["stop_backups"]()
